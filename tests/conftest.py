@@ -1,0 +1,11 @@
+"""Test-wide set-up: 8 forced CPU devices so sharding is tested without accelerators.
+
+XLA reads the flag once, when jax first initialises, so it is set before anything imports jax.
+"""
+
+import os
+
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+).strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
