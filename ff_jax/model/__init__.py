@@ -1,0 +1,8 @@
+"""LLaMA-3 in Flax NNX: config, presets, the decoder, its KV cache and sharding."""
+
+from ff_jax.model import presets
+from ff_jax.model.attention import KVCache
+from ff_jax.model.config import LlamaConfig, RopeScaling
+from ff_jax.model.llama import Llama, ModelOutput
+from ff_jax.model.sharding import (DEFAULT_RULES, constrain, create_sharded_model, logical_axis_rules,
+                                   make_mesh)

@@ -1,0 +1,96 @@
+"""Grouped-query attention over packed, padded or cached sequences.
+
+One mask rule covers every case: a query attends to a key when the key sits at the same or an
+earlier slot of the row, carries the same segment id, and that id is not 0 (padding). Packed
+rows (several prompts, ids 1, 2, 3, ...) therefore never see each other, right-padding is
+ignored, and a KV cache is just more key slots with their own segment ids.
+"""
+
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+from flax import nnx, struct
+
+from ff_jax.model.config import LlamaConfig
+from ff_jax.model.layers import Projection
+from ff_jax.model.rope import apply_rope, inverse_frequencies
+from ff_jax.model.sharding import constrain
+
+
+@struct.dataclass
+class KVCache:
+    """Keys and values of every layer for `length` filled slots out of `k.shape[2]`.
+
+    k, v: [layers, batch, slots, kv_heads, head_dim]; segment_ids: [batch, slots] (0 = empty);
+    length: int32 scalar, the slots filled so far (the same for every row; right-padded rows
+    mark their padding with segment id 0 and pass explicit positions when extending).
+    """
+
+    k: jax.Array
+    v: jax.Array
+    segment_ids: jax.Array
+    length: jax.Array
+
+    @classmethod
+    def empty(cls, cfg: LlamaConfig, batch: int, slots: int, dtype=None) -> "KVCache":
+        shape = (cfg.num_layers, batch, slots, cfg.num_kv_heads, cfg.head_dim)
+        dtype = dtype or cfg.jnp_dtype
+        return cls(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype),
+                   segment_ids=jnp.zeros((batch, slots), jnp.int32), length=jnp.zeros((), jnp.int32))
+
+    @property
+    def slots(self) -> int:
+        return self.k.shape[2]
+
+
+def attention_mask(query_slots, key_slots, query_segments, key_segments) -> jax.Array:
+    """Boolean [B, T, S]: causal by slot, within the same non-padding segment."""
+    causal = key_slots[None, None, :] <= query_slots[None, :, None]
+    same = query_segments[:, :, None] == key_segments[:, None, :]
+    return causal & same & (key_segments[:, None, :] != 0)
+
+
+class Attention(nnx.Module):
+    def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs):
+        d, h, kv, hd = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        self.num_groups = h // kv
+        self.head_dim = hd
+        self.dtype = cfg.jnp_dtype
+        self.rope = (hd, cfg.rope_theta, cfg.rope_scaling)  # hashable: module attributes stay static
+        self.q = Projection((d,), (h, hd), ("embed",), ("heads", "head_dim"), cfg, rngs=rngs)
+        self.k = Projection((d,), (kv, hd), ("embed",), ("kv_heads", "head_dim"), cfg, rngs=rngs)
+        self.v = Projection((d,), (kv, hd), ("embed",), ("kv_heads", "head_dim"), cfg, rngs=rngs)
+        self.o = Projection((h, hd), (d,), ("heads", "head_dim"), ("embed",), cfg, rngs=rngs)
+
+    def __call__(self, x, positions, segment_ids, cache_kv: Optional[tuple] = None, cache_meta=None):
+        """x [B, T, D] → ([B, T, D], updated (k, v) of this layer's cache or None)."""
+        batch, length = x.shape[:2]
+        inv_freq = inverse_frequencies(*self.rope)
+        q = apply_rope(self.q(x), positions, inv_freq)
+        k = apply_rope(self.k(x), positions, inv_freq)
+        v = self.v(x)
+        q = constrain(q, ("batch", "length", "heads", "head_dim"))
+        query_slots = jnp.arange(length)
+        if cache_kv is None:
+            keys, values, key_segments, key_slots = k, v, segment_ids, query_slots
+        else:
+            start, key_segments = cache_meta
+            zero = jnp.zeros((), jnp.int32)
+            keys = jax.lax.dynamic_update_slice(cache_kv[0], k.astype(cache_kv[0].dtype), (zero, start, zero, zero))
+            values = jax.lax.dynamic_update_slice(cache_kv[1], v.astype(cache_kv[1].dtype), (zero, start, zero, zero))
+            key_slots = jnp.arange(keys.shape[1])
+            query_slots = query_slots + start
+        mask = attention_mask(query_slots, key_slots, segment_ids, key_segments)
+
+        grouped = q.reshape(batch, length, -1, self.num_groups, self.head_dim)
+        logits = jnp.einsum("btkgd,bskd->bkgts", grouped, keys.astype(self.dtype),
+                            preferred_element_type=jnp.float32) / jnp.sqrt(self.head_dim).astype(jnp.float32)
+        # A finite floor rather than -inf: a fully masked (padding) query then gets a harmless
+        # uniform average instead of NaNs that would poison gradients.
+        logits = jnp.where(mask[:, None, None], logits, jnp.finfo(jnp.float32).min)
+        weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
+        out = jnp.einsum("bkgts,bskd->btkgd", weights, values.astype(self.dtype))
+        out = out.reshape(batch, length, -1, self.head_dim)
+        new_cache = None if cache_kv is None else (keys, values)
+        return self.o(out), new_cache
