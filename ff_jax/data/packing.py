@@ -1,0 +1,409 @@
+"""Packing tokenised prompts into fixed-shape rows, and the grain transformations that turn a
+stream of examples into the dual-encoder (or one-tower) batches of CONTRACTS.md.
+
+A row of `length` tokens holds at most `max_segments` prompts; segment ids count 1, 2, ... along
+the row (0 = padding) and positions restart at 0 in every segment, so the model's mask rule (same
+non-zero segment id, causal) keeps prompts apart. Prompt k of a row sits in slot
+`row * max_segments + (segment_id - 1)`. Padded mode is `max_segments=1`.
+
+Shapes are fixed: a batch holds `examples` examples per shard. An example whose prompts do not fit
+the rows left is carried to the next batch (nothing is dropped); empty example places are fillers
+with `example_mask = 0`. The carried examples are part of the iterator state, so a restored
+iterator continues with exactly the batches the original would have produced.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+from collections import deque
+from typing import Any, Callable, Protocol, Sequence
+
+import grain
+import numpy as np
+
+STRATEGIES = ("first_fit", "best_fit")
+
+
+@dataclasses.dataclass(frozen=True)
+class RowSpec:
+    """`rows` rows of `length` tokens, at most `max_segments` prompts per row."""
+
+    rows: int
+    length: int
+    max_segments: int = 1
+    strategy: str = "first_fit"
+
+    def __post_init__(self):
+        for name in ("rows", "length", "max_segments"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"RowSpec.{name} must be >= 1, got {getattr(self, name)}")
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"RowSpec.strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+
+    @property
+    def slots(self) -> int:
+        return self.rows * self.max_segments
+
+
+class RowPacker:
+    """Places token sequences into the rows of one `RowSpec`."""
+
+    def __init__(self, spec: RowSpec):
+        self.spec = spec
+        self._free = np.full(spec.rows, spec.length, np.int64)  # tokens left per row
+        self._used = np.zeros(spec.rows, np.int64)  # segments per row
+        self._placed: list[tuple[int, np.ndarray]] = []  # (row, tokens) in placement order
+
+    def _choose_row(self, n: int, free: np.ndarray, used: np.ndarray) -> int:
+        ok = (free >= n) & (used < self.spec.max_segments)
+        if not ok.any():
+            return -1
+        if self.spec.strategy == "first_fit":
+            return int(np.argmax(ok))
+        candidates = np.flatnonzero(ok)  # best fit: the row that the prompt leaves fullest
+        return int(candidates[np.argmin(free[candidates])])
+
+    def place(self, sequences: Sequence[np.ndarray]) -> list[int] | None:
+        """Places every sequence and returns their slots, or places none and returns None."""
+        for seq in sequences:
+            if not 0 < len(seq) <= self.spec.length:
+                raise ValueError(f"cannot pack a prompt of {len(seq)} tokens into rows of "
+                                 f"{self.spec.length}; truncate prompts to the row length first")
+        # Work on copies so a multi-prompt example is all-or-nothing.
+        free, used = self._free.copy(), self._used.copy()
+        chosen = []
+        for seq in sequences:
+            row = self._choose_row(len(seq), free, used)
+            if row < 0:
+                return None
+            chosen.append((row, int(used[row])))
+            free[row] -= len(seq)
+            used[row] += 1
+        self._free, self._used = free, used
+        self._placed.extend((row, seq) for (row, _), seq in zip(chosen, sequences))
+        return [row * self.spec.max_segments + segment for row, segment in chosen]
+
+    def snapshot(self) -> tuple:
+        return self._free.copy(), self._used.copy(), len(self._placed)
+
+    def restore(self, snapshot: tuple) -> None:
+        self._free, self._used, placed = snapshot[0].copy(), snapshot[1].copy(), snapshot[2]
+        del self._placed[placed:]
+
+    def arrays(self, pad_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """tokens, segment_ids, positions: int32 [rows, length]."""
+        shape = (self.spec.rows, self.spec.length)
+        tokens = np.full(shape, pad_id, np.int32)
+        segment_ids = np.zeros(shape, np.int32)
+        positions = np.zeros(shape, np.int32)
+        cursor = np.zeros(self.spec.rows, np.int64)
+        count = np.zeros(self.spec.rows, np.int32)
+        for row, seq in self._placed:
+            start, n = cursor[row], len(seq)
+            count[row] += 1
+            tokens[row, start:start + n] = seq
+            segment_ids[row, start:start + n] = count[row]
+            positions[row, start:start + n] = np.arange(n, dtype=np.int32)
+            cursor[row] += n
+        return tokens, segment_ids, positions
+
+
+class Batcher(Protocol):
+    """Collects up to `capacity` examples of one shard batch."""
+
+    capacity: int
+
+    def add(self, example: dict) -> bool: ...
+    def __len__(self) -> int: ...
+    def build(self) -> dict: ...
+
+
+class DualTowerBatcher:
+    """One shard of a dual-encoder batch. An example is a dict with `member` (int32 tokens),
+    `items` (positive then hard negatives, int32 tokens each), `item_keys` (int32 per item: a hash
+    of the item id, so the trainer can mask in-batch duplicates) and `id` (for error messages)."""
+
+    def __init__(self, capacity: int, member: RowSpec, item: RowSpec, num_negatives: int, pad_id: int):
+        self.capacity, self.num_negatives, self.pad_id = capacity, num_negatives, pad_id
+        self._members, self._items = RowPacker(member), RowPacker(item)
+        self._member_slot: list[int] = []
+        self._item_slots: list[list[int]] = []
+        self._keys: list[list[int]] = []
+
+    def __len__(self) -> int:
+        return len(self._member_slot)
+
+    def add(self, example: dict) -> bool:
+        items = list(example["items"])[: 1 + self.num_negatives]
+        if not items:
+            raise ValueError(f"example {example.get('id')!r} has no positive item prompt")
+        if len(self) >= self.capacity:
+            return False
+        # Items first: placing the member cannot be undone, placing items is all-or-nothing.
+        before = self._items.snapshot()
+        item_slots = self._items.place(items)
+        member_slot = None if item_slots is None else self._members.place([example["member"]])
+        if member_slot is None:
+            self._items.restore(before)
+            if len(self) == 0:
+                raise ValueError(
+                    f"example {example.get('id')!r} does not fit an empty batch (member prompt "
+                    f"{len(example['member'])} tokens, item prompts {[len(t) for t in items]}); "
+                    "use more rows, more segments per row or longer rows")
+            return False
+        self._member_slot.append(member_slot[0])
+        self._item_slots.append(item_slots)
+        self._keys.append([int(k) for k in list(example["item_keys"])[: len(items)]])
+        return True
+
+    def build(self) -> dict:
+        b, h = self.capacity, self.num_negatives
+        member_tokens, member_segments, member_positions = self._members.arrays(self.pad_id)
+        item_tokens, item_segments, item_positions = self._items.arrays(self.pad_id)
+        member_slot = np.zeros(b, np.int32)  # fillers point at slot 0 and are masked out
+        positive_slot = np.zeros(b, np.int32)
+        negative_slot = np.full((b, h), -1, np.int32)
+        positive_key = np.zeros(b, np.int32)
+        negative_key = np.zeros((b, h), np.int32)
+        mask = np.zeros(b, np.float32)
+        for i, (m, slots, keys) in enumerate(zip(self._member_slot, self._item_slots, self._keys)):
+            member_slot[i], positive_slot[i], positive_key[i], mask[i] = m, slots[0], keys[0], 1.0
+            negative_slot[i, : len(slots) - 1] = slots[1:]
+            negative_key[i, : len(keys) - 1] = keys[1:]
+        return dict(
+            member_tokens=member_tokens, member_segment_ids=member_segments,
+            member_positions=member_positions, member_slot=member_slot,
+            item_tokens=item_tokens, item_segment_ids=item_segments, item_positions=item_positions,
+            positive_slot=positive_slot, negative_slot=negative_slot, example_mask=mask,
+            positive_key=positive_key, negative_key=negative_key)
+
+
+class OneTowerBatcher:
+    """One shard of an embedding batch. An example is a dict with `tokens` and `id` (str)."""
+
+    def __init__(self, capacity: int, spec: RowSpec, pad_id: int):
+        self.capacity, self.pad_id = capacity, pad_id
+        self._packer = RowPacker(spec)
+        self._slots: list[int] = []
+        self._ids: list[str] = []
+
+    def __len__(self) -> int:
+        return len(self._slots)
+
+    def add(self, example: dict) -> bool:
+        if len(self) >= self.capacity:
+            return False
+        slot = self._packer.place([example["tokens"]])
+        if slot is None:
+            if len(self) == 0:
+                raise ValueError(f"{example.get('id')!r}: {len(example['tokens'])} tokens do not fit an empty batch")
+            return False
+        self._slots.append(slot[0])
+        self._ids.append(str(example["id"]))
+        return True
+
+    def build(self) -> dict:
+        tokens, segment_ids, positions = self._packer.arrays(self.pad_id)
+        slot = np.zeros(self.capacity, np.int32)
+        slot[: len(self._slots)] = self._slots
+        mask = np.zeros(self.capacity, np.float32)
+        mask[: len(self._slots)] = 1.0
+        ids = self._ids + [""] * (self.capacity - len(self._ids))
+        return dict(tokens=tokens, segment_ids=segment_ids, positions=positions, slot=slot,
+                    example_mask=mask, ids=ids)
+
+
+def stack_shards(shards: Sequence[dict]) -> dict:
+    """Shard batches -> one batch with a leading shard axis N; `ids` lists are concatenated."""
+    out = {}
+    for key in shards[0]:
+        if key == "ids":
+            out[key] = [i for shard in shards for i in shard[key]]
+        else:
+            out[key] = np.stack([shard[key] for shard in shards])
+    return out
+
+
+def padding_waste(batch: dict) -> float:
+    """Fraction of token positions that are padding (segment id 0), over all towers of a batch."""
+    keys = [k for k in batch if k.endswith("segment_ids")]
+    total = sum(batch[k].size for k in keys)
+    return float(sum(int((batch[k] == 0).sum()) for k in keys) / max(total, 1))
+
+
+# --------------------------------------------------------------------------- grain transformations
+
+
+def _encode(value: Any) -> Any:
+    """JSON-able form of a carried example (the iterator state goes through json.dumps)."""
+    if isinstance(value, np.ndarray):
+        return {"__ndarray__": base64.b64encode(np.ascontiguousarray(value).tobytes()).decode("ascii"),
+                "dtype": value.dtype.str, "shape": list(value.shape)}
+    if isinstance(value, dict):
+        return {k: _encode(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_encode(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _decode(value: Any) -> Any:
+    if isinstance(value, dict):
+        if "__ndarray__" in value:
+            data = base64.b64decode(value["__ndarray__"])
+            return np.frombuffer(data, np.dtype(value["dtype"])).reshape(value["shape"]).copy()
+        return {k: _decode(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_decode(v) for v in value]
+    return value
+
+
+class PackedBatchIterDataset(grain.IterDataset):
+    """Examples -> batches of `num_shards` shard batches made by `new_batcher()`.
+
+    Each shard batch first retries the examples carried over (in order), then takes fresh ones
+    until it has considered `capacity` examples. The oldest carried example always opens a batch,
+    so every example is emitted within `capacity` batches and the carry stays below `capacity`.
+    """
+
+    def __init__(self, parent: grain.IterDataset, new_batcher: Callable[[], Batcher], num_shards: int = 1):
+        super().__init__(parent)
+        if num_shards < 1:
+            raise ValueError(f"num_shards must be >= 1, got {num_shards}")
+        self._new_batcher, self._num_shards = new_batcher, num_shards
+
+    def __iter__(self) -> "_PackedBatchIterator":
+        return _PackedBatchIterator(self._parent.__iter__(), self._new_batcher, self._num_shards)
+
+    def __str__(self) -> str:
+        return f"PackedBatchIterDataset(num_shards={self._num_shards})"
+
+
+class _PackedBatchIterator(grain.DatasetIterator):
+    def __init__(self, parent: grain.DatasetIterator, new_batcher, num_shards: int):
+        super().__init__(parent)
+        self._new_batcher, self._num_shards = new_batcher, num_shards
+        self._carry: deque[dict] = deque()
+        self._exhausted = False
+
+    def _pull(self) -> dict | None:
+        if self._exhausted:
+            return None
+        try:
+            return next(self._parent)
+        except StopIteration:
+            self._exhausted = True
+            return None
+
+    def _fill(self, batcher: Batcher) -> None:
+        carried, self._carry = list(self._carry), deque()
+        considered = 0
+        for example in carried:
+            if not batcher.add(example):
+                self._carry.append(example)
+            considered += 1
+        while considered < batcher.capacity:
+            example = self._pull()
+            if example is None:
+                break
+            if not batcher.add(example):
+                self._carry.append(example)
+            considered += 1
+
+    def __next__(self) -> dict:
+        shards = []
+        for shard in range(self._num_shards):
+            batcher = self._new_batcher()
+            self._fill(batcher)
+            if shard == 0 and len(batcher) == 0:
+                raise StopIteration
+            shards.append(batcher.build())
+        return stack_shards(shards)
+
+    def get_state(self) -> dict:
+        return {"parent": self._parent.get_state(), "exhausted": self._exhausted,
+                "carry": [_encode(example) for example in self._carry]}
+
+    def set_state(self, state: dict) -> None:
+        self._parent.set_state(state["parent"])
+        self._exhausted = bool(state["exhausted"])
+        self._carry = deque(_decode(example) for example in state["carry"])
+
+
+class BucketBatchIterDataset(grain.IterDataset):
+    """Length bucketing: each example waits in the bucket of the smallest boundary that holds its
+    longest prompt; a bucket that has `num_shards * capacity` examples becomes one batch of rows
+    that long (one prompt per row), made by `new_batcher(boundary)`. At the end of the data the
+    buckets are flushed, shortest first, with filler examples."""
+
+    def __init__(self, parent: grain.IterDataset, boundaries: Sequence[int], longest: Callable[[dict], int],
+                 new_batcher: Callable[[int], Batcher], capacity: int, num_shards: int = 1):
+        super().__init__(parent)
+        if not boundaries or list(boundaries) != sorted(set(boundaries)):
+            raise ValueError(f"bucket boundaries must be increasing and non-empty, got {boundaries}")
+        self._boundaries, self._longest = list(boundaries), longest
+        self._new_batcher, self._capacity, self._num_shards = new_batcher, capacity, num_shards
+
+    def __iter__(self) -> "_BucketIterator":
+        return _BucketIterator(self._parent.__iter__(), self)
+
+    def __str__(self) -> str:
+        return f"BucketBatchIterDataset(boundaries={self._boundaries})"
+
+
+class _BucketIterator(grain.DatasetIterator):
+    def __init__(self, parent: grain.DatasetIterator, config: BucketBatchIterDataset):
+        super().__init__(parent)
+        self._cfg = config
+        self._pending: list[list[dict]] = [[] for _ in config._boundaries]
+        self._exhausted = False
+
+    def _bucket_of(self, example: dict) -> int:
+        n = self._cfg._longest(example)
+        for i, boundary in enumerate(self._cfg._boundaries):
+            if n <= boundary:
+                return i
+        raise ValueError(f"example {example.get('id')!r} has a prompt of {n} tokens, longer than the "
+                         f"largest bucket boundary {self._cfg._boundaries[-1]}")
+
+    def _emit(self, bucket: int) -> dict:
+        boundary = self._cfg._boundaries[bucket]
+        shards = []
+        for _ in range(self._cfg._num_shards):
+            batcher = self._cfg._new_batcher(boundary)
+            queue = self._pending[bucket]
+            while queue and len(batcher) < batcher.capacity:
+                if not batcher.add(queue[0]):
+                    raise ValueError(f"bucket batcher for length {boundary} must hold {batcher.capacity} "
+                                     "examples (one prompt per row)")
+                queue.pop(0)
+            shards.append(batcher.build())
+        return stack_shards(shards)
+
+    def __next__(self) -> dict:
+        full = self._cfg._num_shards * self._cfg._capacity
+        while not self._exhausted:
+            try:
+                example = next(self._parent)
+            except StopIteration:
+                self._exhausted = True
+                break
+            bucket = self._bucket_of(example)
+            self._pending[bucket].append(example)
+            if len(self._pending[bucket]) >= full:
+                return self._emit(bucket)
+        for bucket, queue in enumerate(self._pending):
+            if queue:
+                return self._emit(bucket)
+        raise StopIteration
+
+    def get_state(self) -> dict:
+        return {"parent": self._parent.get_state(), "exhausted": self._exhausted,
+                "pending": [[_encode(e) for e in queue] for queue in self._pending]}
+
+    def set_state(self, state: dict) -> None:
+        self._parent.set_state(state["parent"])
+        self._exhausted = bool(state["exhausted"])
+        self._pending = [[_decode(e) for e in queue] for queue in state["pending"]]
