@@ -1,0 +1,130 @@
+"""Each loss against a plain numpy reference written row by row (no shared code with ff_jax)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ff_jax.train.losses import BCE, InfoNCE, MatryoshkaInfoNCE, Towers, matryoshka_dims
+
+
+def _normalise(x):
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def _random_towers(seed=0, batch=6, hard=2, dim=16, fillers=1):
+    rng = np.random.default_rng(seed)
+    member = rng.normal(size=(batch, dim))
+    positive = member + 2.0 * rng.normal(size=(batch, dim))  # correlated, so losses are not all alike
+    negatives = rng.normal(size=(batch, hard, dim))
+    negative_mask = rng.random((batch, hard)) > 0.3
+    example_mask = np.ones(batch, np.float32)
+    example_mask[batch - fillers:] = 0
+    return member, positive, negatives, negative_mask, example_mask
+
+
+def _as_towers(arrays):
+    member, positive, negatives, negative_mask, example_mask = arrays
+    return Towers(jnp.asarray(member, jnp.float32), jnp.asarray(positive, jnp.float32),
+                  jnp.asarray(negatives, jnp.float32), jnp.asarray(negative_mask), jnp.asarray(example_mask))
+
+
+def _candidates(b, arrays, shared):
+    """Row b's candidate vectors (normalised), positive first, as a plain list."""
+    member, positive, negatives, negative_mask, example_mask = arrays
+    p, n = _normalise(positive), _normalise(negatives)
+    out = [p[b]]
+    out += [p[j] for j in range(len(p)) if j != b and example_mask[j] > 0]
+    rows = range(len(p)) if shared else [b]
+    out += [n[j, h] for j in rows for h in range(n.shape[1]) if negative_mask[j, h] and example_mask[j] > 0]
+    return np.stack(out)
+
+
+def numpy_info_nce(arrays, temperature, shared, dims=None):
+    member, positive, negatives, negative_mask, example_mask = arrays
+    losses = []
+    for b in np.flatnonzero(example_mask):
+        cand = _candidates(b, arrays, shared)
+        total = 0.0
+        for dim in dims or [member.shape[1]]:
+            q = _normalise(member[b, :dim])
+            c = _normalise(cand[:, :dim])
+            logits = c @ q / temperature
+            total += np.log(np.sum(np.exp(logits - logits.max()))) + logits.max() - logits[0]
+        losses.append(total)
+    return float(np.mean(losses))
+
+
+def numpy_bce(arrays, temperature, bias, shared):
+    member, *_ , example_mask = arrays
+    losses = []
+    for b in np.flatnonzero(example_mask):
+        cand = _candidates(b, arrays, shared)
+        z = cand @ _normalise(member[b]) / temperature + bias
+        labels = np.zeros(len(z))
+        labels[0] = 1
+        prob = 1 / (1 + np.exp(-z))
+        losses.append(-np.sum(labels * np.log(prob) + (1 - labels) * np.log(1 - prob)))
+    return float(np.mean(losses))
+
+
+def _run(loss_fn, arrays, temperature, bias=0.0):
+    """One compiled call (eager op-by-op dispatch is slower than compiling the whole loss)."""
+    return jax.jit(loss_fn)(_as_towers(arrays), _log_scale(temperature), jnp.asarray(bias, jnp.float32))
+
+
+def _log_scale(t):
+    return jnp.asarray(-np.log(t), jnp.float32)
+
+
+@pytest.mark.parametrize("shared", [True, False])
+@pytest.mark.parametrize("hard", [0, 1, 2])
+def test_info_nce_matches_numpy(shared, hard):
+    arrays = _random_towers(seed=hard, hard=hard)
+    loss, metrics = _run(InfoNCE(temperature=0.1, share_hard_negatives=shared), arrays, 0.1)
+    np.testing.assert_allclose(float(loss), numpy_info_nce(arrays, 0.1, shared), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(float(metrics["temperature"]), 0.1, rtol=1e-6)
+
+
+def test_info_nce_accuracy_counts_rows_whose_positive_scores_highest():
+    member, positive, negatives, negative_mask, example_mask = _random_towers(hard=0, fillers=0)
+    arrays = (member, member.copy(), negatives, negative_mask, example_mask)  # positive == member
+    _, metrics = _run(InfoNCE(), arrays, 0.05)
+    assert float(metrics["in_batch_accuracy"]) == 1.0
+    np.testing.assert_allclose(float(metrics["positive_cosine"]), 1.0, rtol=1e-5, atol=1e-6)
+
+
+def test_filler_examples_change_nothing():
+    arrays = _random_towers(fillers=0, batch=5)
+    member, positive, negatives, negative_mask, example_mask = arrays
+    rng = np.random.default_rng(9)
+    padded = (np.concatenate([member, rng.normal(size=(2, 16))]), np.concatenate([positive, rng.normal(size=(2, 16))]),
+              np.concatenate([negatives, rng.normal(size=(2, 2, 16))]),
+              np.concatenate([negative_mask, np.ones((2, 2), bool)]), np.concatenate([example_mask, np.zeros(2)]))
+    for loss_fn in (InfoNCE(), BCE(), MatryoshkaInfoNCE()):
+        a = _run(loss_fn, arrays, 0.07, -3.0)[0]
+        b = _run(loss_fn, padded, 0.07, -3.0)[0]
+        np.testing.assert_allclose(float(a), float(b), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_bce_matches_numpy(shared):
+    arrays = _random_towers(seed=3, hard=2)
+    loss, _ = _run(BCE(share_hard_negatives=shared), arrays, 0.1, -4.0)
+    np.testing.assert_allclose(float(loss), numpy_bce(arrays, 0.1, -4.0, shared), rtol=1e-5, atol=1e-6)
+
+
+def test_matryoshka_is_weighted_sum_over_nested_prefixes():
+    arrays = _random_towers(seed=5, hard=1, dim=32)
+    assert matryoshka_dims(32) == (32, 16, 8, 4)
+    loss, metrics = _run(MatryoshkaInfoNCE(temperature=0.05), arrays, 0.05)
+    np.testing.assert_allclose(float(loss), numpy_info_nce(arrays, 0.05, True, dims=[32, 16, 8, 4]), rtol=1e-5, atol=1e-6)
+    weighted, _ = _run(MatryoshkaInfoNCE(dims=(32, 8), weights=(1.0, 0.5)), arrays, 0.05)
+    expected = (numpy_info_nce(arrays, 0.05, True, dims=[32]) + 0.5 * numpy_info_nce(arrays, 0.05, True, dims=[8]))
+    np.testing.assert_allclose(float(weighted), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(float(metrics["loss_dim8"]), numpy_info_nce(arrays, 0.05, True, dims=[8]), rtol=1e-5, atol=1e-6)
+
+
+def test_matryoshka_rejects_mismatched_weights():
+    with pytest.raises(ValueError, match="weights"):
+        _run(MatryoshkaInfoNCE(dims=(16, 8), weights=(1.0,)), _random_towers(), 0.05)
