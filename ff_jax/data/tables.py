@@ -1,0 +1,249 @@
+"""FeedTables (users, items, interactions) and `load_tables`: read, validate, report.
+
+Every dataset goes through `validate_tables`, whether it comes from CSV / Parquet files
+(`load_tables`), from the MovieLens adapter or from the simulator. Bad input is either
+rejected with a `LoadError` naming the file, row and field, or repaired by a documented
+rule that the `LoadSummary` counts (docs/data_tables.md lists the rules).
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ff_jax.data import tables_checks as checks
+from ff_jax.data.schema import TableSchema, infer_schema
+
+
+class LoadError(ValueError):
+    """Bad input that no rule repairs. The message names the file, row and field."""
+
+
+@dataclass
+class TableReport:
+    """What happened to one table: rows read, kept, dropped (by reason) and values changed."""
+
+    table: str
+    source: str
+    rows_read: int = 0
+    rows_kept: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+    changed: dict[str, int] = field(default_factory=dict)
+    examples: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def _count(self, bucket: dict[str, int], reason: str, n: int, example: str) -> None:
+        if n:
+            bucket[reason] = bucket.get(reason, 0) + int(n)
+            self.examples.setdefault(reason, example)
+
+    def drop(self, reason: str, n: int, example: str) -> None:
+        self._count(self.dropped, reason, n, example)
+
+    def change(self, reason: str, n: int, example: str) -> None:
+        self._count(self.changed, reason, n, example)
+
+    @property
+    def rows_dropped(self) -> int:
+        return sum(self.dropped.values())
+
+    def __str__(self) -> str:
+        lines = [f"{self.table:<13} {self.source}: read {self.rows_read:,}, kept {self.rows_kept:,}, "
+                 f"dropped {self.rows_dropped:,}"]
+        for title, bucket in (("dropped", self.dropped), ("changed", self.changed)):
+            for reason, n in sorted(bucket.items()):
+                lines.append(f"    {title} {n:,} × {reason}  (first: {self.examples[reason]})")
+        lines += [f"    note: {note}" for note in self.notes]
+        return "\n".join(lines)
+
+
+@dataclass
+class LoadSummary:
+    """Per-table reports; `print(summary)` shows every drop and repair with its reason."""
+
+    name: str
+    tables: dict[str, TableReport] = field(default_factory=dict)
+
+    def __getitem__(self, table: str) -> TableReport:
+        return self.tables[table]
+
+    @property
+    def rows_dropped(self) -> int:
+        return sum(r.rows_dropped for r in self.tables.values())
+
+    def __str__(self) -> str:
+        return "\n".join([f"Load summary for '{self.name}'"] + [str(r) for r in self.tables.values()])
+
+
+@dataclass
+class FeedTables:
+    """A dataset in the generic shape (see CONTRACTS.md, "Data tables").
+
+    users:        'user_id' (str, unique) + profile columns
+    items:        'item_id' (str, unique), 'text' (str), optional 'created_at' (int64 unix s), ...
+    interactions: 'user_id', 'item_id' (str), 'timestamp' (int64 unix s), 'engaged' (bool),
+                  sorted by time; rows with equal timestamps keep their input order.
+    meta:         provenance, e.g. which split the item statistics were computed on.
+    """
+
+    name: str
+    users: pd.DataFrame
+    items: pd.DataFrame
+    interactions: pd.DataFrame
+    schema: TableSchema
+    summary: LoadSummary
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        n_pos = int(self.interactions["engaged"].sum())
+        return (f"FeedTables('{self.name}': {len(self.users):,} users, {len(self.items):,} items, "
+                f"{len(self.interactions):,} interactions of which {n_pos:,} engaged)")
+
+
+def _decode(data: bytes, source: str, encoding_errors: str, report: TableReport) -> str:
+    """UTF-8 decode; a bad byte is an error naming line and field, or (with "replace") U+FFFD."""
+    if encoding_errors not in ("strict", "replace"):
+        raise ValueError(f"encoding_errors must be 'strict' or 'replace', not {encoding_errors!r}")
+    pieces, start, bad_lines = [], 0, set()
+    while True:
+        try:
+            pieces.append(data[start:].decode("utf-8"))
+            break
+        except UnicodeDecodeError as err:
+            at = start + err.start
+            line_no = data.count(b"\n", 0, at) + 1
+            if encoding_errors == "strict":
+                line_start = data.rfind(b"\n", 0, at) + 1
+                header = data[: data.find(b"\n")].decode("utf-8", "replace").split(checks.delimiter(source))
+                col = data.count(checks.delimiter(source).encode(), line_start, at)
+                name = header[col] if col < len(header) else f"#{col + 1}"
+                raise LoadError(f"{source} line {line_no} (row {line_no - 1}), field '{name}': "
+                                f"bytes that are not UTF-8 at byte offset {at} "
+                                "(re-encode the file as UTF-8, or load with encoding_errors='replace')") from None
+            pieces.append(data[start:at].decode("utf-8"))
+            pieces.append("\ufffd")
+            bad_lines.add(line_no)
+            start = at + (err.end - err.start)
+    if bad_lines:
+        report.change("non-UTF-8 bytes replaced by U+FFFD", len(bad_lines), f"line {min(bad_lines)}")
+    return "".join(pieces)
+
+
+def read_table_file(path: str | Path, report: TableReport, encoding_errors: str = "strict") -> pd.DataFrame:
+    """Read one CSV / TSV (optionally .gz) or Parquet file. CSV cells are read as text and typed later."""
+    path = Path(path)
+    name = path.name.lower()
+    if not path.exists():
+        raise LoadError(f"{path}: no such file")
+    if name.endswith((".parquet", ".pq")):
+        frame = pd.read_parquet(path)
+    elif name.endswith((".csv", ".tsv", ".csv.gz", ".tsv.gz")):
+        raw = path.read_bytes()
+        if name.endswith(".gz"):
+            raw = gzip.decompress(raw)
+        text = _decode(raw, str(path), encoding_errors, report)
+        try:
+            frame = pd.read_csv(io.StringIO(text), sep=checks.delimiter(name), dtype=str,
+                                keep_default_na=False, na_filter=False)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+            raise LoadError(f"{path}: not a readable table: {err}") from None
+    else:
+        raise LoadError(f"{path}: unknown format (expected .csv, .tsv, .csv.gz or .parquet)")
+    report.rows_read = len(frame)
+    return frame
+
+
+def validate_tables(users: pd.DataFrame, items: pd.DataFrame, interactions: pd.DataFrame,
+                    schema: TableSchema | None = None, name: str = "dataset",
+                    sources: dict[str, str] | None = None, summary: LoadSummary | None = None,
+                    encoding_errors: str = "strict") -> FeedTables:
+    """Type, check and repair three frames by the documented rules; the one gate into FeedTables.
+
+    schema=None infers the kinds of undeclared columns (see schema.infer_column). With a
+    schema, columns it does not declare are ignored (noted in the summary).
+    """
+    sources = sources or {t: f"{name}:{t}" for t in ("users", "items", "interactions")}
+    summary = summary or LoadSummary(name)
+    frames = {"users": users, "items": items, "interactions": interactions}
+    for table, frame in frames.items():
+        report = summary.tables.setdefault(table, TableReport(table, sources[table]))
+        if not report.rows_read:
+            report.rows_read = len(frame)
+        missing = [c for c in (schema or TableSchema()).required(table) if c not in frame.columns]
+        if missing:
+            raise LoadError(f"{sources[table]}: missing required column(s) {missing} "
+                            f"(found: {list(frame.columns)})")
+    schema = schema or infer_schema(users, items, interactions)
+
+    typed = {}
+    for table, frame in frames.items():
+        report = summary.tables[table]
+        ignored = [c for c in frame.columns if c not in schema.names(table)]
+        if ignored:
+            report.notes.append(f"columns not in the schema, ignored: {ignored}")
+        absent = [c for c in schema.names(table) if c not in frame.columns]
+        for col in absent:
+            if (table, col) == ("interactions", "engaged"):
+                report.notes.append("no 'engaged' column: every interaction counts as an engagement")
+            else:
+                report.notes.append(f"optional column '{col}' absent")
+            schema = schema.without_columns(table, col)
+        frame = frame[[c for c in schema.names(table)]].copy()
+        frame.index = pd.RangeIndex(len(frame))  # index = source row (0-based) for messages
+        typed[table] = checks.coerce_columns(frame, schema.table(table), report, sources[table],
+                                              encoding_errors)
+
+    if "engaged" not in typed["interactions"].columns:
+        typed["interactions"]["engaged"] = True
+        schema = schema.with_columns("interactions", *[c for c in TableSchema().interactions
+                                                       if c.name == "engaged"])
+
+    users = checks.dedupe_ids(typed["users"], "user_id", summary["users"], sources["users"])
+    items = checks.dedupe_ids(typed["items"], "item_id", summary["items"], sources["items"])
+    items = checks.drop_rows(items, items["text"].str.strip() == "", "item with no text", "text",
+                             summary["items"], sources["items"])
+    def lost(before: pd.Series, after: pd.Series) -> pd.Series:
+        return before[~before.isin(after)]
+
+    dropped_ids = {"user_id": lost(typed["users"]["user_id"], users["user_id"]),
+                   "item_id": lost(typed["items"]["item_id"], items["item_id"])}
+    known = {"user_id": users["user_id"], "item_id": items["item_id"]}
+    inter = checks.check_interactions(typed["interactions"], known, dropped_ids, summary["interactions"],
+                                      sources["interactions"])
+
+    idle = int((~users["user_id"].isin(inter["user_id"].unique())).sum())
+    if idle:
+        summary["users"].notes.append(f"{idle:,} users have no interactions (kept: they can be embedded "
+                                      "as cold-start members, but no split evaluates them)")
+    unseen = int((~items["item_id"].isin(inter["item_id"].unique())).sum())
+    if unseen:
+        summary["items"].notes.append(f"{unseen:,} items have no interactions (kept in the corpus)")
+
+    for table, frame in (("users", users), ("items", items), ("interactions", inter)):
+        summary[table].rows_kept = len(frame)
+    return FeedTables(name, users.reset_index(drop=True), items.reset_index(drop=True),
+                      inter.reset_index(drop=True), schema, summary)
+
+
+def load_tables(users_path: str | Path, items_path: str | Path, interactions_path: str | Path,
+                schema: TableSchema | None = None, name: str | None = None,
+                encoding_errors: str = "strict") -> FeedTables:
+    """Load a dataset in the generic schema from CSV / TSV / Parquet files (any mix).
+
+    schema: the columns and their kinds; None keeps every column and infers its kind.
+    encoding_errors: "strict" (default) rejects non-UTF-8 bytes naming line and field;
+        "replace" turns them into U+FFFD and counts the lines in the summary.
+    """
+    paths = {"users": users_path, "items": items_path, "interactions": interactions_path}
+    summary = LoadSummary(name or Path(items_path).parent.name or "dataset")
+    frames = {}
+    for table, path in paths.items():
+        report = summary.tables.setdefault(table, TableReport(table, str(path)))
+        frames[table] = read_table_file(path, report, encoding_errors)
+    return validate_tables(frames["users"], frames["items"], frames["interactions"], schema,
+                           summary.name, {t: str(p) for t, p in paths.items()}, summary, encoding_errors)

@@ -1,0 +1,227 @@
+"""Column typing and the bad-input rules behind `validate_tables` (vectorised: 1M-row tables in seconds).
+
+A frame's index is its source row (0-based) while it passes through here, so every error
+and every summary example can name the file, row and field.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from ff_jax.data.schema import Column
+
+if TYPE_CHECKING:
+    from ff_jax.data.tables import TableReport
+
+# Timestamps outside [1970-01-01, 2200-01-01) are absurd for a feed.
+MAX_TIMESTAMP = 7_258_118_400
+MISSING_WORDS = frozenset({"", "nan", "+nan", "-nan", "na", "n/a", "null", "none"})
+TRUE_WORDS = frozenset({"true", "t", "yes", "y", "1"})
+FALSE_WORDS = frozenset({"false", "f", "no", "n", "0"})
+
+
+def delimiter(name: str) -> str:
+    return "\t" if ".tsv" in name.lower() else ","
+
+
+def where(source: str, row: int) -> str:
+    """'users.csv row 3 (line 4)': rows count data rows from 1; CSV line 1 is the header."""
+    if ".csv" in source.lower() or ".tsv" in source.lower():
+        return f"{source} row {row + 1} (line {row + 2})"
+    return f"{source} row {row + 1}"
+
+
+def _show(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _example(source: str, frame: pd.DataFrame, mask: pd.Series | np.ndarray, field: str) -> str:
+    row = frame.index[np.asarray(mask)][0]
+    return f"{where(source, row)}, field '{field}': {_show(frame.at[row, field])}"
+
+
+def _error(source: str, frame: pd.DataFrame, bad: pd.Series, field: str, what: str) -> None:
+    from ff_jax.data.tables import LoadError
+
+    n = int(bad.sum())
+    more = f" ({n - 1:,} more rows like it)" if n > 1 else ""
+    raise LoadError(f"{_example(source, frame, bad, field)} {what}{more}")
+
+
+def _decode_bytes(s: pd.Series, source: str, encoding_errors: str) -> pd.Series:
+    """Parquet binary columns arrive as bytes; decode them under the same UTF-8 rule as CSV files."""
+    if s.dtype != object:
+        return s
+    is_bytes = s.map(lambda v: isinstance(v, (bytes, bytearray)))
+    if not is_bytes.any():
+        return s
+    out = s.copy()
+    for row in s.index[is_bytes]:
+        try:
+            out.at[row] = bytes(s.at[row]).decode("utf-8")
+        except UnicodeDecodeError:
+            if encoding_errors == "strict":
+                frame = s.to_frame()
+                _error(source, frame, pd.Series(s.index == row, index=s.index), s.name,
+                       "holds bytes that are not UTF-8 (re-encode, or load with encoding_errors='replace')")
+            out.at[row] = bytes(s.at[row]).decode("utf-8", "replace")
+    return out
+
+
+def as_text(s: pd.Series) -> pd.Series:
+    """Any column as strings; missing → ''. Whole floats print without '.0' (Parquet ids, zip codes)."""
+    if pd.api.types.is_bool_dtype(s):
+        return s.map({True: "true", False: "false"}).fillna("").astype(str)
+    if pd.api.types.is_integer_dtype(s):
+        return s.astype(str)
+    if pd.api.types.is_float_dtype(s):
+        return s.map(lambda v: "" if pd.isna(v) else (str(int(v)) if float(v).is_integer() else repr(float(v))))
+    return s.astype(object).where(s.notna(), "").astype(str)
+
+
+def _numbers(s: pd.Series, frame: pd.DataFrame, field: str, source: str) -> pd.Series:
+    """Floats with NaN for missing; a cell that is not a number is an error."""
+    if pd.api.types.is_numeric_dtype(s):
+        return s.astype(float)
+    text = as_text(s).str.strip()
+    values = pd.to_numeric(text, errors="coerce")
+    bad = values.isna() & ~text.str.lower().isin(MISSING_WORDS)
+    if bad.any():
+        _error(source, frame, bad, field, "is not a number")
+    return values.astype(float)
+
+
+def _seconds(s: pd.Series, frame: pd.DataFrame, field: str, source: str) -> pd.Series:
+    """Unix seconds (float, NaN = missing) from numbers, ISO-8601 strings or datetime columns."""
+    if pd.api.types.is_datetime64_any_dtype(s):
+        dt = pd.to_datetime(s, utc=True)
+        return (dt - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1)
+    if pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s):
+        return s.astype(float)
+    text = as_text(s).str.strip()
+    values = pd.to_numeric(text, errors="coerce").astype(float)
+    dated = values.isna() & ~text.str.lower().isin(MISSING_WORDS)
+    if dated.any():
+        parsed = pd.to_datetime(text[dated], utc=True, errors="coerce", format="ISO8601")
+        values[dated] = (parsed - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1)
+        bad = pd.Series(False, index=s.index)
+        bad[dated] = parsed.isna()
+        if bad.any():
+            _error(source, frame, bad, field, "is not a timestamp (unix seconds or ISO-8601)")
+    return values
+
+
+def _bools(s: pd.Series, frame: pd.DataFrame, field: str, source: str) -> pd.Series:
+    """Nullable booleans from bool / 0-1 / true-false-yes-no cells."""
+    if pd.api.types.is_bool_dtype(s):
+        return s.astype("boolean")
+    text = as_text(s).str.strip().str.lower()
+    text = text.str.replace(r"\.0$", "", regex=True)  # 1.0 / 0.0 from float columns
+    out = pd.Series(pd.NA, index=s.index, dtype="boolean")
+    out[text.isin(TRUE_WORDS)] = True
+    out[text.isin(FALSE_WORDS)] = False
+    bad = out.isna() & ~text.isin(MISSING_WORDS)
+    if bad.any():
+        _error(source, frame, bad, field, "is not a boolean (true/false, 1/0, yes/no)")
+    return out
+
+
+def drop_rows(frame: pd.DataFrame, mask, reason: str, field: str, report: TableReport,
+              source: str) -> pd.DataFrame:
+    mask = np.asarray(mask, dtype=bool)
+    if mask.any():
+        report.drop(reason, int(mask.sum()), _example(source, frame, mask, field))
+        frame = frame[~mask]
+    return frame
+
+
+def coerce_columns(frame: pd.DataFrame, columns: tuple[Column, ...], report: TableReport, source: str,
+                   encoding_errors: str = "strict") -> pd.DataFrame:
+    """Give every declared column its kind's dtype, applying the rules for missing and absurd values."""
+    for col in columns:
+        name = col.name
+        s = _decode_bytes(frame[name], source, encoding_errors)
+        if col.kind in ("id", "text", "categorical"):
+            frame[name] = as_text(s).str.strip() if col.kind == "id" else as_text(s)
+            if col.kind == "id":
+                frame = drop_rows(frame, frame[name] == "", f"missing {name}", name, report, source)
+        elif col.kind == "numeric":
+            values = _numbers(s, frame, name, source)
+            missing = values.isna()
+            report.change(f"missing or NaN '{name}' (kept as missing)", int(missing.sum()),
+                          _example(source, frame, missing, name) if missing.any() else "")
+            absurd = np.isinf(values) | ((values < col.min_value) if col.min_value is not None else False)
+            if absurd.any():
+                lower = f" or below {col.min_value:g}" if col.min_value is not None else ""
+                report.change(f"absurd '{name}' (inf{lower}) set to missing", int(absurd.sum()),
+                              _example(source, frame, absurd, name))
+                values = values.mask(absurd)
+            frame[name] = values
+        elif col.kind == "timestamp":
+            secs = _seconds(s, frame, name, source)
+            missing = secs.isna()
+            absurd = ~missing & (~np.isfinite(secs) | (secs < 0) | (secs >= MAX_TIMESTAMP))
+            if col.required:
+                frame = drop_rows(frame, missing, f"missing {name}", name, report, source)
+                frame = drop_rows(frame, absurd[~missing], f"absurd {name} (outside 1970–2200)", name,
+                                  report, source)
+                frame[name] = np.floor(secs.loc[frame.index]).astype(np.int64)
+            else:
+                report.change(f"missing '{name}' (kept as missing)", int(missing.sum()),
+                              _example(source, frame, missing, name) if missing.any() else "")
+                if absurd.any():
+                    report.change(f"absurd '{name}' (outside 1970–2200) set to missing", int(absurd.sum()),
+                                  _example(source, frame, absurd, name))
+                secs = np.floor(secs.mask(absurd))
+                frame[name] = secs.astype("Int64") if secs.isna().any() else secs.astype(np.int64)
+        elif col.kind == "bool":
+            values = _bools(s, frame, name, source)
+            if name == "engaged":  # the label: a row without it says nothing
+                frame = drop_rows(frame, values.isna(), f"missing {name}", name, report, source)
+                frame[name] = values.loc[frame.index].astype(bool)
+            else:
+                report.change(f"missing '{name}' (kept as missing)", int(values.isna().sum()),
+                              _example(source, frame, values.isna(), name) if values.isna().any() else "")
+                frame[name] = values
+    return frame
+
+
+def dedupe_ids(frame: pd.DataFrame, id_col: str, report: TableReport, source: str) -> pd.DataFrame:
+    """Identical repeated rows are dropped (counted); one id with two different rows is an error."""
+    if not frame[id_col].duplicated().any():
+        return frame
+    frame = drop_rows(frame, frame.duplicated(keep="first"), "duplicate row (identical to an earlier row)",
+                      id_col, report, source)
+    clash = frame[id_col].duplicated(keep=False)
+    if clash.any():
+        from ff_jax.data.tables import LoadError
+
+        first_id = frame.loc[clash, id_col].iloc[0]
+        rows = frame.index[frame[id_col] == first_id][:2]
+        a, b = frame.loc[rows[0]], frame.loc[rows[1]]
+        differ = next(c for c in frame.columns if not (a[c] == b[c] or (pd.isna(a[c]) and pd.isna(b[c]))))
+        raise LoadError(f"{source}: duplicate {id_col} {first_id!r} at {where(source, rows[0])} and "
+                        f"{where(source, rows[1])} with different '{differ}' ({_show(a[differ])} vs "
+                        f"{_show(b[differ])}); ids must be unique ({int(clash.sum()):,} rows share ids)")
+    return frame
+
+
+def check_interactions(frame: pd.DataFrame, known: dict[str, pd.Series], dropped: dict[str, pd.Series],
+                       report: TableReport, source: str) -> pd.DataFrame:
+    """Drop rows pointing at unknown or dropped users/items and repeated rows; sort by time (stable)."""
+    for key, noun in (("user_id", "user"), ("item_id", "item")):
+        unknown = ~frame[key].isin(known[key])
+        if unknown.any():
+            was_dropped = unknown & frame[key].isin(dropped[key])
+            frame = drop_rows(frame, was_dropped, f"{key} of a dropped {noun}", key, report, source)
+            frame = drop_rows(frame, ~frame[key].isin(known[key]), f"unknown {key}", key, report, source)
+    frame = drop_rows(frame, frame.duplicated(keep="first"), "duplicate row (identical to an earlier row)",
+                      "user_id", report, source)
+    frame = frame.sort_values("timestamp", kind="stable")
+    frame["timestamp"] = frame["timestamp"].astype(np.int64)
+    frame["engaged"] = frame["engaged"].astype(bool)
+    return frame
