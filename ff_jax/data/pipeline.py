@@ -1,0 +1,226 @@
+"""grain pipelines from prompt records (TFDS data sources, or any random-access sequence of dicts)
+to the batches of CONTRACTS.md: tokenise + fit to the token budgets, pack / pad / bucket, batch
+with a leading shard axis N.
+
+Every process reads its own slice of the records (`shard_index::shard_count`, by default
+jax.process_index()::jax.process_count()). Shuffling is grain's index shuffle under `seed`, so a
+pipeline is a pure function of (records, seed, config), and `iterator.get_state()` /
+`set_state()` (or orbax's grain checkpoint handler) resume it mid-epoch exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import zlib
+from typing import Any, Sequence
+
+import gin
+import grain
+import numpy as np
+
+from ff_jax.data.packing import (BucketBatchIterDataset, DualTowerBatcher, OneTowerBatcher,
+                                 PackedBatchIterDataset, RowSpec)
+from ff_jax.data.prompts import PromptFormat, fit_item_tokens, fit_member_tokens
+
+MODES = ("packed", "padded", "bucketed")
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class BatchConfig:
+    """Shapes of the batches. `examples_per_shard` is B/N; every prompt is cut to its budget
+    (BOS/EOS included), and no budget may exceed `length` (L). In packed mode `member_rows` /
+    `item_rows` default to what padded mode would use; `suggest_rows` picks smaller ones."""
+
+    examples_per_shard: int = 8
+    length: int = 1024
+    member_budget: int | None = None  # None: length
+    item_budget: int | None = None  # None: length
+    num_hard_negatives: int = 1
+    mode: str = "packed"
+    member_rows: int | None = None
+    item_rows: int | None = None
+    max_segments: int = 8
+    strategy: str = "first_fit"
+    bucket_boundaries: tuple[int, ...] = (128, 256, 512, 1024)
+    add_bos: bool = True
+    add_eos: bool = True
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"BatchConfig.mode must be one of {MODES}, got {self.mode!r}")
+        for name in ("examples_per_shard", "length", "member_budget", "item_budget"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"BatchConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.num_hard_negatives < 0:
+            raise ValueError(f"BatchConfig.num_hard_negatives must be >= 0, got {self.num_hard_negatives}")
+        longest = self.bucket_boundaries[-1] if self.mode == "bucketed" else self.length
+        for name in ("member_budget", "item_budget"):
+            value = getattr(self, name) or self.length
+            if value > longest:
+                raise ValueError(f"BatchConfig.{name}={value} exceeds the longest row ({longest} tokens)")
+
+    @property
+    def member_tokens(self) -> int:
+        return self.member_budget or self.length
+
+    @property
+    def item_tokens(self) -> int:
+        return self.item_budget or self.length
+
+    def row_specs(self, length: int | None = None) -> tuple[RowSpec, RowSpec]:
+        """Member and item RowSpecs (padded and bucketed: one prompt per row)."""
+        b, items = self.examples_per_shard, 1 + self.num_hard_negatives
+        if self.mode == "packed":
+            return (RowSpec(self.member_rows or b, self.length, self.max_segments, self.strategy),
+                    RowSpec(self.item_rows or b * items, self.length, self.max_segments, self.strategy))
+        length = length or self.length
+        return RowSpec(b, length), RowSpec(b * items, length)
+
+    def tower_spec(self, tower: str, length: int | None = None) -> RowSpec:
+        """Rows of a one-tower (embedding) batch: `member_rows` / `item_rows` when packed."""
+        b = self.examples_per_shard
+        if self.mode == "packed":
+            rows = self.member_rows if tower == "member" else self.item_rows
+            return RowSpec(rows or b, self.length, self.max_segments, self.strategy)
+        return RowSpec(b, length or self.length)
+
+
+def suggest_rows(lengths: Sequence[int], prompts_per_shard: int, length: int, headroom: float = 1.15) -> int:
+    """Rows enough for `prompts_per_shard` prompts of the sampled `lengths`, plus `headroom`."""
+    mean = float(np.mean(lengths)) if len(lengths) else float(length)
+    return max(1, int(np.ceil(headroom * prompts_per_shard * mean / length)))
+
+
+def item_key(item_id: str) -> int:
+    """A stable non-zero 31-bit hash of an item id: equal keys = same item (0 = none)."""
+    return (zlib.crc32(item_id.encode("utf-8")) & 0x7FFFFFFF) or 1
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def _texts(values: Any) -> list[str]:
+    return [_text(v) for v in (values if values is not None else [])]
+
+
+class _Tokenise:
+    """Prompt records -> token arrays within budget (used as a grain map function)."""
+
+    def __init__(self, tokenizer, fmt: PromptFormat, config: BatchConfig):
+        tokenizer.add_special_tokens(list(fmt.markers))
+        self.tok, self.config = tokenizer, config
+        self.start = [tokenizer.bos_id] if config.add_bos else []
+        self.end = [tokenizer.eos_id] if config.add_eos else []
+        self.last_field_open = tokenizer.token_to_id(fmt.item_last_field)
+        self.item_closing = tokenizer.encode(fmt.item_closing)
+
+    def member(self, record: dict) -> np.ndarray:
+        profile, history = _texts(record["member_profile"]), _texts(record["member_history"])
+        parts = self.tok.encode_batch([_text(record["member_prefix"]), *profile, *history,
+                                       _text(record["member_suffix"])])
+        prefix, suffix = self.start + parts[0], parts[-1] + self.end
+        ids, _ = fit_member_tokens(prefix, parts[1:1 + len(profile)], parts[1 + len(profile):-1], suffix,
+                                   self.config.member_tokens)
+        return np.asarray(ids, np.int32)
+
+    def items(self, prompts: list[str]) -> list[np.ndarray]:
+        budget = self.config.item_tokens - len(self.start) - len(self.end)
+        return [np.asarray(self.start + fit_item_tokens(ids, budget, self.last_field_open, self.item_closing)
+                           + self.end, np.int32) for ids in self.tok.encode_batch(prompts)]
+
+    def dual(self, record: dict) -> dict:
+        negatives = _texts(record["negative_prompts"])[: self.config.num_hard_negatives]
+        negative_ids = _texts(record["negative_ids"])[: len(negatives)]
+        positive_id = _text(record["positive_id"])
+        return {"id": _text(record["user_id"]), "member": self.member(record),
+                "items": self.items([_text(record["positive_prompt"]), *negatives]),
+                "item_keys": np.asarray([item_key(i) for i in [positive_id, *negative_ids]], np.int32)}
+
+    def member_only(self, record: dict) -> dict:
+        return {"id": _text(record["user_id"]), "tokens": self.member(record)}
+
+    def item_only(self, record: dict) -> dict:
+        return {"id": _text(record["item_id"]), "tokens": self.items([_text(record["item_prompt"])])[0]}
+
+
+def _process_slice(records, shard_index: int | None, shard_count: int | None) -> grain.MapDataset:
+    if shard_index is None or shard_count is None:
+        import jax
+
+        shard_index = jax.process_index() if shard_index is None else shard_index
+        shard_count = jax.process_count() if shard_count is None else shard_count
+    if not 0 <= shard_index < shard_count:
+        raise ValueError(f"shard_index {shard_index} is outside [0, {shard_count})")
+    ds = grain.MapDataset.source(records)
+    return ds[shard_index::shard_count] if shard_count > 1 else ds
+
+
+def _batched(ds: grain.IterDataset, config: BatchConfig, num_shards: int, tower: str, pad_id: int):
+    b, h, dual = config.examples_per_shard, config.num_hard_negatives, tower == "dual"
+
+    def new_batcher(length: int | None = None):
+        if dual:
+            return DualTowerBatcher(b, *config.row_specs(length), h, pad_id)
+        return OneTowerBatcher(b, config.tower_spec(tower, length), pad_id)
+
+    if config.mode != "bucketed":
+        return PackedBatchIterDataset(ds, new_batcher, num_shards)
+    if dual:
+        longest = lambda e: max(len(e["member"]), *(len(t) for t in e["items"]))  # noqa: E731
+    else:
+        longest = lambda e: len(e["tokens"])  # noqa: E731
+    return BucketBatchIterDataset(ds, config.bucket_boundaries, longest, new_batcher, b, num_shards)
+
+
+def train_batches(records, tokenizer, fmt: PromptFormat, config: BatchConfig, *, seed: int,
+                  num_epochs: int | None = None, num_shards: int = 1, shard_index: int | None = None,
+                  shard_count: int | None = None, read_threads: int = 4) -> grain.IterDataset:
+    """Dual-encoder batches from train records, reshuffled every epoch; `num_epochs=None` repeats
+    forever. `num_shards` is N, the data-parallel shards this process feeds."""
+    ds = _process_slice(records, shard_index, shard_count)
+    if len(ds) == 0:
+        raise ValueError("this process's slice of the training records is empty")
+    ds = ds.shuffle(seed=seed).repeat(num_epochs)
+    ds = ds.map(_Tokenise(tokenizer, fmt, config).dual)
+    ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=64))
+    return _batched(ds, config, num_shards, "dual", tokenizer.pad_id)
+
+
+def embedding_batches(records, tokenizer, fmt: PromptFormat, config: BatchConfig, *, tower: str,
+                      num_shards: int = 1, shard_index: int | None = None, shard_count: int | None = None,
+                      read_threads: int = 4) -> grain.IterDataset:
+    """One-tower batches in record order, each record once: `tower="item"` for corpus records
+    (item_id, item_prompt), `tower="member"` for member records (user_id, member_*)."""
+    if tower not in ("item", "member"):
+        raise ValueError(f"tower must be 'item' or 'member', got {tower!r}")
+    tokenise = _Tokenise(tokenizer, fmt, config)
+    ds = _process_slice(records, shard_index, shard_count)
+    ds = ds.map(tokenise.item_only if tower == "item" else tokenise.member_only)
+    ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=64))
+    return _batched(ds, config, num_shards, tower, tokenizer.pad_id)
+
+
+def local_data_shards(mesh, axis: str = "data") -> int:
+    """N for this process: how many distinct positions along `axis` its devices occupy."""
+    local = {d.id for d in mesh.local_devices}
+    index = mesh.axis_names.index(axis)
+    positions = {coords[index] for coords, device in np.ndenumerate(mesh.devices) if device.id in local}
+    return len(positions)
+
+
+def to_global(batch: dict, mesh, axis: str = "data") -> dict:
+    """This process's batch -> global jax arrays sharded over `axis` along the leading N axis
+    (host-side `ids` stay a list)."""
+    import jax
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    out = {}
+    for key, value in batch.items():
+        if key == "ids":
+            out[key] = value
+            continue
+        spec = PartitionSpec(axis, *([None] * (value.ndim - 1)))
+        out[key] = jax.make_array_from_process_local_data(NamedSharding(mesh, spec), value)
+    return out
