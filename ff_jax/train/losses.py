@@ -12,6 +12,8 @@ Inputs (float32, NOT normalised: each loss normalises, Matryoshka slices first):
   negatives  [B, H, D]  impressed-but-not-engaged items (H may be 0)
   negative_mask [B, H]  False where an example has fewer than H hard negatives
   example_mask  [B]     0 for filler examples (fixed shapes), which neither score nor act as negatives
+  positive_key [B], negative_key [B, H]  optional int hashes of the item ids: a candidate that is
+                        the same item as a member's positive is not counted as its negative
 The logit scale (1/temperature) and bias come from the model's `Scoring` module, so a learned
 temperature is just another parameter; a fixed one is a non-trainable variable.
 
@@ -56,6 +58,8 @@ class Towers:
     negatives: jax.Array
     negative_mask: jax.Array
     example_mask: jax.Array
+    positive_key: Optional[jax.Array] = None
+    negative_key: Optional[jax.Array] = None
 
 
 def _candidate_logits(member, positive, negatives, towers: Towers, share_hard_negatives: bool):
@@ -69,16 +73,24 @@ def _candidate_logits(member, positive, negatives, towers: Towers, share_hard_ne
     valid_example = towers.example_mask > 0
     neg_valid = towers.negative_mask & valid_example[:, None]
     in_batch = member @ positive.T  # [B, B]: the all-gather happens here under sharding
-    if hard == 0:
-        return in_batch, jnp.broadcast_to(valid_example[None, :], in_batch.shape)
-    if share_hard_negatives:
-        hard_scores = member @ negatives.reshape(batch * hard, -1).T  # [B, B*H]
-        hard_valid = jnp.broadcast_to(neg_valid.reshape(1, -1), hard_scores.shape)
-    else:
-        hard_scores = jnp.einsum("bd,bhd->bh", member, negatives)
-        hard_valid = neg_valid
-    scores = jnp.concatenate([in_batch, hard_scores], axis=1)
-    valid = jnp.concatenate([jnp.broadcast_to(valid_example[None, :], in_batch.shape), hard_valid], axis=1)
+    scores, valid = [in_batch], [jnp.broadcast_to(valid_example[None, :], in_batch.shape)]
+    keys = None if towers.positive_key is None else [jnp.broadcast_to(towers.positive_key[None, :], in_batch.shape)]
+    if hard and share_hard_negatives:
+        scores.append(member @ negatives.reshape(batch * hard, -1).T)  # [B, B*H]
+        valid.append(jnp.broadcast_to(neg_valid.reshape(1, -1), scores[-1].shape))
+        if keys is not None:
+            keys.append(jnp.broadcast_to(towers.negative_key.reshape(1, -1), scores[-1].shape))
+    elif hard:
+        scores.append(jnp.einsum("bd,bhd->bh", member, negatives))
+        valid.append(neg_valid)
+        if keys is not None:
+            keys.append(towers.negative_key)
+    scores, valid = jnp.concatenate(scores, axis=1), jnp.concatenate(valid, axis=1)
+    if keys is not None:
+        # Two members who engaged with the same item: that item is not a negative for either.
+        same_item = jnp.concatenate(keys, axis=1) == towers.positive_key[:, None]
+        label = jnp.arange(scores.shape[1])[None, :] == jnp.arange(batch)[:, None]
+        valid = valid & (label | ~same_item)
     return scores, valid
 
 

@@ -23,28 +23,35 @@ def _random_towers(seed=0, batch=6, hard=2, dim=16, fillers=1):
     return member, positive, negatives, negative_mask, example_mask
 
 
-def _as_towers(arrays):
+def _as_towers(arrays, keys=None):
     member, positive, negatives, negative_mask, example_mask = arrays
+    positive_key, negative_key = (None, None) if keys is None else map(jnp.asarray, keys)
     return Towers(jnp.asarray(member, jnp.float32), jnp.asarray(positive, jnp.float32),
-                  jnp.asarray(negatives, jnp.float32), jnp.asarray(negative_mask), jnp.asarray(example_mask))
+                  jnp.asarray(negatives, jnp.float32), jnp.asarray(negative_mask), jnp.asarray(example_mask),
+                  positive_key, negative_key)
 
 
-def _candidates(b, arrays, shared):
-    """Row b's candidate vectors (normalised), positive first, as a plain list."""
+def _candidates(b, arrays, shared, keys=None):
+    """Row b's candidate vectors (normalised), positive first, as a plain list.
+
+    With item keys, a candidate that is the same item as row b's positive is left out.
+    """
     member, positive, negatives, negative_mask, example_mask = arrays
     p, n = _normalise(positive), _normalise(negatives)
+    pk, nk = keys if keys is not None else (np.arange(len(p)) + 1000, -np.ones(negatives.shape[:2]))
     out = [p[b]]
-    out += [p[j] for j in range(len(p)) if j != b and example_mask[j] > 0]
+    out += [p[j] for j in range(len(p)) if j != b and example_mask[j] > 0 and pk[j] != pk[b]]
     rows = range(len(p)) if shared else [b]
-    out += [n[j, h] for j in rows for h in range(n.shape[1]) if negative_mask[j, h] and example_mask[j] > 0]
+    out += [n[j, h] for j in rows for h in range(n.shape[1])
+            if negative_mask[j, h] and example_mask[j] > 0 and nk[j, h] != pk[b]]
     return np.stack(out)
 
 
-def numpy_info_nce(arrays, temperature, shared, dims=None):
+def numpy_info_nce(arrays, temperature, shared, dims=None, keys=None):
     member, positive, negatives, negative_mask, example_mask = arrays
     losses = []
     for b in np.flatnonzero(example_mask):
-        cand = _candidates(b, arrays, shared)
+        cand = _candidates(b, arrays, shared, keys)
         total = 0.0
         for dim in dims or [member.shape[1]]:
             q = _normalise(member[b, :dim])
@@ -55,11 +62,11 @@ def numpy_info_nce(arrays, temperature, shared, dims=None):
     return float(np.mean(losses))
 
 
-def numpy_bce(arrays, temperature, bias, shared):
+def numpy_bce(arrays, temperature, bias, shared, keys=None):
     member, *_ , example_mask = arrays
     losses = []
     for b in np.flatnonzero(example_mask):
-        cand = _candidates(b, arrays, shared)
+        cand = _candidates(b, arrays, shared, keys)
         z = cand @ _normalise(member[b]) / temperature + bias
         labels = np.zeros(len(z))
         labels[0] = 1
@@ -68,9 +75,9 @@ def numpy_bce(arrays, temperature, bias, shared):
     return float(np.mean(losses))
 
 
-def _run(loss_fn, arrays, temperature, bias=0.0):
+def _run(loss_fn, arrays, temperature, bias=0.0, keys=None):
     """One compiled call (eager op-by-op dispatch is slower than compiling the whole loss)."""
-    return jax.jit(loss_fn)(_as_towers(arrays), _log_scale(temperature), jnp.asarray(bias, jnp.float32))
+    return jax.jit(loss_fn)(_as_towers(arrays, keys), _log_scale(temperature), jnp.asarray(bias, jnp.float32))
 
 
 def _log_scale(t):
@@ -128,3 +135,19 @@ def test_matryoshka_is_weighted_sum_over_nested_prefixes():
 def test_matryoshka_rejects_mismatched_weights():
     with pytest.raises(ValueError, match="weights"):
         _run(MatryoshkaInfoNCE(dims=(16, 8), weights=(1.0,)), _random_towers(), 0.05)
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_duplicate_items_are_not_negatives_of_each_other(shared):
+    arrays = _random_towers(seed=7, hard=2, fillers=0)
+    # Examples 0 and 3 engaged with the same item; example 1's first hard negative is that item too,
+    # and example 2's hard negative is its own positive.
+    positive_key = np.array([5, 6, 7, 5, 8, 9], np.int32)
+    negative_key = np.array([[11, 12], [5, 13], [7, 14], [15, 16], [17, 18], [19, 20]], np.int32)
+    keys = (positive_key, negative_key)
+    loss, _ = _run(InfoNCE(temperature=0.1, share_hard_negatives=shared), arrays, 0.1, keys=keys)
+    expected = numpy_info_nce(arrays, 0.1, shared, keys=keys)
+    np.testing.assert_allclose(float(loss), expected, rtol=1e-5, atol=1e-6)
+    assert abs(expected - numpy_info_nce(arrays, 0.1, shared)) > 1e-3  # the masking matters here
+    bce, _ = _run(BCE(share_hard_negatives=shared), arrays, 0.1, -4.0, keys=keys)
+    np.testing.assert_allclose(float(bce), numpy_bce(arrays, 0.1, -4.0, shared, keys=keys), rtol=1e-5, atol=1e-6)

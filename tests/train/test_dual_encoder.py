@@ -1,0 +1,103 @@
+"""Pooling against numpy, and packing invariance: a prompt packed with others embeds as it does alone."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from ff_jax.data.packing import OneTowerBatcher, RowSpec, stack_shards
+from ff_jax.model import Llama, presets
+from ff_jax.train.dual_encoder import DualEncoder, EncoderConfig, pool
+
+
+def numpy_pool(hidden, segment_ids, segments, pooling, last_n=0):
+    rows, _, dim = hidden.shape
+    out = np.zeros((rows * segments, dim))
+    for r in range(rows):
+        for s in range(segments):
+            idx = np.flatnonzero(segment_ids[r] == s + 1)
+            if len(idx) == 0:
+                continue
+            keep = {"mean": idx, "last": idx[-1:], "last_n": idx[-last_n:]}[pooling]
+            out[r * segments + s] = hidden[r, keep].mean(axis=0)
+    return out
+
+
+@pytest.mark.parametrize("pooling,last_n", [("mean", 0), ("last", 0), ("last_n", 3)])
+def test_pool_matches_numpy(pooling, last_n):
+    rng = np.random.default_rng(0)
+    hidden = rng.normal(size=(3, 12, 5)).astype(np.float32)
+    # Row 0: segments of 4, 1, 5 tokens and 2 padding; row 1: one segment; row 2: all padding.
+    segment_ids = np.array([[1] * 4 + [2] + [3] * 5 + [0] * 2, [1] * 12, [0] * 12], np.int32)
+    got = jax.jit(pool, static_argnums=(2, 3, 4))(hidden, segment_ids, 3, pooling, last_n)
+    np.testing.assert_allclose(np.asarray(got), numpy_pool(hidden, segment_ids, 3, pooling, last_n), atol=1e-6)
+
+
+def test_unknown_pooling_is_refused():
+    with pytest.raises(ValueError, match="pooling"):
+        EncoderConfig(pooling="max")
+    with pytest.raises(ValueError, match="last_n"):
+        EncoderConfig(pooling="last_n")
+
+
+def _jit_init(factory):
+    """Builds a module inside one jit (eager init dispatches hundreds of tiny ops)."""
+    graphdef, _ = nnx.split(nnx.eval_shape(factory))
+    return nnx.merge(graphdef, jax.jit(lambda: nnx.state(factory()))())
+
+
+@pytest.fixture(scope="module")
+def backbone():
+    return _jit_init(lambda: Llama(presets.tiny(vocab_size=512), rngs=nnx.Rngs(0)))
+
+
+@nnx.jit(static_argnums=(5,))
+def _encode(encoder, tokens, segments, positions, slot, segments_per_row):
+    return encoder.encode(tokens, segments, positions, slot, segments_per_row)
+
+
+@nnx.jit
+def _hidden_alone(backbone, tokens):
+    return backbone(tokens, compute_logits=False).hidden
+
+
+@pytest.mark.parametrize("pooling", ["mean", "last_n"])
+def test_packed_prompts_embed_as_they_do_alone(backbone, pooling):
+    rng = np.random.default_rng(1)
+    prompts = [rng.integers(1, 512, size=n).astype(np.int32) for n in (9, 5, 14, 3, 7, 11)]
+    spec = RowSpec(rows=3, length=24, max_segments=3)
+    shards = []
+    for part in (prompts[:3], prompts[3:]):  # two shards
+        batcher = OneTowerBatcher(capacity=3, spec=spec, pad_id=0)
+        for i, tokens in enumerate(part):
+            assert batcher.add({"tokens": tokens, "id": str(i)})
+        shards.append(batcher.build())
+    batch = stack_shards(shards)
+    assert batch["segment_ids"].max() >= 2  # really packed
+    encoder = DualEncoder(backbone, EncoderConfig(pooling=pooling, last_n=4), rngs=nnx.Rngs(1))
+    got = _encode(encoder, jnp.asarray(batch["tokens"]), jnp.asarray(batch["segment_ids"]),
+                  jnp.asarray(batch["positions"]), jnp.asarray(batch["slot"]), spec.max_segments)
+    # Alone: one prompt per row, padded to one common length with segment id 0.
+    alone = np.zeros((len(prompts), 16), np.int32)
+    for i, tokens in enumerate(prompts):
+        alone[i, : len(tokens)] = tokens
+    hidden_alone = np.asarray(_hidden_alone(backbone, jnp.asarray(alone)))
+    for i, tokens in enumerate(prompts):
+        hidden = hidden_alone[i, : len(tokens)]
+        expected = hidden.mean(0) if pooling == "mean" else hidden[-4:].mean(0)
+        np.testing.assert_allclose(np.asarray(got[i]), expected, atol=2e-5, err_msg=f"prompt {i}")
+
+
+def test_projection_head_and_matryoshka_slices(backbone):
+    encoder = DualEncoder(backbone, EncoderConfig(projection_dim=32, projection_hidden=48), rngs=nnx.Rngs(2))
+    tokens = jnp.arange(1, 17, dtype=jnp.int32).reshape(1, 2, 8)
+    segments = jnp.ones((1, 2, 8), jnp.int32)
+    positions = jnp.broadcast_to(jnp.arange(8, dtype=jnp.int32), (1, 2, 8))
+    slot = jnp.array([[0, 1]], jnp.int32)
+    raw, full, eighth = map(np.asarray, nnx.jit(lambda e: (e.encode(tokens, segments, positions, slot, 1),
+                                                             e.embed(tokens, segments, positions, slot, 1),
+                                                             e.embed(tokens, segments, positions, slot, 1, dim=4)))(encoder))
+    assert raw.shape == (2, 32) and encoder.embedding_dim == 32
+    np.testing.assert_allclose(np.linalg.norm(full, axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(eighth, raw[:, :4] / np.linalg.norm(raw[:, :4], axis=1, keepdims=True), rtol=1e-5)
