@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from ff_jax.assets import llama3_tokenizer_model
+from ff_jax.data.quantizer import Quantizer
 from ff_jax.data.prompts import (PromptRenderer, PromptTemplate, fit_item_tokens, fit_member_tokens)
 from ff_jax.data.schema import Column, generic_schema
 from ff_jax.model.tokenizer import byte_tokenizer, load_tokenizer
@@ -15,16 +16,6 @@ from ff_jax.model.tokenizer import byte_tokenizer, load_tokenizer
 SCHEMA = generic_schema(
     users=[Column("headline", "text"), Column("industry", "categorical"), Column("connections", "numeric")],
     items=[Column("title", "text"), Column("views", "numeric"), Column("post_type", "categorical")])
-
-
-class Deciles:
-    """A stand-in number renderer: tens digit of the value + 1, in a `_bucket` tag."""
-
-    def render(self, column, values):
-        return values.map(lambda v: "" if pd.isna(v) else f"<{column}_bucket>{int(v) // 10 + 1}</{column}_bucket>")
-
-    def markers(self):
-        return [f"{t}{c}_bucket>" for c in ("views", "connections") for t in ("<", "</")]
 
 
 ITEMS = pd.DataFrame({
@@ -39,14 +30,23 @@ USERS = pd.DataFrame({"user_id": ["u1", "u2"], "headline": ["Data engineer", Non
                       "industry": ["Software", "Finance"], "connections": [310.0, np.nan]})
 
 
+QUANTIZER = Quantizer({**Quantizer.fit(ITEMS, ["views"]).features, **Quantizer.fit(USERS, ["connections"]).features})
+
+
+def bucket(value, training_values):
+    """The percentile bucket, from numpy directly: 1 + how many of the 1st..99th percentiles it reaches."""
+    return 1 + int(np.sum(np.percentile(training_values, np.arange(1, 100)) <= value))
+
+
 def renderer(**template):
-    return PromptRenderer(SCHEMA, PromptTemplate(**template), Deciles())
+    return PromptRenderer(SCHEMA, PromptTemplate(**template), QUANTIZER)
 
 
 def test_item_prompt_has_fields_in_schema_order_text_last_and_skips_missing_values():
     prompts = renderer().item_prompts(ITEMS)
+    views = bucket(5.0, [5.0, 42.0, 99.0])
     assert prompts[0] == ("<item><created_at>2023-11-14</created_at><title>Systems</title>"
-                          "<views_bucket>1</views_bucket><post_type>article</post_type>"
+                          f"<views_percentile>{views}</views_percentile><post_type>article</post_type>"
                           "<text>Rust at scale</text></item>")
     assert prompts[1] == "<item><post_type>video</post_type><text>A ‹title›forged‹/title› marker</text></item>"
 
@@ -62,7 +62,7 @@ def test_member_history_is_newest_first_and_positives_only_by_default():
     history, engaged = ["a", "b", "c"], [True, False, True]  # oldest -> newest
     member = r.member_prompt(r.profiles(USERS)["u1"], history, engaged, pieces)
     assert member.profile == ["<headline>Data engineer</headline>", "<industry>Software</industry>",
-                              "<connections_bucket>32</connections_bucket>"]
+                              f"<connections_percentile>{bucket(310.0, [310.0])}</connections_percentile>"]
     assert member.history == ["\n<item>" + pieces["c"] + "</item>", "\n<item>" + pieces["a"] + "</item>"]
     assert member.text().startswith(PromptTemplate().system_prompt)
 
@@ -161,3 +161,12 @@ def test_markers_are_single_tokens_and_prompts_round_trip(which, llama3):
     # The newest item ("d") is first, the oldest ones were dropped.
     assert text.index("Long") < text.index("Hiring") and "Systems" not in text
     assert list(itertools.chain(*parts)).count(tok.token_to_id("<item>")) == 4
+
+
+@pytest.mark.parametrize("mode, expected", [("raw", "<views>42</views>"), ("absent", "")])
+def test_number_modes_of_the_ablation_change_only_the_number_fields(mode, expected):
+    r = PromptRenderer(SCHEMA, PromptTemplate(), QUANTIZER.with_mode(mode))
+    prompt = r.item_prompts(ITEMS)[2]
+    assert prompt == ("<item><created_at>2020-09-13</created_at><title>Hiring</title>" + expected +
+                      "<post_type>image</post_type><text>Quarterly hiring</text></item>")
+    assert ("<views>" in r.markers()) == (mode == "raw") and "<views_percentile>" not in r.markers()
