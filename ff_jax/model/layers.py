@@ -39,14 +39,14 @@ class Projection(nnx.Module):
     """
 
     def __init__(self, in_shape: Sequence[int], out_shape: Sequence[int], in_axes: Axes, out_axes: Axes,
-                 cfg: LlamaConfig, *, rngs: nnx.Rngs):
+                 cfg: LlamaConfig, *, rngs: nnx.Rngs, lora: bool = True):
         self.n_in = len(in_shape)
         self.dtype = cfg.jnp_dtype
         shape = (*in_shape, *out_shape)
         kernel = jax.random.normal(rngs.params(), shape, jnp.float32) * _INIT_STD
         self.kernel = nnx.Param(kernel.astype(cfg.jnp_param_dtype), logical_axes=(*in_axes, *out_axes))
         self.lora_scale = cfg.lora_alpha / max(cfg.lora_rank, 1)
-        if cfg.lora_rank:
+        if cfg.lora_rank and lora:
             a = jax.random.normal(rngs.params(), (*in_shape, cfg.lora_rank), jnp.float32) / cfg.lora_rank
             self.lora_a = nnx.LoRAParam(a.astype(cfg.jnp_param_dtype), logical_axes=(*in_axes, "lora"))
             self.lora_b = nnx.LoRAParam(jnp.zeros((cfg.lora_rank, *out_shape), cfg.jnp_param_dtype),

@@ -51,7 +51,7 @@ class Llama(nnx.Module):
             self.lm_head = None
         else:
             self.lm_head = Projection((cfg.hidden_size,), (cfg.vocab_size,), ("embed",), ("vocab",), cfg,
-                                      rngs=rngs)
+                                      rngs=rngs, lora=False)  # adapters on attention and MLP only
 
     def __call__(self, tokens: jax.Array, *, positions: Optional[jax.Array] = None,
                  segment_ids: Optional[jax.Array] = None, cache: Optional[KVCache] = None,

@@ -1,0 +1,135 @@
+"""Behaviour of the decoder that HF has no counterpart for: packing, KV cache, scan, remat, LoRA."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from ff_jax.model import KVCache, Llama, presets
+
+
+def _tokens(batch, length, vocab=512, seed=0):
+    return jnp.asarray(np.random.default_rng(seed).integers(0, vocab, (batch, length)), jnp.int32)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return Llama(presets.tiny(), rngs=nnx.Rngs(0))
+
+
+def _stacked_copy(model: Llama) -> Llama:
+    """The same weights in a scan_layers model (leading layer axis)."""
+    scanned = Llama(model.config.replace(scan_layers=True), rngs=nnx.Rngs(1))
+    per_layer = [nnx.state(block, nnx.Param) for block in model.layers]
+    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *per_layer)
+    nnx.update(scanned.layers, stacked)
+    nnx.update(scanned.embed, nnx.state(model.embed))
+    nnx.update(scanned.final_norm, nnx.state(model.final_norm))
+    nnx.update(scanned.lm_head, nnx.state(model.lm_head))
+    return scanned
+
+
+def test_packed_segments_match_running_each_prompt_alone(model):
+    lengths = [37, 5, 60, 20]
+    prompts = [_tokens(1, n, seed=i)[0] for i, n in enumerate(lengths)]
+    row = jnp.concatenate(prompts + [jnp.zeros(6, jnp.int32)])[None]  # trailing padding
+    segments = jnp.concatenate([jnp.full(n, i + 1) for i, n in enumerate(lengths)] + [jnp.zeros(6)])[None]
+    positions = jnp.concatenate([jnp.arange(n) for n in lengths] + [jnp.zeros(6)])[None]
+    packed = model(row, positions=positions.astype(jnp.int32), segment_ids=segments.astype(jnp.int32))
+    start = 0
+    for prompt in prompts:
+        alone = model(prompt[None])
+        n = prompt.shape[0]
+        np.testing.assert_allclose(packed.hidden[0, start:start + n], alone.hidden[0], atol=2e-5)
+        np.testing.assert_allclose(packed.logits[0, start:start + n], alone.logits[0], atol=2e-5)
+        start += n
+
+
+@pytest.mark.parametrize("scan_layers", [False, True])
+def test_prefill_then_extend_equals_one_pass(model, scan_layers):
+    net = _stacked_copy(model) if scan_layers else model
+    tokens = _tokens(2, 48, seed=3)
+    full = net(tokens)
+    cache = KVCache.empty(net.config, batch=2, slots=64)
+    prefix = net(tokens[:, :30], cache=cache)
+    step = net(tokens[:, 30:41], cache=prefix.cache)
+    last = net(tokens[:, 41:], cache=step.cache)
+    assert int(last.cache.length) == 48
+    joined = jnp.concatenate([prefix.logits, step.logits, last.logits], axis=1)
+    np.testing.assert_allclose(joined, full.logits, atol=2e-5)
+
+
+def test_extend_after_right_padded_prefix_with_explicit_positions(model):
+    """Rows whose prefixes differ in length share one cache: padding slots are segment 0."""
+    tokens = _tokens(2, 40, seed=4)
+    prefix_lengths = [25, 18]
+    prefix = np.zeros((2, 25), np.int32)
+    prefix_segments = np.zeros((2, 25), np.int32)
+    for r, n in enumerate(prefix_lengths):
+        prefix[r, :n] = tokens[r, :n]
+        prefix_segments[r, :n] = 1
+    cache = KVCache.empty(model.config, batch=2, slots=48)
+    out = model(jnp.asarray(prefix), segment_ids=jnp.asarray(prefix_segments), cache=cache)
+    suffix = np.stack([np.asarray(tokens[r, n:n + 10]) for r, n in enumerate(prefix_lengths)])
+    positions = np.stack([np.arange(n, n + 10) for n in prefix_lengths]).astype(np.int32)
+    ext = model(jnp.asarray(suffix), positions=jnp.asarray(positions), cache=out.cache)
+    for r, n in enumerate(prefix_lengths):
+        alone = model(tokens[r:r + 1, :n + 10])
+        np.testing.assert_allclose(ext.logits[r], alone.logits[0, n:], atol=2e-5)
+
+
+def test_scan_over_layers_matches_python_loop(model):
+    tokens = _tokens(2, 33, seed=5)
+    np.testing.assert_allclose(_stacked_copy(model)(tokens).logits, model(tokens).logits, atol=1e-5)
+
+
+def test_remat_changes_memory_not_gradients(model):
+    tokens = _tokens(2, 16, seed=6)
+    remat = Llama(model.config.replace(remat=True), rngs=nnx.Rngs(0))
+
+    def loss(net):
+        return jnp.mean(net(tokens).logits ** 2)
+
+    g_plain = nnx.grad(loss)(model)
+    g_remat = nnx.grad(loss)(remat)
+    flat_plain = jax.tree.leaves(nnx.state(g_plain))
+    flat_remat = jax.tree.leaves(nnx.state(g_remat))
+    assert len(flat_plain) == len(flat_remat) > 0
+    for a, b in zip(flat_plain, flat_remat):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_lora_starts_as_identity_and_trains_only_adapters(model):
+    lora = Llama(model.config.replace(lora_rank=4), rngs=nnx.Rngs(0))
+    nnx.update(lora, nnx.state(model))  # same base weights; adapters keep their own init
+    tokens = _tokens(2, 16, seed=7)
+    np.testing.assert_allclose(lora(tokens).logits, model(tokens).logits, atol=1e-6)
+    adapters = nnx.state(lora, nnx.LoRAParam)
+    # q, k, v, o, gate, up, down in each of the 2 layers, an A and a B each.
+    assert len(jax.tree.leaves(adapters)) == 2 * 7 * 2
+
+    def loss(net):
+        return jnp.mean(net(tokens).logits ** 2)
+
+    grads = nnx.grad(loss, argnums=nnx.DiffState(0, nnx.LoRAParam))(lora)
+    b_grads = [g for path, g in nnx.to_flat_state(nnx.state(grads, nnx.LoRAParam)) if path[-1] == "lora_b"]
+    assert len(b_grads) == 14
+    # B starts at zero but A does not, so every B gets a gradient and training can move off identity.
+    assert all(float(jnp.abs(g[...]).sum()) > 0 for g in b_grads)
+
+
+def test_bfloat16_compute_stays_close_to_float32(model):
+    tokens = _tokens(2, 64, seed=8)
+    bf16 = Llama(model.config.replace(dtype="bfloat16"), rngs=nnx.Rngs(0))
+    out = bf16(tokens)
+    assert out.hidden.dtype == jnp.bfloat16
+    reference = model(tokens).hidden
+    cosine = jnp.sum(out.hidden.astype(jnp.float32) * reference, -1) / (
+        jnp.linalg.norm(out.hidden.astype(jnp.float32), axis=-1) * jnp.linalg.norm(reference, axis=-1))
+    assert float(cosine.min()) > 0.99
+
+
+def test_bad_head_configuration_is_rejected():
+    with pytest.raises(ValueError, match="num_kv_heads"):
+        presets.tiny(num_heads=4, num_kv_heads=3)
