@@ -1,0 +1,323 @@
+"""The one small interface every nearest-neighbour index implements, and its on-disk manifest.
+
+Scores are cosine similarities: the index L2-normalises the corpus and the queries, then ranks by
+inner product. An index directory holds the implementation's files plus `manifest.json` (kind,
+dim, count, metric, format version, SHA-256 of every file), so `load_index(dir)` can refuse a
+truncated or tampered directory with an error that names the bad file instead of returning
+silently wrong neighbours.
+"""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+import importlib
+import json
+from collections.abc import Collection, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ff_jax.retrieval import filters
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+METRIC = "cosine"
+IDS_FILE = "ids.npy"
+
+# kind -> "module:Class"; imported lazily so loading an exact index never imports ScaNN.
+INDEX_KINDS: dict[str, str] = {
+    "exact": "ff_jax.retrieval.exact:ExactIndex",
+    "scann": "ff_jax.retrieval.scann_index:ScannIndex",
+}
+
+
+class IndexFormatError(ValueError):
+    """An index directory is missing, empty, corrupt or written by an incompatible version."""
+
+
+# ----------------------------------------------------------------------------- input checks
+
+
+def as_id_array(ids: Sequence[Any] | np.ndarray, expected: int, what: str = "ids") -> np.ndarray:
+    """Ids as a 1-D numpy array of str or int64, one per embedding row, all distinct."""
+    arr = np.asarray(ids)
+    if arr.ndim != 1:
+        raise ValueError(f"{what} must be one-dimensional, got shape {arr.shape}")
+    if arr.shape[0] != expected:
+        raise ValueError(f"{what} has {arr.shape[0]} entries but there are {expected} embedding rows")
+    if arr.dtype.kind in "iu":
+        arr = arr.astype(np.int64)
+    elif arr.dtype.kind == "U":
+        pass
+    elif arr.dtype.kind == "O" and all(isinstance(x, str) for x in arr):
+        arr = arr.astype(str)
+    elif arr.size:
+        raise ValueError(f"{what} must be strings or integers, got dtype {arr.dtype}")
+    else:
+        arr = arr.astype(str)
+    uniq, counts = np.unique(arr, return_counts=True)
+    if uniq.size != arr.size:
+        raise ValueError(f"{what} contains duplicates, e.g. {uniq[counts > 1][:5].tolist()}")
+    return arr
+
+
+def normalize_rows(x: Any, what: str, dim: int | None = None) -> np.ndarray:
+    """float32 [N, D] with unit rows; rejects wrong rank/width, NaN/inf and zero rows by name."""
+    arr = np.asarray(x)
+    if arr.ndim != 2:
+        raise ValueError(f"{what} must be a 2-D [rows, dim] array, got shape {arr.shape}")
+    if arr.dtype.kind not in "fiu" and arr.dtype.name != "bfloat16":
+        raise ValueError(f"{what} must be numeric, got dtype {arr.dtype}")
+    if dim is not None and arr.shape[1] != dim:
+        raise ValueError(
+            f"dimension mismatch: {what} have dimension {arr.shape[1]} but the index holds "
+            f"{dim}-d embeddings"
+        )
+    arr = arr.astype(np.float32, copy=False)
+    if not np.isfinite(arr).all():
+        bad = int(np.argwhere(~np.isfinite(arr))[0, 0])
+        raise ValueError(f"{what} row {bad} contains NaN or inf")
+    norms = np.linalg.norm(arr, axis=1, keepdims=True)
+    if arr.shape[0] and (norms == 0).any():
+        raise ValueError(f"{what} row {int(np.argmin(norms[:, 0]))} has zero norm (cannot be normalised)")
+    return arr / norms
+
+
+# ----------------------------------------------------------------------------- the interface
+
+
+class Index(abc.ABC):
+    """Cosine kNN over a corpus of (id, embedding) rows.
+
+    Subclasses implement the positional core (`_build`, `_add`, `_search_positions`, `_save`,
+    `_load`); this class owns the ids, the input checks, the exclusion filter and the manifest.
+    """
+
+    kind: ClassVar[str]
+
+    def __init__(self) -> None:
+        self._ids: np.ndarray | None = None
+        self._dim: int | None = None
+
+    # -- public API -------------------------------------------------------------------------
+
+    @property
+    def dim(self) -> int:
+        self._require_built()
+        return int(self._dim)  # type: ignore[arg-type]
+
+    @property
+    def count(self) -> int:
+        return 0 if self._ids is None else int(self._ids.shape[0])
+
+    @property
+    def ids(self) -> np.ndarray:
+        self._require_built()
+        return self._ids  # type: ignore[return-value]
+
+    def build(self, embeddings: Any, ids: Sequence[Any] | np.ndarray) -> Index:
+        """Index `embeddings` [N, D] under `ids` (N distinct str or int), replacing any contents."""
+        vectors = normalize_rows(embeddings, "embeddings")
+        if vectors.shape[0] == 0:
+            raise ValueError("embeddings is empty: an index needs at least one row")
+        id_array = as_id_array(ids, vectors.shape[0])
+        self._build(vectors)
+        self._ids, self._dim = id_array, vectors.shape[1]
+        return self
+
+    def add(self, embeddings: Any, ids: Sequence[Any] | np.ndarray) -> Index:
+        """Make new items searchable without a full rebuild. Ids must be new."""
+        self._require_built()
+        vectors = normalize_rows(embeddings, "embeddings", dim=self._dim)
+        new_ids = as_id_array(ids, vectors.shape[0])
+        if new_ids.dtype.kind != self._ids.dtype.kind:  # type: ignore[union-attr]
+            raise ValueError(f"ids are {new_ids.dtype} but the index holds {self._ids.dtype} ids")
+        clash = new_ids[np.isin(new_ids, self._ids)]
+        if clash.size:
+            raise ValueError(f"ids already in the index: {clash[:5].tolist()}")
+        if vectors.shape[0]:
+            self._add(vectors)
+            self._ids = np.concatenate([self._ids, new_ids])
+        return self
+
+    def search(
+        self,
+        queries: Any,
+        k: int,
+        exclude: Sequence[Collection[Any] | None] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k by cosine: (scores float32 [Q, k], ids [Q, k]), best first.
+
+        `exclude[q]` holds ids query q must not get back (e.g. items the member already saw); the
+        index over-fetches so k results remain whenever the corpus has k non-excluded items.
+        Missing slots (only possible with `exclude`) hold score -inf and id "" (str ids) or -1.
+        """
+        self._require_built()
+        q = normalize_rows(queries, "queries", dim=self._dim)
+        self._check_k(k)
+        if exclude is None:
+            return self._search_ids(q, k)
+        return filters.filtered_search(self, q, k, seen=exclude)
+
+    def save(self, directory: str | Path) -> Path:
+        """Write the index and its manifest to `directory` (created; existing files replaced)."""
+        self._require_built()
+        path = Path(directory)
+        path.mkdir(parents=True, exist_ok=True)
+        (path / MANIFEST).unlink(missing_ok=True)  # a half-written save must not look valid
+        np.save(path / IDS_FILE, self._ids, allow_pickle=False)
+        extra = self._save(path)
+        manifest = {
+            "kind": self.kind,
+            "version": FORMAT_VERSION,
+            "dim": self.dim,
+            "count": self.count,
+            "metric": METRIC,
+            "ids_dtype": str(self._ids.dtype),  # type: ignore[union-attr]
+            "config": extra,
+            "checksums": {name: _sha256(path / name) for name in _payload_files(path)},
+        }
+        (path / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+        return path
+
+    @classmethod
+    def load(cls, directory: str | Path) -> Index:
+        """Read an index written by `save`; checks the manifest and checksums first."""
+        path = Path(directory)
+        manifest = read_manifest(path)
+        if manifest["kind"] != cls.kind:
+            raise IndexFormatError(
+                f"{path / MANIFEST}: holds a '{manifest['kind']}' index, not '{cls.kind}'"
+            )
+        ids = np.load(path / IDS_FILE, allow_pickle=False)
+        if ids.shape != (manifest["count"],):
+            raise IndexFormatError(
+                f"{path / IDS_FILE}: {ids.shape} ids but the manifest says count={manifest['count']}"
+            )
+        index = cls._load(path, manifest)
+        index._ids, index._dim = ids, int(manifest["dim"])
+        return index
+
+    @property
+    def pad_id(self) -> Any:
+        """The id that fills result slots a filter could not fill."""
+        return -1 if self._ids is not None and self._ids.dtype.kind == "i" else ""
+
+    # -- for subclasses ---------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def _build(self, vectors: np.ndarray) -> None:
+        """Replace the contents with unit-norm float32 `vectors` [N, D]."""
+
+    @abc.abstractmethod
+    def _add(self, vectors: np.ndarray) -> None:
+        """Append unit-norm rows; they get positions count, count+1, ..."""
+
+    @abc.abstractmethod
+    def _search_positions(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(scores float32 [Q, k], positions int [Q, k]); positions < 0 mark empty slots."""
+
+    @abc.abstractmethod
+    def _save(self, path: Path) -> dict[str, Any]:
+        """Write implementation files into `path`; return the config to record in the manifest."""
+
+    @classmethod
+    @abc.abstractmethod
+    def _load(cls, path: Path, manifest: dict[str, Any]) -> Index:
+        """Recreate the implementation from `path` (ids and dim are restored by `load`)."""
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _require_built(self) -> None:
+        if self._ids is None:
+            raise RuntimeError(f"the {self.kind} index is empty: call build() or load() first")
+
+    def _check_k(self, k: int) -> None:
+        if not isinstance(k, (int, np.integer)) or k <= 0:
+            raise ValueError(f"k must be a positive integer, got {k!r}")
+        if k > self.count:
+            raise ValueError(f"k={k} is larger than the corpus ({self.count} items)")
+
+    def _search_ids(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        scores, positions = self._search_positions(q, k)
+        scores = np.asarray(scores, np.float32)
+        positions = np.asarray(positions, np.int64)
+        empty = positions < 0  # an approximate index may return fewer than k: mark, never crash
+        if empty.any():
+            scores = np.where(empty, np.float32(-np.inf), scores)
+            return scores, np.where(empty, self.pad_id, self._ids[np.maximum(positions, 0)])
+        return scores, self._ids[positions]  # type: ignore[index]
+
+
+# ----------------------------------------------------------------------------- manifest
+
+
+def _payload_files(path: Path) -> list[str]:
+    return sorted(
+        str(p.relative_to(path)) for p in path.rglob("*") if p.is_file() and p.name != MANIFEST
+    )
+
+
+def _sha256(file: Path) -> str:
+    digest = hashlib.sha256()
+    with open(file, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+_REQUIRED = {"kind": str, "version": int, "dim": int, "count": int, "metric": str, "checksums": dict}
+
+
+def read_manifest(path: Path, verify: bool = True) -> dict[str, Any]:
+    """The validated manifest of an index directory; raises IndexFormatError naming the problem."""
+    if not path.exists():
+        raise IndexFormatError(f"index directory {path} does not exist")
+    if not path.is_dir():
+        raise IndexFormatError(f"{path} is a file, not an index directory")
+    file = path / MANIFEST
+    if not file.exists():
+        what = "is empty" if not any(path.iterdir()) else f"has no {MANIFEST}"
+        raise IndexFormatError(f"index directory {path} {what} (write one with Index.save)")
+    try:
+        manifest = json.loads(file.read_text())
+    except json.JSONDecodeError as err:
+        raise IndexFormatError(f"{file}: not valid JSON (line {err.lineno}: {err.msg})") from None
+    if not isinstance(manifest, dict):
+        raise IndexFormatError(f"{file}: expected a JSON object")
+    for field, typ in _REQUIRED.items():
+        if not isinstance(manifest.get(field), typ):
+            raise IndexFormatError(f"{file}: field '{field}' is missing or not a {typ.__name__}")
+    if manifest["version"] > FORMAT_VERSION:
+        raise IndexFormatError(
+            f"{file}: format version {manifest['version']} is newer than this ff_jax reads "
+            f"({FORMAT_VERSION})"
+        )
+    if manifest["metric"] != METRIC:
+        raise IndexFormatError(f"{file}: metric '{manifest['metric']}' is not '{METRIC}'")
+    if verify:
+        for name, expected in manifest["checksums"].items():
+            target = path / name
+            if not target.is_file():
+                raise IndexFormatError(f"{target}: listed in the manifest but missing")
+            if _sha256(target) != expected:
+                raise IndexFormatError(f"{target}: checksum mismatch (corrupt or modified)")
+        if IDS_FILE not in manifest["checksums"]:
+            raise IndexFormatError(f"{file}: checksums do not cover {IDS_FILE}")
+    return manifest
+
+
+def load_index(directory: str | Path) -> Index:
+    """Load any index written by `Index.save`, dispatching on the manifest's `kind`."""
+    path = Path(directory)
+    kind = read_manifest(path, verify=False)["kind"]
+    if kind not in INDEX_KINDS:
+        raise IndexFormatError(
+            f"{path / MANIFEST}: unknown index kind '{kind}' (known: {sorted(INDEX_KINDS)})"
+        )
+    module, name = INDEX_KINDS[kind].split(":")
+    cls = getattr(importlib.import_module(module), name)
+    return cls.load(path)
+
