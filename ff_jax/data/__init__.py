@@ -5,10 +5,11 @@ from ff_jax.data.tables import FeedTables, LoadError, LoadSummary, TableReport, 
 from ff_jax.data.movielens import load_movielens_100k
 from ff_jax.data.splits import EvalMember, Splits, TrainExample, temporal_split
 from ff_jax.data.quantizer import Quantizer, fit_on_training
+from ff_jax.data.feed_world import FeedWorld, FeedWorldConfig, FeedWorldTruth, feed_world_config, generate
 # Prompts, packing and grain pipelines (TFDS builders: import ff_jax.data.tfds_builders, it loads TFDS).
 from ff_jax.data.prompts import (MemberPrompt, PromptFormat, PromptRenderer, PromptTemplate, fit_item_tokens,
                                  fit_member_tokens)
-from ff_jax.data.packing import (BucketBatchIterDataset, DualTowerBatcher, OneTowerBatcher, PackedBatchIterDataset,
-                                 RowPacker, RowSpec, padding_waste)
-from ff_jax.data.pipeline import (BatchConfig, embedding_batches, item_key, local_data_shards, suggest_rows,
-                                  to_global, train_batches)
+from ff_jax.data.packing import (DualTowerBatcher, OneTowerBatcher, PackedBatchIterDataset, RowPacker, RowSpec,
+                                 padding_waste)
+from ff_jax.data.pipeline import (BatchConfig, BucketBatchIterDataset, embedding_batches, item_key,
+                                  local_data_shards, suggest_rows, to_global, train_batches)

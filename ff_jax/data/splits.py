@@ -26,6 +26,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from ff_jax.data.tables import FeedTables
+from ff_jax.data.tables_checks import factorize, index_in
 
 TRAIN, VALIDATION, TEST = 0, 1, 2
 
@@ -119,11 +120,12 @@ def assign_periods(interactions: pd.DataFrame, test_fraction: float = 0.2,
                          f"validation={validation_fraction}")
     n = len(interactions)
     engaged = interactions["engaged"].to_numpy(bool)
-    users = pd.factorize(interactions["user_id"])[0]
+    users = factorize(interactions["user_id"])
+    items = factorize(interactions["item_id"])
     positive = np.zeros(n, dtype=bool)
     engaged_rows = np.flatnonzero(engaged)
-    repeat = interactions.iloc[engaged_rows].duplicated(["user_id", "item_id"]).to_numpy()
-    positive[engaged_rows[~repeat]] = True
+    pair = users[engaged_rows] * (items.max(initial=0) + 1) + items[engaged_rows]
+    positive[engaged_rows[~pd.Series(pair).duplicated().to_numpy()]] = True
     pos_rows = np.flatnonzero(positive)
     pos_users = users[pos_rows]
     n_users = users.max() + 1 if n else 0
@@ -188,8 +190,7 @@ def temporal_split(tables: FeedTables, test_fraction: float = 0.2, validation_fr
     times = inter["timestamp"].to_numpy(np.int64)
 
     user_ids = tables.users["user_id"].tolist()
-    user_pos = {u: i for i, u in enumerate(user_ids)}
-    codes = inter["user_id"].map(user_pos).to_numpy(np.int64)
+    codes = index_in(inter["user_id"], tables.users["user_id"])
     by_user = np.argsort(codes, kind="stable")
     bounds = np.searchsorted(codes[by_user], np.arange(len(user_ids) + 1))
     pre_test = np.bincount(codes[positive & (period != TEST)], minlength=len(user_ids))

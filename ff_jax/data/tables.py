@@ -208,7 +208,7 @@ def validate_tables(users: pd.DataFrame, items: pd.DataFrame, interactions: pd.D
     items = checks.drop_rows(items, items["text"].str.strip() == "", "item with no text", "text",
                              summary["items"], sources["items"])
     def lost(before: pd.Series, after: pd.Series) -> pd.Series:
-        return before[~before.isin(after)]
+        return before[checks.index_in(before, after) < 0]
 
     dropped_ids = {"user_id": lost(typed["users"]["user_id"], users["user_id"]),
                    "item_id": lost(typed["items"]["item_id"], items["item_id"])}
@@ -216,11 +216,11 @@ def validate_tables(users: pd.DataFrame, items: pd.DataFrame, interactions: pd.D
     inter = checks.check_interactions(typed["interactions"], known, dropped_ids, summary["interactions"],
                                       sources["interactions"])
 
-    idle = int((~users["user_id"].isin(inter["user_id"].unique())).sum())
+    idle = int((checks.index_in(users["user_id"], inter["user_id"].unique()) < 0).sum())
     if idle:
         summary["users"].notes.append(f"{idle:,} users have no interactions (kept: they can be embedded "
                                       "as cold-start members, but no split evaluates them)")
-    unseen = int((~items["item_id"].isin(inter["item_id"].unique())).sum())
+    unseen = int((checks.index_in(items["item_id"], inter["item_id"].unique()) < 0).sum())
     if unseen:
         summary["items"].notes.append(f"{unseen:,} items have no interactions (kept in the corpus)")
 
