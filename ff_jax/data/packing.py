@@ -6,6 +6,8 @@ the row (0 = padding) and positions restart at 0 in every segment, so the model'
 non-zero segment id, causal) keeps prompts apart. Prompt k of a row sits in slot
 `row * max_segments + (segment_id - 1)`. Padded mode is `max_segments=1`.
 
+Length bucketing (the other way to cut padding) is `ff_jax.data.pipeline.BucketBatchIterDataset`.
+
 Shapes are fixed: a batch holds `examples` examples per shard. An example whose prompts do not fit
 the rows left is carried to the next batch (nothing is dropped); empty example places are fillers
 with `example_mask = 0`. The carried examples are part of the iterator state, so a restored
@@ -235,28 +237,28 @@ def padding_waste(batch: dict) -> float:
 # --------------------------------------------------------------------------- grain transformations
 
 
-def _encode(value: Any) -> Any:
+def state_encode(value: Any) -> Any:
     """JSON-able form of a carried example (the iterator state goes through json.dumps)."""
     if isinstance(value, np.ndarray):
         return {"__ndarray__": base64.b64encode(np.ascontiguousarray(value).tobytes()).decode("ascii"),
                 "dtype": value.dtype.str, "shape": list(value.shape)}
     if isinstance(value, dict):
-        return {k: _encode(v) for k, v in value.items()}
+        return {k: state_encode(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_encode(v) for v in value]
+        return [state_encode(v) for v in value]
     if isinstance(value, np.generic):
         return value.item()
     return value
 
 
-def _decode(value: Any) -> Any:
+def state_decode(value: Any) -> Any:
     if isinstance(value, dict):
         if "__ndarray__" in value:
             data = base64.b64decode(value["__ndarray__"])
             return np.frombuffer(data, np.dtype(value["dtype"])).reshape(value["shape"]).copy()
-        return {k: _decode(v) for k, v in value.items()}
+        return {k: state_decode(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_decode(v) for v in value]
+        return [state_decode(v) for v in value]
     return value
 
 
@@ -324,86 +326,9 @@ class _PackedBatchIterator(grain.DatasetIterator):
 
     def get_state(self) -> dict:
         return {"parent": self._parent.get_state(), "exhausted": self._exhausted,
-                "carry": [_encode(example) for example in self._carry]}
+                "carry": [state_encode(example) for example in self._carry]}
 
     def set_state(self, state: dict) -> None:
         self._parent.set_state(state["parent"])
         self._exhausted = bool(state["exhausted"])
-        self._carry = deque(_decode(example) for example in state["carry"])
-
-
-class BucketBatchIterDataset(grain.IterDataset):
-    """Length bucketing: each example waits in the bucket of the smallest boundary that holds its
-    longest prompt; a bucket that has `num_shards * capacity` examples becomes one batch of rows
-    that long (one prompt per row), made by `new_batcher(boundary)`. At the end of the data the
-    buckets are flushed, shortest first, with filler examples."""
-
-    def __init__(self, parent: grain.IterDataset, boundaries: Sequence[int], longest: Callable[[dict], int],
-                 new_batcher: Callable[[int], Batcher], capacity: int, num_shards: int = 1):
-        super().__init__(parent)
-        if not boundaries or list(boundaries) != sorted(set(boundaries)):
-            raise ValueError(f"bucket boundaries must be increasing and non-empty, got {boundaries}")
-        self._boundaries, self._longest = list(boundaries), longest
-        self._new_batcher, self._capacity, self._num_shards = new_batcher, capacity, num_shards
-
-    def __iter__(self) -> "_BucketIterator":
-        return _BucketIterator(self._parent.__iter__(), self)
-
-    def __str__(self) -> str:
-        return f"BucketBatchIterDataset(boundaries={self._boundaries})"
-
-
-class _BucketIterator(grain.DatasetIterator):
-    def __init__(self, parent: grain.DatasetIterator, config: BucketBatchIterDataset):
-        super().__init__(parent)
-        self._cfg = config
-        self._pending: list[list[dict]] = [[] for _ in config._boundaries]
-        self._exhausted = False
-
-    def _bucket_of(self, example: dict) -> int:
-        n = self._cfg._longest(example)
-        for i, boundary in enumerate(self._cfg._boundaries):
-            if n <= boundary:
-                return i
-        raise ValueError(f"example {example.get('id')!r} has a prompt of {n} tokens, longer than the "
-                         f"largest bucket boundary {self._cfg._boundaries[-1]}")
-
-    def _emit(self, bucket: int) -> dict:
-        boundary = self._cfg._boundaries[bucket]
-        shards = []
-        for _ in range(self._cfg._num_shards):
-            batcher = self._cfg._new_batcher(boundary)
-            queue = self._pending[bucket]
-            while queue and len(batcher) < batcher.capacity:
-                if not batcher.add(queue[0]):
-                    raise ValueError(f"bucket batcher for length {boundary} must hold {batcher.capacity} "
-                                     "examples (one prompt per row)")
-                queue.pop(0)
-            shards.append(batcher.build())
-        return stack_shards(shards)
-
-    def __next__(self) -> dict:
-        full = self._cfg._num_shards * self._cfg._capacity
-        while not self._exhausted:
-            try:
-                example = next(self._parent)
-            except StopIteration:
-                self._exhausted = True
-                break
-            bucket = self._bucket_of(example)
-            self._pending[bucket].append(example)
-            if len(self._pending[bucket]) >= full:
-                return self._emit(bucket)
-        for bucket, queue in enumerate(self._pending):
-            if queue:
-                return self._emit(bucket)
-        raise StopIteration
-
-    def get_state(self) -> dict:
-        return {"parent": self._parent.get_state(), "exhausted": self._exhausted,
-                "pending": [[_encode(e) for e in queue] for queue in self._pending]}
-
-    def set_state(self, state: dict) -> None:
-        self._parent.set_state(state["parent"])
-        self._exhausted = bool(state["exhausted"])
-        self._pending = [[_decode(e) for e in queue] for queue in state["pending"]]
+        self._carry = deque(state_decode(example) for example in state["carry"])

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import dataclasses
 import zlib
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import gin
 import grain
 import numpy as np
 
-from ff_jax.data.packing import (BucketBatchIterDataset, DualTowerBatcher, OneTowerBatcher,
-                                 PackedBatchIterDataset, RowSpec)
+from ff_jax.data.packing import (Batcher, DualTowerBatcher, OneTowerBatcher, PackedBatchIterDataset, RowSpec,
+                                 stack_shards, state_decode, state_encode)
 from ff_jax.data.prompts import PromptFormat, fit_item_tokens, fit_member_tokens
 
 MODES = ("packed", "padded", "bucketed")
@@ -86,6 +86,83 @@ class BatchConfig:
         return RowSpec(b, length or self.length)
 
 
+class BucketBatchIterDataset(grain.IterDataset):
+    """Length bucketing: each example waits in the bucket of the smallest boundary that holds its
+    longest prompt; a bucket that has `num_shards * capacity` examples becomes one batch of rows
+    that long (one prompt per row), made by `new_batcher(boundary)`. At the end of the data the
+    buckets are flushed, shortest first, with filler examples."""
+
+    def __init__(self, parent: grain.IterDataset, boundaries: Sequence[int], longest: Callable[[dict], int],
+                 new_batcher: Callable[[int], Batcher], capacity: int, num_shards: int = 1):
+        super().__init__(parent)
+        if not boundaries or list(boundaries) != sorted(set(boundaries)):
+            raise ValueError(f"bucket boundaries must be increasing and non-empty, got {boundaries}")
+        self._boundaries, self._longest = list(boundaries), longest
+        self._new_batcher, self._capacity, self._num_shards = new_batcher, capacity, num_shards
+
+    def __iter__(self) -> "_BucketIterator":
+        return _BucketIterator(self._parent.__iter__(), self)
+
+    def __str__(self) -> str:
+        return f"BucketBatchIterDataset(boundaries={self._boundaries})"
+
+
+class _BucketIterator(grain.DatasetIterator):
+    def __init__(self, parent: grain.DatasetIterator, config: BucketBatchIterDataset):
+        super().__init__(parent)
+        self._cfg = config
+        self._pending: list[list[dict]] = [[] for _ in config._boundaries]
+        self._exhausted = False
+
+    def _bucket_of(self, example: dict) -> int:
+        n = self._cfg._longest(example)
+        for i, boundary in enumerate(self._cfg._boundaries):
+            if n <= boundary:
+                return i
+        raise ValueError(f"example {example.get('id')!r} has a prompt of {n} tokens, longer than the "
+                         f"largest bucket boundary {self._cfg._boundaries[-1]}")
+
+    def _emit(self, bucket: int) -> dict:
+        boundary = self._cfg._boundaries[bucket]
+        shards = []
+        for _ in range(self._cfg._num_shards):
+            batcher = self._cfg._new_batcher(boundary)
+            queue = self._pending[bucket]
+            while queue and len(batcher) < batcher.capacity:
+                if not batcher.add(queue[0]):
+                    raise ValueError(f"bucket batcher for length {boundary} must hold {batcher.capacity} "
+                                     "examples (one prompt per row)")
+                queue.pop(0)
+            shards.append(batcher.build())
+        return stack_shards(shards)
+
+    def __next__(self) -> dict:
+        full = self._cfg._num_shards * self._cfg._capacity
+        while not self._exhausted:
+            try:
+                example = next(self._parent)
+            except StopIteration:
+                self._exhausted = True
+                break
+            bucket = self._bucket_of(example)
+            self._pending[bucket].append(example)
+            if len(self._pending[bucket]) >= full:
+                return self._emit(bucket)
+        for bucket, queue in enumerate(self._pending):
+            if queue:
+                return self._emit(bucket)
+        raise StopIteration
+
+    def get_state(self) -> dict:
+        return {"parent": self._parent.get_state(), "exhausted": self._exhausted,
+                "pending": [[state_encode(e) for e in queue] for queue in self._pending]}
+
+    def set_state(self, state: dict) -> None:
+        self._parent.set_state(state["parent"])
+        self._exhausted = bool(state["exhausted"])
+        self._pending = [[state_decode(e) for e in queue] for queue in state["pending"]]
+
+
 def suggest_rows(lengths: Sequence[int], prompts_per_shard: int, length: int, headroom: float = 1.15) -> int:
     """Rows enough for `prompts_per_shard` prompts of the sampled `lengths`, plus `headroom`."""
     mean = float(np.mean(lengths)) if len(lengths) else float(length)
@@ -105,8 +182,8 @@ def _texts(values: Any) -> list[str]:
     return [_text(v) for v in (values if values is not None else [])]
 
 
-class _Tokenise:
-    """Prompt records -> token arrays within budget (used as a grain map function)."""
+class PromptTokenizer:
+    """Prompt records -> token arrays within their budgets, BOS/EOS added (grain map functions)."""
 
     def __init__(self, tokenizer, fmt: PromptFormat, config: BatchConfig):
         tokenizer.add_special_tokens(list(fmt.markers))
@@ -183,7 +260,7 @@ def train_batches(records, tokenizer, fmt: PromptFormat, config: BatchConfig, *,
     if len(ds) == 0:
         raise ValueError("this process's slice of the training records is empty")
     ds = ds.shuffle(seed=seed).repeat(num_epochs)
-    ds = ds.map(_Tokenise(tokenizer, fmt, config).dual)
+    ds = ds.map(PromptTokenizer(tokenizer, fmt, config).dual)
     ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=64))
     return _batched(ds, config, num_shards, "dual", tokenizer.pad_id)
 
@@ -195,7 +272,7 @@ def embedding_batches(records, tokenizer, fmt: PromptFormat, config: BatchConfig
     (item_id, item_prompt), `tower="member"` for member records (user_id, member_*)."""
     if tower not in ("item", "member"):
         raise ValueError(f"tower must be 'item' or 'member', got {tower!r}")
-    tokenise = _Tokenise(tokenizer, fmt, config)
+    tokenise = PromptTokenizer(tokenizer, fmt, config)
     ds = _process_slice(records, shard_index, shard_count)
     ds = ds.map(tokenise.item_only if tower == "item" else tokenise.member_only)
     ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=64))

@@ -93,12 +93,12 @@ def prepare(tables: FeedTables, config: FeedConfig, progress: bool = True) -> Pr
     metadata = {"prompt_format": renderer.format().to_dict(), "template": dataclasses.asdict(config.template),
                 "schema": tables.schema.to_dict(), "numbers": config.numbers,
                 "quantizer": numbers.to_dict(),
-                "splits": {k: v for k, v in splits.settings.items()}, "source": tables.name}
+                "splits": dict(splits.settings), "source": tables.name}
     return Prepared(tables, splits, renderer, metadata)
 
 
-class _Records:
-    """Renders records lazily; item prompts and history pieces are rendered once, vectorised."""
+class PromptRecords:
+    """Renders the records of a prepared dataset (item prompts and history pieces once, vectorised)."""
 
     def __init__(self, prepared: Prepared, progress: bool):
         self.p, self.progress = prepared, progress
@@ -166,7 +166,7 @@ class _FeedBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         del dl_manager  # everything is local: a package folder or the simulator
         prepared = _prepared(type(self).__name__.replace("Corpus", ""), self.builder_config, self._load_tables)
         self.info.metadata.update(json.loads(json.dumps(prepared.metadata)))
-        records = _Records(prepared, progress=True)
+        records = PromptRecords(prepared, progress=True)
         if self.CORPUS:
             return {"corpus": records.corpus()}
         return {split: records.examples(split) for split in ("train", "validation", "test")}

@@ -5,8 +5,9 @@ import grain
 import numpy as np
 import pytest
 
-from ff_jax.data.packing import (BucketBatchIterDataset, DualTowerBatcher, OneTowerBatcher,
-                                 PackedBatchIterDataset, RowPacker, RowSpec, padding_waste)
+from ff_jax.data.packing import (DualTowerBatcher, OneTowerBatcher, PackedBatchIterDataset, RowPacker, RowSpec,
+                                 padding_waste)
+from ff_jax.data.pipeline import BucketBatchIterDataset
 
 PAD = -7
 
