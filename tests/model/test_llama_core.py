@@ -9,6 +9,12 @@ from flax import nnx
 from ff_jax.model import KVCache, Llama, presets
 
 
+@nnx.jit
+def run(net, tokens, **kwargs):
+    """A jitted forward: eager NNX dispatches op by op and is far slower than compiling once."""
+    return net(tokens, **kwargs)
+
+
 def _tokens(batch, length, vocab=512, seed=0):
     return jnp.asarray(np.random.default_rng(seed).integers(0, vocab, (batch, length)), jnp.int32)
 
@@ -36,10 +42,10 @@ def test_packed_segments_match_running_each_prompt_alone(model):
     row = jnp.concatenate(prompts + [jnp.zeros(6, jnp.int32)])[None]  # trailing padding
     segments = jnp.concatenate([jnp.full(n, i + 1) for i, n in enumerate(lengths)] + [jnp.zeros(6)])[None]
     positions = jnp.concatenate([jnp.arange(n) for n in lengths] + [jnp.zeros(6)])[None]
-    packed = model(row, positions=positions.astype(jnp.int32), segment_ids=segments.astype(jnp.int32))
+    packed = run(model, row, positions=positions.astype(jnp.int32), segment_ids=segments.astype(jnp.int32))
     start = 0
     for prompt in prompts:
-        alone = model(prompt[None])
+        alone = run(model, prompt[None])
         n = prompt.shape[0]
         np.testing.assert_allclose(packed.hidden[0, start:start + n], alone.hidden[0], atol=2e-5)
         np.testing.assert_allclose(packed.logits[0, start:start + n], alone.logits[0], atol=2e-5)
@@ -50,11 +56,11 @@ def test_packed_segments_match_running_each_prompt_alone(model):
 def test_prefill_then_extend_equals_one_pass(model, scan_layers):
     net = _stacked_copy(model) if scan_layers else model
     tokens = _tokens(2, 48, seed=3)
-    full = net(tokens)
+    full = run(net, tokens)
     cache = KVCache.empty(net.config, batch=2, slots=64)
-    prefix = net(tokens[:, :30], cache=cache)
-    step = net(tokens[:, 30:41], cache=prefix.cache)
-    last = net(tokens[:, 41:], cache=step.cache)
+    prefix = run(net, tokens[:, :30], cache=cache)
+    step = run(net, tokens[:, 30:41], cache=prefix.cache)
+    last = run(net, tokens[:, 41:], cache=step.cache)
     assert int(last.cache.length) == 48
     joined = jnp.concatenate([prefix.logits, step.logits, last.logits], axis=1)
     np.testing.assert_allclose(joined, full.logits, atol=2e-5)
@@ -70,18 +76,18 @@ def test_extend_after_right_padded_prefix_with_explicit_positions(model):
         prefix[r, :n] = tokens[r, :n]
         prefix_segments[r, :n] = 1
     cache = KVCache.empty(model.config, batch=2, slots=48)
-    out = model(jnp.asarray(prefix), segment_ids=jnp.asarray(prefix_segments), cache=cache)
+    out = run(model, jnp.asarray(prefix), segment_ids=jnp.asarray(prefix_segments), cache=cache)
     suffix = np.stack([np.asarray(tokens[r, n:n + 10]) for r, n in enumerate(prefix_lengths)])
     positions = np.stack([np.arange(n, n + 10) for n in prefix_lengths]).astype(np.int32)
-    ext = model(jnp.asarray(suffix), positions=jnp.asarray(positions), cache=out.cache)
+    ext = run(model, jnp.asarray(suffix), positions=jnp.asarray(positions), cache=out.cache)
     for r, n in enumerate(prefix_lengths):
-        alone = model(tokens[r:r + 1, :n + 10])
+        alone = run(model, tokens[r:r + 1, :n + 10])
         np.testing.assert_allclose(ext.logits[r], alone.logits[0, n:], atol=2e-5)
 
 
 def test_scan_over_layers_matches_python_loop(model):
     tokens = _tokens(2, 33, seed=5)
-    np.testing.assert_allclose(_stacked_copy(model)(tokens).logits, model(tokens).logits, atol=1e-5)
+    np.testing.assert_allclose(run(_stacked_copy(model), tokens).logits, run(model, tokens).logits, atol=1e-5)
 
 
 def test_remat_changes_memory_not_gradients(model):
@@ -104,7 +110,7 @@ def test_lora_starts_as_identity_and_trains_only_adapters(model):
     lora = Llama(model.config.replace(lora_rank=4), rngs=nnx.Rngs(0))
     nnx.update(lora, nnx.state(model))  # same base weights; adapters keep their own init
     tokens = _tokens(2, 16, seed=7)
-    np.testing.assert_allclose(lora(tokens).logits, model(tokens).logits, atol=1e-6)
+    np.testing.assert_allclose(run(lora, tokens).logits, run(model, tokens).logits, atol=1e-6)
     adapters = nnx.state(lora, nnx.LoRAParam)
     # q, k, v, o, gate, up, down in each of the 2 layers, an A and a B each.
     assert len(jax.tree.leaves(adapters)) == 2 * 7 * 2
@@ -122,9 +128,9 @@ def test_lora_starts_as_identity_and_trains_only_adapters(model):
 def test_bfloat16_compute_stays_close_to_float32(model):
     tokens = _tokens(2, 64, seed=8)
     bf16 = Llama(model.config.replace(dtype="bfloat16"), rngs=nnx.Rngs(0))
-    out = bf16(tokens)
+    out = run(bf16, tokens)
     assert out.hidden.dtype == jnp.bfloat16
-    reference = model(tokens).hidden
+    reference = run(model, tokens).hidden
     cosine = jnp.sum(out.hidden.astype(jnp.float32) * reference, -1) / (
         jnp.linalg.norm(out.hidden.astype(jnp.float32), axis=-1) * jnp.linalg.norm(reference, axis=-1))
     assert float(cosine.min()) > 0.99
