@@ -59,7 +59,7 @@ def where(source: str, row: int) -> str:
 
 
 def _show(value) -> str:
-    text = repr(value)
+    text = repr(value.item() if isinstance(value, np.generic) else value)
     return text if len(text) <= 60 else text[:57] + "..."
 
 
@@ -230,7 +230,7 @@ def dedupe_ids(frame: pd.DataFrame, id_col: str, report: TableReport, source: st
         rows = frame.index[frame[id_col] == first_id][:2]
         a, b = frame.loc[rows[0]], frame.loc[rows[1]]
         differ = next(c for c in frame.columns if not (a[c] == b[c] or (pd.isna(a[c]) and pd.isna(b[c]))))
-        raise LoadError(f"{source}: duplicate {id_col} {first_id!r} at {where(source, rows[0])} and "
+        raise LoadError(f"duplicate {id_col} {first_id!r} at {where(source, rows[0])} and "
                         f"{where(source, rows[1])} with different '{differ}' ({_show(a[differ])} vs "
                         f"{_show(b[differ])}); ids must be unique ({int(clash.sum()):,} rows share ids)")
     return frame
