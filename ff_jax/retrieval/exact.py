@@ -202,6 +202,10 @@ class ExactIndex(Index):
     # -- search -----------------------------------------------------------------------------
 
     def _search_positions(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        scores, rows = self._top_k(queries, 1 << (k - 1).bit_length())  # pow2 k: few compiles
+        return scores[:, :k], rows[:, :k]
+
+    def _top_k(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         n_queries = queries.shape[0]
         batch = _bucket(n_queries, self.config.query_batch)
         padded = -(-n_queries // batch) * batch

@@ -1,7 +1,7 @@
 """Post-retrieval filters: drop items the member already saw and items by authors they blocked.
 
 A filter can only remove candidates, so `filtered_search` over-fetches, filters, and fetches
-again (doubling) for the queries left with fewer than k results, until k remain or the whole
+again (4x deeper) for the queries left with fewer than k results, until k remain or the whole
 corpus has been fetched. For exclusion lists the first fetch is k + the longest list, which is
 already enough for an exact index; an ANN index may need the second round.
 """
@@ -152,7 +152,7 @@ def filtered_search(
         if fetch >= index.count:
             break
         pending = pending[kept < k]
-        fetch = min(index.count, fetch * 2)
+        fetch = min(index.count, fetch * 4)
     if out_ids is None:  # no queries
         out_ids = np.full((0, k), index.pad_id)
     return out_scores, out_ids

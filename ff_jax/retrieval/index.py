@@ -159,7 +159,7 @@ class Index(abc.ABC):
         self._check_k(k)
         if exclude is None:
             return self._search_ids(q, k)
-        return filters.filtered_search(self, q, k, seen=exclude)
+        return filters.filtered_search(self, q, k, seen=filters.per_query_lists(exclude, len(q), "exclude"))
 
     def save(self, directory: str | Path) -> Path:
         """Write the index and its manifest to `directory` (created; existing files replaced)."""
