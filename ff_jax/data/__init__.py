@@ -12,4 +12,4 @@ from ff_jax.data.prompts import (MemberPrompt, PromptFormat, PromptRenderer, Pro
 from ff_jax.data.packing import (DualTowerBatcher, OneTowerBatcher, PackedBatchIterDataset, RowPacker, RowSpec,
                                  padding_waste)
 from ff_jax.data.pipeline import (BatchConfig, BucketBatchIterDataset, embedding_batches, item_key,
-                                  local_data_shards, suggest_rows, to_global, train_batches)
+                                  local_data_shards, padded_batch_count, suggest_rows, to_global, train_batches)

@@ -268,27 +268,31 @@ class PackedBatchIterDataset(grain.IterDataset):
     Each shard batch first retries the examples carried over (in order), then takes fresh ones
     until it has considered `capacity` examples. The oldest carried example always opens a batch,
     so every example is emitted within `capacity` batches and the carry stays below `capacity`.
+    With `min_batches`, all-filler batches follow the data until that many were emitted (processes
+    that must run the same number of steps).
     """
 
-    def __init__(self, parent: grain.IterDataset, new_batcher: Callable[[], Batcher], num_shards: int = 1):
+    def __init__(self, parent: grain.IterDataset, new_batcher: Callable[[], Batcher], num_shards: int = 1,
+                 min_batches: int = 0):
         super().__init__(parent)
         if num_shards < 1:
             raise ValueError(f"num_shards must be >= 1, got {num_shards}")
-        self._new_batcher, self._num_shards = new_batcher, num_shards
+        self._new_batcher, self._num_shards, self._min_batches = new_batcher, num_shards, min_batches
 
     def __iter__(self) -> "_PackedBatchIterator":
-        return _PackedBatchIterator(self._parent.__iter__(), self._new_batcher, self._num_shards)
+        return _PackedBatchIterator(self._parent.__iter__(), self._new_batcher, self._num_shards, self._min_batches)
 
     def __str__(self) -> str:
         return f"PackedBatchIterDataset(num_shards={self._num_shards})"
 
 
 class _PackedBatchIterator(grain.DatasetIterator):
-    def __init__(self, parent: grain.DatasetIterator, new_batcher, num_shards: int):
+    def __init__(self, parent: grain.DatasetIterator, new_batcher, num_shards: int, min_batches: int):
         super().__init__(parent)
-        self._new_batcher, self._num_shards = new_batcher, num_shards
+        self._new_batcher, self._num_shards, self._min_batches = new_batcher, num_shards, min_batches
         self._carry: deque[dict] = deque()
         self._exhausted = False
+        self._emitted = 0
 
     def _pull(self) -> dict | None:
         if self._exhausted:
@@ -319,16 +323,17 @@ class _PackedBatchIterator(grain.DatasetIterator):
         for shard in range(self._num_shards):
             batcher = self._new_batcher()
             self._fill(batcher)
-            if shard == 0 and len(batcher) == 0:
+            if shard == 0 and len(batcher) == 0 and self._emitted >= self._min_batches:
                 raise StopIteration
             shards.append(batcher.build())
+        self._emitted += 1
         return stack_shards(shards)
 
     def get_state(self) -> dict:
-        return {"parent": self._parent.get_state(), "exhausted": self._exhausted,
+        return {"parent": self._parent.get_state(), "exhausted": self._exhausted, "emitted": self._emitted,
                 "carry": [state_encode(example) for example in self._carry]}
 
     def set_state(self, state: dict) -> None:
         self._parent.set_state(state["parent"])
-        self._exhausted = bool(state["exhausted"])
+        self._exhausted, self._emitted = bool(state["exhausted"]), int(state["emitted"])
         self._carry = deque(state_decode(example) for example in state["carry"])

@@ -234,7 +234,8 @@ def _process_slice(records, shard_index: int | None, shard_count: int | None) ->
     return ds[shard_index::shard_count] if shard_count > 1 else ds
 
 
-def _batched(ds: grain.IterDataset, config: BatchConfig, num_shards: int, tower: str, pad_id: int):
+def _batched(ds: grain.IterDataset, config: BatchConfig, num_shards: int, tower: str, pad_id: int,
+             min_batches: int = 0):
     b, h, dual = config.examples_per_shard, config.num_hard_negatives, tower == "dual"
 
     def new_batcher(length: int | None = None):
@@ -243,7 +244,9 @@ def _batched(ds: grain.IterDataset, config: BatchConfig, num_shards: int, tower:
         return OneTowerBatcher(b, config.tower_spec(tower, length), pad_id)
 
     if config.mode != "bucketed":
-        return PackedBatchIterDataset(ds, new_batcher, num_shards)
+        return PackedBatchIterDataset(ds, new_batcher, num_shards, min_batches)
+    if min_batches:
+        raise ValueError("min_batches needs packed or padded mode, not bucketed")
     if dual:
         longest = lambda e: max(len(e["member"]), *(len(t) for t in e["items"]))  # noqa: E731
     else:
@@ -267,16 +270,23 @@ def train_batches(records, tokenizer, fmt: PromptFormat, config: BatchConfig, *,
 
 def embedding_batches(records, tokenizer, fmt: PromptFormat, config: BatchConfig, *, tower: str,
                       num_shards: int = 1, shard_index: int | None = None, shard_count: int | None = None,
-                      read_threads: int = 4) -> grain.IterDataset:
+                      read_threads: int = 4, min_batches: int = 0) -> grain.IterDataset:
     """One-tower batches in record order, each record once: `tower="item"` for corpus records
-    (item_id, item_prompt), `tower="member"` for member records (user_id, member_*)."""
+    (item_id, item_prompt), `tower="member"` for member records (user_id, member_*). In padded
+    mode pass `min_batches=padded_batch_count(...)` so every process yields as many batches."""
     if tower not in ("item", "member"):
         raise ValueError(f"tower must be 'item' or 'member', got {tower!r}")
     tokenise = PromptTokenizer(tokenizer, fmt, config)
     ds = _process_slice(records, shard_index, shard_count)
     ds = ds.map(tokenise.item_only if tower == "item" else tokenise.member_only)
     ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=64))
-    return _batched(ds, config, num_shards, tower, tokenizer.pad_id)
+    return _batched(ds, config, num_shards, tower, tokenizer.pad_id, min_batches)
+
+
+def padded_batch_count(num_records: int, config: BatchConfig, num_shards: int, shard_count: int) -> int:
+    """Batches of the process with the most records, in padded mode (one prompt per row)."""
+    per_process = -(-num_records // shard_count)
+    return -(-per_process // (num_shards * config.examples_per_shard))
 
 
 def local_data_shards(mesh, axis: str = "data") -> int:

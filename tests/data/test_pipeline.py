@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from ff_jax.data.pipeline import (BatchConfig, embedding_batches, item_key, local_data_shards,
-                                  suggest_rows, to_global, train_batches)
+                                  padded_batch_count, suggest_rows, to_global, train_batches)
 from ff_jax.data.prompts import PromptFormat
 from ff_jax.model.sharding import make_mesh
 from ff_jax.model.tokenizer import byte_tokenizer
@@ -150,6 +150,22 @@ def test_processes_read_disjoint_slices_and_embedding_covers_every_record_once()
         assert all(int(i[1:]) % 2 == process for i in ids)  # process p reads records p, p+2, ...
         seen += ids
     assert sorted(seen) == sorted(f"i{i}" for i in range(53))
+
+
+def test_padded_eval_gives_every_process_the_same_number_of_batches():
+    corpus = [{"item_id": f"i{i}".encode(), "item_prompt": item_prompt(i).encode()} for i in range(41)]
+    config = BatchConfig(examples_per_shard=5, length=80, mode="padded")
+
+    def run(process, min_batches=0):
+        return list(embedding_batches(corpus, tokenizer(), FMT, config, tower="item", num_shards=2,
+                                      shard_index=process, shard_count=2, min_batches=min_batches))
+
+    assert [len(run(p)) for p in (0, 1)] == [3, 2]  # 21 and 20 records, 10 per batch
+    wanted = padded_batch_count(len(corpus), config, num_shards=2, shard_count=2)
+    evened = [run(p, wanted) for p in (0, 1)]
+    assert [len(b) for b in evened] == [3, 3]
+    assert evened[1][-1]["example_mask"].sum() == 0 and not any(evened[1][-1]["ids"])
+    assert sum(int(b["example_mask"].sum()) for batches in evened for b in batches) == 41
 
 
 def test_member_embedding_batches_and_global_arrays_on_a_mesh():
