@@ -231,14 +231,17 @@ def validate_tables(users: pd.DataFrame, items: pd.DataFrame, interactions: pd.D
 
 
 def load_tables(users_path: str | Path, items_path: str | Path, interactions_path: str | Path,
-                schema: TableSchema | None = None, name: str | None = None,
+                schema: TableSchema | str | Path | None = None, name: str | None = None,
                 encoding_errors: str = "strict") -> FeedTables:
     """Load a dataset in the generic schema from CSV / TSV / Parquet files (any mix).
 
-    schema: the columns and their kinds; None keeps every column and infers its kind.
+    schema: the columns and their kinds (a TableSchema or the path of its JSON); None keeps
+        every column and infers its kind.
     encoding_errors: "strict" (default) rejects non-UTF-8 bytes naming line and field;
         "replace" turns them into U+FFFD and counts the lines in the summary.
     """
+    if isinstance(schema, (str, Path)):
+        schema = TableSchema.from_json(Path(schema).read_text())
     paths = {"users": users_path, "items": items_path, "interactions": interactions_path}
     summary = LoadSummary(name or Path(items_path).parent.name or "dataset")
     frames = {}

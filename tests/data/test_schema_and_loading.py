@@ -34,7 +34,9 @@ def _write(folder: Path, users=USERS, items=ITEMS, interactions=INTERACTIONS) ->
 
 
 def test_clean_csv_loads_with_types(tmp_path):
-    tables = load_tables(*_write(tmp_path), SCHEMA)
+    (tmp_path / "schema.json").write_text(SCHEMA.to_json())
+    tables = load_tables(*_write(tmp_path), tmp_path / "schema.json")
+    assert tables.schema == SCHEMA
     assert tables.users["user_id"].tolist() == ["u1", "u2", "u3"]
     assert tables.users["age"].dtype == np.float64 and tables.items["created_at"].dtype == np.int64
     assert tables.interactions["engaged"].tolist() == [True, False, True]
