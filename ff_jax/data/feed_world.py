@@ -29,6 +29,7 @@ from ff_jax.data.feed_world_people import TOPIC_NAMES, make_items, make_members,
 from ff_jax.data.feed_world_vocab import TOPICS
 from ff_jax.data.schema import Column, generic_schema
 from ff_jax.data.tables import FeedTables, validate_tables
+from ff_jax.data.tables_checks import index_in
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,9 @@ class FeedWorldConfig:
             raise ValueError("FeedWorldConfig: n_members, n_authors and n_items must be positive")
         if abs(sum(self.feed_mix) - 1) > 1e-6 or min(self.feed_mix) < 0:
             raise ValueError(f"FeedWorldConfig.feed_mix must be 4 non-negative shares summing to 1, got {self.feed_mix}")
+        if not 2 <= self.words_per_item[0] <= self.words_per_item[1]:
+            raise ValueError(f"FeedWorldConfig.words_per_item must be (low, high) with 2 <= low <= high, "
+                             f"got {self.words_per_item}")
         if self.topic_word_share + self.noise_word_share > 1:
             raise ValueError("FeedWorldConfig: topic_word_share + noise_word_share must be <= 1")
 
@@ -128,8 +132,8 @@ class FeedWorldTruth:
 
     def impression_affinity(self, tables: FeedTables) -> np.ndarray:
         """affinity[member, topic(item)] per interaction row."""
-        member = tables.interactions["user_id"].str.slice(1).astype(np.int64).to_numpy()
-        item = tables.interactions["item_id"].str.slice(1).astype(np.int64).to_numpy()
+        member = index_in(tables.interactions["user_id"], tables.users["user_id"])
+        item = index_in(tables.interactions["item_id"], tables.items["item_id"])
         return self.member_affinity[member, self.item_topic[item]]
 
 

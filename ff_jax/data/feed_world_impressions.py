@@ -111,19 +111,21 @@ def simulate_impressions(cfg, rng: np.random.Generator, members: Members, items:
         topic = np.minimum((cum < rng.random(pick.sum())[:, None] * cum[:, -1:]).sum(1), k - 1)
         item[pick] = by_topic.pick(rng, *by_topic.window(topic, time[pick] - window, time[pick]), weighted=True)
 
-        pick = source == 1  # an author the member follows
-        degree = np.diff(offsets)[member[pick]]
-        slot = offsets[member[pick]] + np.floor(rng.random(pick.sum()) * degree).astype(np.int64)
-        author = np.where(degree > 0, followed[np.minimum(slot, len(followed) - 1)], 0)
-        got = by_author.pick(rng, *by_author.window(author, time[pick] - 2 * window, time[pick]), weighted=False)
-        item[pick] = np.where(degree > 0, got, -1)
+        pick = source == 1  # an author the member follows; following nobody falls back to popular below
+        if len(followed):
+            degree = np.diff(offsets)[member[pick]]
+            slot = offsets[member[pick]] + np.floor(rng.random(pick.sum()) * degree).astype(np.int64)
+            author = followed[np.minimum(slot, len(followed) - 1)]
+            got = by_author.pick(rng, *by_author.window(author, time[pick] - 2 * window, time[pick]), weighted=False)
+            item[pick] = np.where(degree > 0, got, -1)
 
         zero = np.zeros(m, np.int64)
         lo, hi = by_time.window(zero, time - window, time)
         popular = by_time.pick(rng, lo, hi, weighted=True)
         recent = by_time.pick(rng, lo, hi, weighted=False)
         item = np.where(source == 3, recent, item)
-        item = np.where((source == 2) | (item < 0), popular, item)
+        source = np.where((source < 2) & (item < 0), 2, source)  # nothing in that topic / author this week
+        item = np.where(source == 2, popular, item)
         # Last resort (an empty week): anything published before the impression.
         anything = by_time.pick(rng, np.zeros(m, np.int64), hi, weighted=False)
         item = np.where(item < 0, anything, item)

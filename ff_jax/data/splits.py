@@ -213,7 +213,8 @@ def temporal_split(tables: FeedTables, test_fraction: float = 0.2, validation_fr
         for j, at in enumerate(train_pos.tolist()):
             start = 0 if max_history is None else max(0, at - max_history)
             train.append(TrainExample(uid, HistoryView(items, start, at), HistoryView(eng, start, at),
-                                      items[at], [items[neg[k]] for k in nearest[j] if k >= 0], int(ts[at]),
+                                      items[at], list(dict.fromkeys(items[neg[k]] for k in nearest[j] if k >= 0)),
+                                      int(ts[at]),
                                       cohort, HistoryView(ts, start, at)))
         for which, out in ((VALIDATION, validation), (TEST, test)):
             targets = np.flatnonzero(pos & (per == which))

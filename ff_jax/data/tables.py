@@ -207,6 +207,7 @@ def validate_tables(users: pd.DataFrame, items: pd.DataFrame, interactions: pd.D
     items = checks.dedupe_ids(typed["items"], "item_id", summary["items"], sources["items"])
     items = checks.drop_rows(items, items["text"].str.strip() == "", "item with no text", "text",
                              summary["items"], sources["items"])
+
     def lost(before: pd.Series, after: pd.Series) -> pd.Series:
         return before[checks.index_in(before, after) < 0]
 
