@@ -8,7 +8,7 @@
 
 from ff_jax.retrieval.exact import ExactConfig, ExactIndex
 from ff_jax.retrieval.filters import filtered_search
-from ff_jax.retrieval.index import Index, IndexFormatError, load_index
+from ff_jax.retrieval.index import Index, IndexFormatError, create_index, load_index
 from ff_jax.retrieval.scann_index import ScannConfig, ScannIndex
 
 __all__ = [
@@ -18,6 +18,7 @@ __all__ = [
     "IndexFormatError",
     "ScannConfig",
     "ScannIndex",
+    "create_index",
     "filtered_search",
     "load_index",
 ]

@@ -17,6 +17,7 @@ from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
+import gin
 import numpy as np
 
 from ff_jax.retrieval import filters
@@ -56,7 +57,7 @@ def as_id_array(ids: Sequence[Any] | np.ndarray, expected: int, what: str = "ids
     elif arr.size:
         raise ValueError(f"{what} must be strings or integers, got dtype {arr.dtype}")
     else:
-        arr = arr.astype(str)
+        arr = arr.astype(str)  # empty
     uniq, counts = np.unique(arr, return_counts=True)
     if uniq.size != arr.size:
         raise ValueError(f"{what} contains duplicates, e.g. {uniq[counts > 1][:5].tolist()}")
@@ -131,15 +132,16 @@ class Index(abc.ABC):
         """Make new items searchable without a full rebuild. Ids must be new."""
         self._require_built()
         vectors = normalize_rows(embeddings, "embeddings", dim=self._dim)
+        if vectors.shape[0] == 0:
+            return self
         new_ids = as_id_array(ids, vectors.shape[0])
         if new_ids.dtype.kind != self._ids.dtype.kind:  # type: ignore[union-attr]
             raise ValueError(f"ids are {new_ids.dtype} but the index holds {self._ids.dtype} ids")
         clash = new_ids[np.isin(new_ids, self._ids)]
         if clash.size:
             raise ValueError(f"ids already in the index: {clash[:5].tolist()}")
-        if vectors.shape[0]:
-            self._add(vectors)
-            self._ids = np.concatenate([self._ids, new_ids])
+        self._add(vectors)
+        self._ids = np.concatenate([self._ids, new_ids])
         return self
 
     def search(
@@ -309,15 +311,23 @@ def read_manifest(path: Path, verify: bool = True) -> dict[str, Any]:
     return manifest
 
 
+@gin.configurable
+def create_index(kind: str = "scann") -> Index:
+    """A new, empty index of `kind` ("scann" or "exact"); its config comes from gin bindings
+    (`ScannConfig.*`, `ExactConfig.*`). The entry point for CLI jobs."""
+    return _index_class(kind, "create_index")()
+
+
+def _index_class(kind: str, where: str) -> type[Index]:
+    if kind not in INDEX_KINDS:
+        raise IndexFormatError(f"{where}: unknown index kind '{kind}' (known: {sorted(INDEX_KINDS)})")
+    module, name = INDEX_KINDS[kind].split(":")
+    return getattr(importlib.import_module(module), name)
+
+
 def load_index(directory: str | Path) -> Index:
     """Load any index written by `Index.save`, dispatching on the manifest's `kind`."""
     path = Path(directory)
     kind = read_manifest(path, verify=False)["kind"]
-    if kind not in INDEX_KINDS:
-        raise IndexFormatError(
-            f"{path / MANIFEST}: unknown index kind '{kind}' (known: {sorted(INDEX_KINDS)})"
-        )
-    module, name = INDEX_KINDS[kind].split(":")
-    cls = getattr(importlib.import_module(module), name)
-    return cls.load(path)
+    return _index_class(kind, str(path / MANIFEST)).load(path)
 

@@ -127,3 +127,20 @@ def test_loading_with_the_wrong_class(saved):
 
     with pytest.raises(IndexFormatError, match="holds a 'exact' index, not 'scann'"):
         ScannIndex.load(saved)
+
+
+def test_create_index_takes_kind_and_knobs_from_gin():
+    import gin
+
+    from ff_jax.retrieval import ScannIndex, create_index
+
+    with gin.unlock_config():
+        gin.parse_config(["create_index.kind = 'exact'", "ExactConfig.dtype = 'bfloat16'"])
+    try:
+        index = create_index()
+        assert isinstance(index, ExactIndex) and index.config.dtype == "bfloat16"
+        assert isinstance(create_index("scann"), ScannIndex)
+        with pytest.raises(IndexFormatError, match="unknown index kind 'faiss'"):
+            create_index("faiss")
+    finally:
+        gin.clear_config()
