@@ -43,11 +43,14 @@ def open_gguf(path: str | Path):
         raise ValueError(f"{path}: not a readable GGUF file ({type(err).__name__}: {err})") from err
 
 
-def field(reader, key: str, default=None, *, source: str = "GGUF file"):
+_REQUIRED = object()
+
+
+def field(reader, key: str, default=_REQUIRED, *, source: str = "GGUF file"):
     """The value of metadata field `key`; raises naming the key when absent and no default."""
     found = reader.fields.get(key)
     if found is None:
-        if default is not None:
+        if default is not _REQUIRED:
             return default
         raise ValueError(f"{source}: metadata field '{key}' is missing")
     return found.contents()
@@ -170,13 +173,13 @@ def config_from_gguf(reader, source: str = "GGUF file", **overrides) -> LlamaCon
     if scaling_type not in ("none", "llama3"):
         raise ValueError(f"{source}: llama.rope.scaling.type={scaling_type!r} is not supported")
 
-    def meta(key, default=None):
+    def meta(key, default=_REQUIRED):
         return field(reader, f"llama.{key}", default, source=source)
 
     heads = int(meta("attention.head_count"))
     hidden = int(meta("embedding_length"))
     tensor_names = {t.name for t in reader.tensors}
-    vocab = meta("vocab_size") or len(reader.fields["tokenizer.ggml.tokens"].data)
+    vocab = meta("vocab_size", None) or len(field(reader, "tokenizer.ggml.tokens", source=source))
     head_dim = int(meta("attention.key_length", 0) or meta("rope.dimension_count", 0) or hidden // heads)
     theta = float(meta("rope.freq_base", 10_000.0))
     fields = dict(

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from ff_jax.model.config import LlamaConfig, RopeScaling
 from ff_jax.model.llama import Llama
-from ff_jax.model.sharding import DEFAULT_RULES, Rules, logical_to_spec, use_rules
+from ff_jax.model.sharding import DEFAULT_RULES, Rules, logical_to_spec
 
 Range = tuple[int, int]  # [start, stop) along one axis
 
@@ -269,14 +269,23 @@ def _sharding(variable, shape, mesh, rules):
 
 
 def _fresh_lora(cfg, abstract_state, mesh, rules):
-    """LoRA params initialised as Llama(...) would, inside one jit: the base weights' random init
-    is dead code there and never materialises."""
-    lora_abstract = nnx.state(abstract_state, nnx.LoRAParam)
-    shardings = jax.tree.map(lambda v: v.replace(_sharding(v, v.get_value().shape, mesh, rules)),
-                             lora_abstract, is_leaf=lambda x: isinstance(x, nnx.Variable))
-    context = jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext()
-    with context, use_rules(rules):
-        return jax.jit(lambda: nnx.state(Llama(cfg, rngs=nnx.Rngs(0)), nnx.LoRAParam), out_shardings=shardings)()
+    """Fresh LoRA adapters, each placed in its shards: A ~ N(0, 1/rank^2) and B = 0, as Projection
+    initialises them (B = 0 makes a fresh adapter a no-op). Drawn with numpy on the host (adapters
+    are small): jitting the model's init instead costs seconds of XLA compile."""
+    rng = np.random.default_rng(0)
+    values = []
+    for path, variable in nnx.to_flat_state(abstract_state):
+        if not isinstance(variable, nnx.LoRAParam):
+            continue
+        shape, dtype = variable.get_value().shape, variable.get_value().dtype
+        if path[-1] == "lora_a":
+            full = (rng.standard_normal(shape, np.float32) / cfg.lora_rank).astype(dtype)
+        else:
+            full = np.zeros(shape, dtype)
+        array = jax.make_array_from_callback(shape, _sharding(variable, shape, mesh, rules),
+                                             lambda index, full=full: full[index])
+        values.append((path, variable.replace(array)))
+    return nnx.from_flat_state(values)
 
 
 def load_hf(directory: str | Path, *, mesh=None, rules: Rules = DEFAULT_RULES, **config_overrides) -> Llama:

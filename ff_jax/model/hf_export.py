@@ -32,6 +32,9 @@ def save_hf(model: Llama, directory: str | Path, *, tokenizer=None, dtype: Optio
     dtype = jnp.dtype(dtype or cfg.param_dtype).name
     if dtype not in _SAFETENSORS_DTYPES:
         raise ValueError(f"dtype must be one of {sorted(_SAFETENSORS_DTYPES)}, got {dtype!r}")
+    if tokenizer is not None and tokenizer.vocab_size > cfg.vocab_size:
+        raise ValueError(f"the tokenizer has {tokenizer.vocab_size} ids but the model's vocabulary is "
+                         f"{cfg.vocab_size}; grow it first with ff_jax.model.vocab.grow_vocab")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     for stale in [*directory.glob("model*.safetensors"), directory / "model.safetensors.index.json"]:
@@ -99,14 +102,15 @@ def _our_weight(model: Llama, path: str, layer: Optional[int], shape_only: bool 
     if shape_only:
         shape = variable.get_value().shape
         return shape[1:] if stacked else shape
-    weight = variable[...]
-    weight = weight[layer] if stacked else weight
+
+    def host(v):  # slice one layer on device first, so only that layer comes to the host
+        return np.asarray(jax.device_get(v[...][layer] if stacked else v[...]))
+
+    weight = host(variable)
     if leaf == "kernel" and getattr(owner, "lora_a", None) is not None:
-        a, b = owner.lora_a[...], owner.lora_b[...]
-        if stacked:
-            a, b = a[layer], b[layer]
-        delta = jnp.tensordot(a.astype(jnp.float32), b.astype(jnp.float32), axes=1) * owner.lora_scale
-        weight = (weight.astype(jnp.float32) + delta).astype(weight.dtype)
+        a, b = host(owner.lora_a).astype(np.float32), host(owner.lora_b).astype(np.float32)
+        delta = np.tensordot(a, b, axes=1) * owner.lora_scale
+        weight = (weight.astype(np.float32) + delta).astype(weight.dtype)
     return weight
 
 
@@ -136,8 +140,8 @@ def _write_safetensors(path: Path, shard: list, model: Llama, dtype: str, progre
         f.write(struct.pack("<Q", len(encoded)))
         f.write(encoded)
         for hf_name, shape, our_path, layout, layer in shard:
-            host = np.asarray(jax.device_get(_our_weight(model, our_path, layer)))
-            data = np.ascontiguousarray(_to_hf_layout(host, layout).astype(jnp.dtype(dtype)))
+            weight = _our_weight(model, our_path, layer)
+            data = np.ascontiguousarray(_to_hf_layout(weight, layout).astype(jnp.dtype(dtype)))
             assert data.shape == tuple(shape), (hf_name, data.shape, shape)
             f.write(data.tobytes())
             progress.update(1)

@@ -162,3 +162,47 @@ def test_bad_tokenizer_files_are_named(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no tokenizer.json"):
         load_tokenizer(tmp_path / "empty")
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_grow_vocab_to_fit_added_markers(tied):
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from flax import nnx
+
+    from ff_jax.model import Llama, create_sharded_model, make_mesh, presets
+    from ff_jax.model.vocab import grow_vocab
+
+    tok = byte_tokenizer()
+    cfg = presets.tiny(vocab_size=tok.vocab_size, tie_embeddings=tied)
+    mesh = make_mesh(data=2, fsdp=2, tensor=2)
+    model = create_sharded_model(cfg, mesh) if tied else Llama(cfg, rngs=nnx.Rngs(0))
+    old_table = np.asarray(model.embed.embedding[...])
+    markers = tok.add_special_tokens(["<headline>", "<body>", "<price>"])
+    grown = grow_vocab(model, tok.vocab_size)
+
+    assert grown.config.vocab_size == tok.vocab_size == cfg.vocab_size + 3
+    assert model.config.vocab_size == cfg.vocab_size  # the input model is untouched
+    assert model.embed.embedding[...].shape == old_table.shape
+    table = np.asarray(grown.embed.embedding[...])
+    np.testing.assert_array_equal(table[: cfg.vocab_size], old_table)
+    np.testing.assert_allclose(table[markers], np.broadcast_to(old_table.mean(0), (3, cfg.hidden_size)), atol=1e-6)
+    if tied:  # the grown table stays sharded on the mesh
+        assert isinstance(grown.embed.embedding[...].sharding, jax.sharding.NamedSharding)
+    else:
+        old_head = np.asarray(model.lm_head.kernel[...])
+        np.testing.assert_allclose(np.asarray(grown.lm_head.kernel[...])[:, markers],
+                                   np.broadcast_to(old_head.mean(1, keepdims=True), (cfg.hidden_size, 3)), atol=1e-6)
+
+    # Text without markers runs as before; a new token's logit is the mean of the old logits.
+    logits = nnx.jit(lambda m, tokens: m(tokens).logits)
+    plain = jnp.asarray([tok.encode("hello world")], jnp.int32)
+    before, after = logits(model, plain), logits(grown, plain)
+    np.testing.assert_allclose(after[..., : cfg.vocab_size], before, atol=1e-5)
+    np.testing.assert_allclose(after[..., markers], np.repeat(before.mean(-1, keepdims=True), 3, -1), atol=1e-5)
+    with_markers = jnp.asarray([tok.encode("<headline>news<body>texts")], jnp.int32)
+    assert with_markers.shape == plain.shape  # same shape: no second compile
+    assert np.isfinite(np.asarray(logits(grown, with_markers))).all()
+    with pytest.raises(ValueError, match="cannot shrink"):
+        grow_vocab(grown, cfg.vocab_size)
