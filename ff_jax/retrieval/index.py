@@ -101,6 +101,7 @@ class Index(abc.ABC):
     def __init__(self) -> None:
         self._ids: np.ndarray | None = None
         self._dim: int | None = None
+        self._id_set: set[Any] | None = None  # for add()'s duplicate check
 
     # -- public API -------------------------------------------------------------------------
 
@@ -125,7 +126,7 @@ class Index(abc.ABC):
             raise ValueError("embeddings is empty: an index needs at least one row")
         id_array = as_id_array(ids, vectors.shape[0])
         self._build(vectors)
-        self._ids, self._dim = id_array, vectors.shape[1]
+        self._ids, self._dim, self._id_set = id_array, vectors.shape[1], None
         return self
 
     def add(self, embeddings: Any, ids: Sequence[Any] | np.ndarray) -> Index:
@@ -137,11 +138,14 @@ class Index(abc.ABC):
         new_ids = as_id_array(ids, vectors.shape[0])
         if new_ids.dtype.kind != self._ids.dtype.kind:  # type: ignore[union-attr]
             raise ValueError(f"ids are {new_ids.dtype} but the index holds {self._ids.dtype} ids")
-        clash = new_ids[np.isin(new_ids, self._ids)]
-        if clash.size:
-            raise ValueError(f"ids already in the index: {clash[:5].tolist()}")
+        if self._id_set is None:  # built on the first add: O(new ids) checks afterwards
+            self._id_set = set(self._ids.tolist())  # type: ignore[union-attr]
+        clash = [i for i in new_ids.tolist() if i in self._id_set]
+        if clash:
+            raise ValueError(f"ids already in the index: {clash[:5]}")
         self._add(vectors)
         self._ids = np.concatenate([self._ids, new_ids])
+        self._id_set.update(new_ids.tolist())
         return self
 
     def search(
