@@ -124,12 +124,15 @@ def movielens_benchmark(examples: int, tokenizer, rows: list) -> None:
 
     prepared = prepare(load_movielens_100k(), FeedConfig(name="bench", template=MOVIELENS_TEMPLATE), progress=False)
     renderer = PromptRecords(prepared, progress=False)
-    records = [r for _, r in zip(range(examples), (r for _, r in renderer.examples("train")))]
+    train = prepared.splits.train  # an evenly spread sample: new and established members, early and late
+    records = [renderer.train(train[i]) for i in np.linspace(0, len(train) - 1, min(examples, len(train))).astype(int)]
     fmt = prepared.renderer.format()
     b, h, length = 8, 1, 1024
     probe = PromptTokenizer(tokenizer, fmt, BatchConfig(length=length))
-    member_lengths = [len(probe.member(r)) for r in records[:500]]
-    item_lengths = [len(t) for r in records[:500] for t in probe.items([r["positive_prompt"]])]
+    member_lengths = [len(probe.member(r)) for r in records[::8]]
+    item_lengths = [len(t) for r in records[::8] for t in probe.items([r["positive_prompt"]])]
+    print(f"MovieLens member prompt tokens: mean {np.mean(member_lengths):.0f}, p50 {np.median(member_lengths):.0f}; "
+          f"item prompt tokens: mean {np.mean(item_lengths):.0f}", file=sys.stderr)
     variants = {
         f"plain padding (L={length})": BatchConfig(examples_per_shard=b, length=length, num_hard_negatives=h,
                                                    mode="padded"),
@@ -155,12 +158,13 @@ def movielens_benchmark(examples: int, tokenizer, rows: list) -> None:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", default="1m", choices=sorted(feed_world.SIZES))
-    parser.add_argument("--items", type=int, default=None, help="only the first N items of the corpus")
+    parser.add_argument("--items", type=int, default=None, help="only the first N items of the corpus (0: skip the corpus)")
     parser.add_argument("--movielens-examples", type=int, default=4_000)
     args = parser.parse_args(argv)
     tokenizer = load_tokenizer(llama3_tokenizer_model())
     rows: list = []
-    corpus_benchmark(args.size, args.items, tokenizer, rows)
+    if args.items != 0:
+        corpus_benchmark(args.size, args.items, tokenizer, rows)
     if args.movielens_examples:
         movielens_benchmark(args.movielens_examples, tokenizer, rows)
 
