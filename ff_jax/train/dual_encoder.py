@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from ff_jax.model import Llama
+from ff_jax.model.sharding import constrain
 from ff_jax.train.losses import Towers, l2_normalize, nested_slice
 
 POOLINGS = ("mean", "last", "last_n")
@@ -140,7 +141,8 @@ class DualEncoder(nnx.Module):
         pooled = pool(hidden, flat(segment_ids), segments_per_row, self.config.pooling, self.config.last_n)
         if self.head is not None:
             pooled = self.head(pooled)
-        return pooled.reshape(shards, rows * segments_per_row, -1)
+        # Whole embeddings per shard: the slot gather then stays local to each batch shard.
+        return constrain(pooled.reshape(shards, rows * segments_per_row, -1), ("batch", None, None))
 
     def encode(self, tokens, segment_ids, positions, slot, segments_per_row: int) -> jax.Array:
         """One tower (embedding/eval batches): un-normalised embeddings [N * B/N, E] of each slot."""

@@ -1,0 +1,126 @@
+"""The data a training run reads: a prepared TFDS feed dataset turned into grain batches.
+
+Training batches come from the dataset's `train` split (ff_jax.data.pipeline.train_batches, each
+process reading its own slice). Periodic validation uses the `validation` split, held out by time:
+  - pair batches: each validation member with its first held-out target as the positive (item
+    prompt from the corpus) → loss and in-batch accuracy;
+  - member and corpus embedding batches → recall@K of the held-out targets over the whole corpus,
+    the member's engaged history excluded from the ranking (the evaluation protocol).
+Validation batches are the same on every process (full, unsliced), so recall needs no gather.
+"""
+
+import dataclasses
+from pathlib import Path
+from typing import Optional
+
+import gin
+import numpy as np
+
+from ff_jax.data.pipeline import BatchConfig, embedding_batches, train_batches
+from ff_jax.data.prompts import PromptFormat
+
+
+@dataclasses.dataclass
+class Validation:
+    pair_batches: list  # dual-tower batches
+    member_batches: list  # one-tower batches; ids = user ids
+    corpus_batches: list  # one-tower batches; ids = item ids
+    targets: dict  # user id -> set of held-out item ids
+    exclude: dict  # user id -> set of item ids not to rank (engaged history)
+
+
+def _text(value) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class FeedData:
+    """A dataset prepared by ff_jax.data.tfds_builders under `data_dir` (built there first when
+    missing and `prepare` is true). `dataset` names the member-example builder; its corpus is the
+    sibling builder `<dataset>_corpus`. `tokenizer`: "byte" (tests), a tokenizer path, or
+    "checkpoint" (the pretrained model's own)."""
+
+    data_dir: str
+    dataset: str = "feed_world"
+    config: str = "tiny"
+    batch: BatchConfig = BatchConfig()
+    tokenizer: str = "checkpoint"
+    seed: int = 0
+    prepare: bool = True
+    validation_members: int = 256  # members used in periodic validation (0: no validation)
+    validation_corpus: int = 0  # items ranked in validation (0: the whole corpus); targets always kept
+    read_threads: int = 2
+    numbers: Optional[str] = None  # "raw" / "absent": the builder config's variant for that ablation
+
+    @property
+    def config_name(self) -> str:
+        return f"{self.config}_{self.numbers}" if self.numbers else self.config
+
+    def _open(self, name: str):
+        from ff_jax.data import tfds_builders
+
+        root = Path(self.data_dir) / name / self.config_name
+        if self.prepare and not any(root.glob("*/dataset_info.json")):
+            config = self.config
+            if self.numbers:  # the named config with numbers rendered another way
+                known = {c.name: c for c in tfds_builders.BUILDERS[name].BUILDER_CONFIGS}
+                if self.config not in known:
+                    raise ValueError(f"FeedData.config={self.config!r}: {name} has configs {sorted(known)}")
+                config = dataclasses.replace(known[self.config], name=self.config_name, numbers=self.numbers)
+            tfds_builders.build(name, config, self.data_dir)
+        return tfds_builders.open_prepared(self.data_dir, name, self.config_name)
+
+    def prompt_format(self) -> PromptFormat:
+        return self._open(self.dataset)[1]
+
+    @property
+    def segments(self) -> tuple[int, int]:
+        """Prompts per row (S) of the member and item towers."""
+        s = self.batch.max_segments if self.batch.mode == "packed" else 1
+        return s, s
+
+    def train_iterator(self, tokenizer, num_shards: int):
+        sources, fmt, _ = self._open(self.dataset)
+        dataset = train_batches(sources["train"], tokenizer, fmt, self.batch, seed=self.seed,
+                                num_shards=num_shards, read_threads=self.read_threads)
+        return iter(dataset)
+
+    def validation(self, tokenizer, num_shards: int) -> Optional[Validation]:
+        if self.validation_members <= 0:
+            return None
+        sources, fmt, _ = self._open(self.dataset)
+        corpus_source = self._open(f"{self.dataset}_corpus")[0]["corpus"]
+        corpus = [corpus_source[i] for i in range(len(corpus_source))]
+        prompts = {_text(r["item_id"]): _text(r["item_prompt"]) for r in corpus}
+        split = sources["validation"]
+        members = [split[i] for i in range(min(self.validation_members, len(split)))]
+        if self.validation_corpus:  # a fixed subset: every target, then the first items by id order
+            needed = {_text(t) for r in members for t in r["target_ids"]}
+            others = [r for r in corpus if _text(r["item_id"]) not in needed]
+            corpus = [r for r in corpus if _text(r["item_id"]) in needed] + others[
+                : max(self.validation_corpus - len(needed), 0)]
+        pairs = []
+        for record in members:
+            target = _text(record["target_ids"][0])
+            pairs.append({**record, "positive_id": target, "positive_prompt": prompts[target]})
+        whole = dict(shard_index=0, shard_count=1, num_shards=num_shards, read_threads=self.read_threads)
+        pair_batches = list(train_batches(pairs, tokenizer, fmt, self.batch, seed=0, num_epochs=1,
+                                          num_shards=num_shards, shard_index=0, shard_count=1,
+                                          read_threads=self.read_threads))
+        member_batches = list(embedding_batches(members, tokenizer, fmt, self.batch, tower="member", **whole))
+        corpus_batches = list(embedding_batches(corpus, tokenizer, fmt, self.batch, tower="item", **whole))
+        targets = {_text(r["user_id"]): {_text(t) for t in r["target_ids"]} for r in members}
+        exclude = {_text(r["user_id"]): {_text(t) for t in r["engaged_history_ids"]} for r in members}
+        return Validation(pair_batches, member_batches, corpus_batches, targets, exclude)
+
+
+def collect_embeddings(embed, batches: list) -> tuple[list[str], np.ndarray]:
+    """ids and embeddings [n, D] of one-tower batches (filler examples dropped)."""
+    ids, rows = [], []
+    for batch in batches:
+        out = np.asarray(embed(batch))
+        keep = np.asarray(batch["example_mask"]).reshape(-1) > 0
+        ids.extend(i for i, k in zip(batch["ids"], keep) if k)
+        rows.append(out[keep])
+    return ids, np.concatenate(rows) if rows else np.zeros((0, 0), np.float32)

@@ -1,0 +1,231 @@
+"""`train(...)`: the gin-configured entry of `ff-jax train`.
+
+model (preset / from_pretrained / scratch) → DualEncoder → sharded TrainState → resume from the
+workdir's newest checkpoint when there is one → steps with periodic validation and checkpoints.
+"""
+
+import json
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import gin
+import jax
+import numpy as np
+from flax import nnx
+
+from ff_jax import assets
+from ff_jax.gin_cli import UsageError
+from ff_jax.model import Llama, LlamaConfig
+from ff_jax.model.sharding import create_sharded, logical_axis_rules, make_mesh, state_shardings
+from ff_jax.train import step as steps
+from ff_jax.train.checkpointing import CheckpointConfig, Checkpointer
+from ff_jax.train.data_source import FeedData, collect_embeddings
+from ff_jax.train.dual_encoder import DualEncoder, EncoderConfig, Scoring
+from ff_jax.train.losses import InfoNCE, l2_normalize, matryoshka_dims
+from ff_jax.train.metrics_log import MetricsLog, recall_at_k
+from ff_jax.train.optimizer import OptimizerConfig, learning_rate_schedule, make_optimizer
+from ff_jax.train.pca import PCA
+
+
+gin.external_configurable(assets.smollm2_gguf, module="ff_jax.assets")
+
+
+class IncompatibleWorkdir(UsageError):
+    """The workdir holds checkpoints of a run with another model, encoder or loss."""
+
+
+def _signature(cfg: LlamaConfig, encoder: EncoderConfig, loss, optimizer: OptimizerConfig) -> dict:
+    """What a checkpoint's shapes depend on: a resume must agree on all of it."""
+    return {"model": {k: v for k, v in vars(cfg).items() if k in (
+                "vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads",
+                "head_dim", "tie_embeddings", "scan_layers", "lora_rank", "param_dtype")},
+            "encoder": vars(encoder), "loss": type(loss).__name__,
+            "learned": [bool(getattr(loss, "learn_temperature", False)), bool(getattr(loss, "learn_bias", False))],
+            "accumulation_steps": optimizer.accumulation_steps}
+
+
+def check_workdir(workdir: Path, signature: dict) -> None:
+    """Refuses a workdir whose run.json describes a different run; writes it for a new one."""
+    path = workdir / "run.json"
+    if path.exists():
+        old = json.loads(path.read_text())
+        diffs = [f"{k}: {old.get(k)!r} in the workdir, {v!r} now" for k, v in signature.items() if old.get(k) != v]
+        if diffs:
+            raise IncompatibleWorkdir(f"{workdir} holds an incompatible run:\n  " + "\n  ".join(diffs)
+                                      + "\nUse a new --workdir, or the gin config that run was started with.")
+    elif jax.process_index() == 0:
+        path.write_text(json.dumps(signature, indent=2, default=str))
+
+
+def _tokenizer(data: FeedData, pretrained_tokenizer):
+    from ff_jax.model.tokenizer import byte_tokenizer, load_tokenizer
+
+    if data.tokenizer == "byte":
+        return byte_tokenizer()
+    if data.tokenizer == "checkpoint":
+        if pretrained_tokenizer is None:
+            raise ValueError("FeedData.tokenizer='checkpoint' needs train.pretrained (a checkpoint with a "
+                             "tokenizer); set FeedData.tokenizer to 'byte' or a tokenizer path")
+        return pretrained_tokenizer
+    return load_tokenizer(data.tokenizer)
+
+
+def build_model(data: FeedData, encoder: EncoderConfig, loss, model_config: Optional[LlamaConfig],
+                pretrained: Optional[str], overrides: dict, mesh, rules, seed: int):
+    """(DualEncoder with params born sharded, tokenizer with the prompt markers added)."""
+    from ff_jax.model.vocab import grow_vocab
+
+    markers = list(data.prompt_format().markers)
+    if pretrained:
+        from ff_jax.model import from_pretrained
+
+        backbone, checkpoint_tokenizer = from_pretrained(pretrained, mesh=mesh, rules=rules, **overrides)
+        tokenizer = _tokenizer(data, checkpoint_tokenizer)
+        tokenizer.add_special_tokens(markers)
+        if backbone.config.vocab_size < tokenizer.vocab_size:
+            backbone = grow_vocab(backbone, tokenizer.vocab_size)  # rows for the prompt markers
+        with jax.set_mesh(mesh):
+            model = DualEncoder(backbone, encoder, Scoring.for_loss(loss), rngs=nnx.Rngs(seed + 1))
+            state = nnx.state(model)
+            nnx.update(model, jax.device_put(state, state_shardings(state, mesh, rules)))
+        return model, tokenizer
+    if model_config is None:
+        raise ValueError("train needs a model: bind train.model_config (e.g. @tiny()) or train.pretrained")
+    tokenizer = _tokenizer(data, None)
+    tokenizer.add_special_tokens(markers)
+    cfg = model_config.replace(**overrides) if overrides else model_config
+    if cfg.vocab_size < tokenizer.vocab_size:
+        raise ValueError(f"the model's vocab_size ({cfg.vocab_size}) is smaller than the tokenizer's "
+                         f"({tokenizer.vocab_size}, prompt markers included): raise it in the model config")
+    model = create_sharded(lambda: DualEncoder(Llama(cfg, rngs=nnx.Rngs(seed)), encoder, Scoring.for_loss(loss),
+                                               rngs=nnx.Rngs(seed + 1)), mesh, rules)
+    return model, tokenizer
+
+
+@gin.configurable(denylist=["workdir"])
+def train(workdir: str, data: FeedData = gin.REQUIRED, model_config: Optional[LlamaConfig] = None,
+          pretrained: Optional[str] = None, model_overrides: Optional[dict] = None,
+          encoder: EncoderConfig = EncoderConfig(), loss: Callable = InfoNCE(),
+          optimizer: OptimizerConfig = OptimizerConfig(), checkpoint: CheckpointConfig = CheckpointConfig(),
+          mesh_factory: Callable = make_mesh, num_steps: int = 1000, seed: int = 0, eval_every: int = 0,
+          recall_ks: Sequence[int] = (10, 50), pca_dims: Sequence[int] = (), tensorboard: bool = True,
+          progress: bool = True, stop_after: Optional[int] = None) -> dict:
+    """Trains a dual encoder into `workdir` and returns the last logged metrics.
+
+    pretrained: an HF directory or .gguf file (from_pretrained); else `model_config` is built
+    from scratch. model_overrides: LlamaConfig fields for either (dtype="bfloat16", remat=True,
+    lora_rank=16, ...). eval_every: validation period in steps (0: only at the end).
+    stop_after: leave the loop after this many steps of this process (tests), without the final save.
+    """
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    rules = logical_axis_rules()
+    mesh = mesh_factory()
+    model, tokenizer = build_model(data, encoder, loss, model_config, pretrained, dict(model_overrides or {}),
+                                   mesh, rules, seed)
+    cfg = model.backbone.config
+    check_workdir(workdir, _signature(cfg, encoder, loss, optimizer))
+
+    tx = make_optimizer(optimizer)
+    graphdef, state, shardings = steps.init_train_state(model, tx, cfg.lora_rank, seed, mesh, rules)
+    del model
+    num_shards = _local_shards(mesh, rules)
+    iterator = data.train_iterator(tokenizer, num_shards)
+    ckpt = Checkpointer(workdir / "checkpoints", checkpoint)
+    start = 0
+    if ckpt.latest_step() is not None:
+        start, state = ckpt.restore(state, shardings, iterator)
+    ckpt.install_sigterm()
+
+    member_s, item_s = data.segments
+    step_cfg = steps.StepConfig(loss, tx, member_s, item_s, learning_rate_schedule(optimizer),
+                                optimizer.accumulation_steps)
+    first = next(iterator)
+    batch_sharding = steps.batch_shardings(first, mesh, rules)
+    train_step, eval_step = steps.jit_steps(graphdef, step_cfg, shardings, batch_sharding, mesh, rules)
+    validation = data.validation(tokenizer, num_shards * jax.process_count()) if eval_every >= 0 else None
+    validator = Validator(graphdef, step_cfg, eval_step, shardings, mesh, rules, recall_ks, pca_dims)
+    log = MetricsLog(workdir, num_steps, start, tensorboard=tensorboard, progress=progress)
+    last: dict = {}
+    step, batch = start, first
+    try:
+        while step < num_steps:
+            state, metrics = train_step(state, steps.device_batch(batch, batch_sharding))
+            step += 1
+            last = log.log(step, metrics)
+            if step == start + 1 and jax.process_index() == 0:
+                (workdir / "operative_config.gin").write_text(gin.operative_config_str())
+            preempted = ckpt.preempted(step)
+            if ckpt.should_save(step) or preempted or step == num_steps:
+                ckpt.save(step, state, iterator, force=True)
+            if preempted:
+                ckpt.wait()
+                break
+            if validation is not None and (step == num_steps or (eval_every and step % eval_every == 0)):
+                last.update(log.log(step, validator(state, validation), split="validation"))
+                log.pause_clock()
+            if stop_after is not None and step - start >= stop_after:
+                break
+            if step < num_steps:
+                batch = next(iterator)
+    finally:
+        log.close()
+        ckpt.close()
+    return last
+
+
+def _local_shards(mesh, rules) -> int:
+    """N this process feeds: the batch axis's mesh size over processes."""
+    spec = steps.logical_to_spec(("batch",), dict(mesh.shape), rules)
+    axes = spec[0] if isinstance(spec[0], tuple) else (spec[0],) if spec[0] else ()
+    total = int(np.prod([mesh.shape[a] for a in axes])) if axes else 1
+    if total % jax.process_count():
+        raise ValueError(f"{total} batch shards do not split over {jax.process_count()} processes")
+    return total // jax.process_count()
+
+
+class Validator:
+    """Loss and in-batch accuracy on validation pairs; recall@K over the corpus at the full size,
+    the nested Matryoshka sizes and PCA sizes. Compiled once per run."""
+
+    def __init__(self, graphdef, step_cfg, eval_step, shardings, mesh, rules, recall_ks=(10,), pca_dims=()):
+        self.eval_step, self.mesh, self.rules = eval_step, mesh, rules
+        self.recall_ks, self.pca_dims = tuple(recall_ks), tuple(pca_dims)
+        self.embed_members = steps.jit_embed(graphdef, step_cfg.member_segments, shardings, mesh, rules)
+        self.embed_items = steps.jit_embed(graphdef, step_cfg.item_segments, shardings, mesh, rules)
+
+    def _embed(self, fn, state, batches):
+        sharding = steps.batch_shardings(batches[0], self.mesh, self.rules)
+        return collect_embeddings(lambda b: fn(state, steps.device_batch(b, sharding, process_local=False)), batches)
+
+    def __call__(self, state, validation) -> dict:
+        out: dict = {}
+        if validation.pair_batches:
+            sharding = steps.batch_shardings(validation.pair_batches[0], self.mesh, self.rules)
+            totals, weight = {"loss": 0.0, "in_batch_accuracy": 0.0}, 0.0
+            for batch in validation.pair_batches:
+                metrics, _ = self.eval_step(state, steps.device_batch(batch, sharding, process_local=False))
+                n = float(np.sum(batch["example_mask"]))
+                for key in totals:
+                    totals[key] += float(metrics[key]) * n
+                weight += n
+            out.update({k: v / max(weight, 1.0) for k, v in totals.items()})
+        member_ids, members = self._embed(self.embed_members, state, validation.member_batches)
+        item_ids, items = self._embed(self.embed_items, state, validation.corpus_batches)
+        index = {item: i for i, item in enumerate(item_ids)}
+        targets = [{index[t] for t in validation.targets[m] if t in index} for m in member_ids]
+        exclude = [{index[t] for t in validation.exclude[m] if t in index} for m in member_ids]
+        views = {"": (None, None)}
+        for dim in matryoshka_dims(members.shape[1])[1:]:
+            views[f"/dim{dim}"] = (dim, None)
+        for dim in self.pca_dims:
+            views[f"/pca{dim}"] = (None, PCA.fit(items, dim))
+        for suffix, (dim, pca) in views.items():
+            if pca is not None:
+                m, c = pca.transform(members), pca.transform(items)
+            else:
+                m, c = (np.asarray(l2_normalize(x[:, :dim] if dim else x)) for x in (members, items))
+            for k in self.recall_ks:
+                out[f"recall@{k}{suffix}"] = recall_at_k(m, c, targets, k, exclude)
+        out["random_recall@10"] = 10.0 / max(len(item_ids), 1)
+        return out

@@ -1,0 +1,103 @@
+"""Where training metrics go: a tqdm bar, TensorBoard event files, and a JSONL log in the workdir.
+
+TensorBoard files are written with tensorboardX (no TensorFlow needed); without it installed the
+event files are skipped with one warning and the JSONL log still has everything. Only process 0
+writes, so a multi-host run logs once.
+"""
+
+import json
+import time
+import warnings
+from pathlib import Path
+from typing import Optional
+
+import jax
+import numpy as np
+from tqdm.auto import tqdm
+
+
+def _scalars(metrics: dict) -> dict:
+    return {k: float(np.asarray(v)) for k, v in metrics.items() if np.ndim(v) == 0}
+
+
+class MetricsLog:
+    """`log(step, metrics)` after each step; `close()` at the end.
+
+    examples/s and tokens/s are measured between consecutive log calls from the `examples` and
+    `tokens` counts in the step metrics (wall clock, so they include input and host overhead).
+    """
+
+    def __init__(self, workdir: str | Path, total_steps: int, initial_step: int = 0,
+                 tensorboard: bool = True, progress: bool = True):
+        self.is_writer = jax.process_index() == 0
+        self.workdir = Path(workdir)
+        self._jsonl = open(self.workdir / "metrics.jsonl", "a") if self.is_writer else None
+        self._tb = self._open_tensorboard() if (tensorboard and self.is_writer) else None
+        self._bar = tqdm(total=total_steps, initial=initial_step, desc="train", unit="step",
+                         disable=not (progress and self.is_writer), dynamic_ncols=True)
+        self._last_time: Optional[float] = None
+
+    def _open_tensorboard(self):
+        try:
+            from tensorboardX import SummaryWriter
+        except ImportError:
+            warnings.warn("tensorboardX is not installed: no TensorBoard event files (metrics.jsonl has all)")
+            return None
+        return SummaryWriter(logdir=str(self.workdir / "tensorboard"))
+
+    def log(self, step: int, metrics: dict, split: str = "train") -> dict:
+        """Writes one record; returns the scalars written (with rates added for training)."""
+        values = _scalars(metrics)
+        if split == "train":
+            now = time.perf_counter()
+            if self._last_time is not None:
+                elapsed = max(now - self._last_time, 1e-9)
+                values["examples_per_s"] = values.get("examples", 0.0) / elapsed
+                values["tokens_per_s"] = values.get("tokens", 0.0) / elapsed
+            self._last_time = now
+            self._bar.update(step - self._bar.n)
+            shown = {"loss": f"{values.get('loss', float('nan')):.4f}"}
+            if "examples_per_s" in values:
+                shown["ex/s"] = f"{values['examples_per_s']:.1f}"
+                shown["tok/s"] = f"{values['tokens_per_s']:.0f}"
+            self._bar.set_postfix(shown, refresh=False)
+        if self.is_writer:
+            self._jsonl.write(json.dumps({"step": step, "split": split, **values}) + "\n")
+            self._jsonl.flush()
+            if self._tb is not None:
+                for key, value in values.items():
+                    self._tb.add_scalar(f"{split}/{key}", value, step)
+        return values
+
+    def pause_clock(self) -> None:
+        """Forget the last time stamp (after validation or a checkpoint wait), so rates stay honest."""
+        self._last_time = None
+
+    def close(self) -> None:
+        self._bar.close()
+        if self._jsonl is not None:
+            self._jsonl.close()
+        if self._tb is not None:
+            self._tb.close()
+
+
+def read_jsonl(path: str | Path, split: str = "train") -> list[dict]:
+    """The records of one split, in file order (a resumed run appends after the old lines)."""
+    with open(path) as f:
+        return [r for r in map(json.loads, f) if r.get("split") == split]
+
+
+def recall_at_k(member: np.ndarray, corpus: np.ndarray, targets: list[set[int]], k: int,
+                exclude: Optional[list[set[int]]] = None) -> float:
+    """Mean over members of |top-k ∩ targets| / |targets|, by dot product (embeddings normalised).
+
+    exclude: corpus indices not to rank per member (its history), as the evaluation protocol says.
+    """
+    scores = member @ corpus.T
+    if exclude is not None:
+        for row, skip in enumerate(exclude):
+            if skip:
+                scores[row, list(skip)] = -np.inf
+    top = np.argpartition(-scores, min(k, scores.shape[1] - 1), axis=1)[:, :k]
+    hits = [len(set(top[i].tolist()) & t) / len(t) for i, t in enumerate(targets) if t]
+    return float(np.mean(hits)) if hits else 0.0
