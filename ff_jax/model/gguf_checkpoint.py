@@ -40,7 +40,8 @@ def open_gguf(path: str | Path):
     try:
         return gguf.GGUFReader(str(path))
     except Exception as err:  # the reader raises ValueError/struct.error/IndexError on bad bytes
-        raise ValueError(f"{path}: not a readable GGUF file ({type(err).__name__}: {err})") from err
+        raise ValueError(f"{path}: not a readable GGUF file, truncated or corrupt "
+                         f"({type(err).__name__}: {err})") from err
 
 
 _REQUIRED = object()

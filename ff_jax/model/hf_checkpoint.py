@@ -31,7 +31,7 @@ Range = tuple[int, int]  # [start, stop) along one axis
 #   same: identical; T: transposed ([in, out] vs HF's [out, in]);
 #   heads_out: ours [embed, heads, head_dim] vs HF [heads*head_dim, embed];
 #   heads_in:  ours [heads, head_dim, embed] vs HF [embed, heads*head_dim].
-_BLOCK = {
+BLOCK_TENSORS = {
     "attn_norm.scale": ("input_layernorm.weight", "same"),
     "attn.q.kernel": ("self_attn.q_proj.weight", "heads_out"),
     "attn.k.kernel": ("self_attn.k_proj.weight", "heads_out"),
@@ -42,7 +42,7 @@ _BLOCK = {
     "mlp.up.kernel": ("mlp.up_proj.weight", "T"),
     "mlp.down.kernel": ("mlp.down_proj.weight", "T"),
 }
-_TOP = {
+TOP_TENSORS = {
     "embed.embedding": ("model.embed_tokens.weight", "same"),
     "final_norm.scale": ("model.norm.weight", "same"),
     "lm_head.kernel": ("lm_head.weight", "T"),
@@ -167,16 +167,18 @@ class SafetensorsSource:
 
 def _tensor_for(path: tuple) -> tuple[str, str, Optional[int], bool]:
     """(HF name template, layout, layer index or None, stacked over layers?) of a param path."""
-    if path[0] == "layers":
-        stacked = not isinstance(path[1], int)
-        rest = path[1:] if stacked else path[2:]
-        name, layout = _BLOCK[".".join(map(str, rest))]
-        return "model.layers.{}." + name, layout, None if stacked else path[1], stacked
-    name, layout = _TOP[".".join(map(str, path))]
-    return name, layout, None, False
+    stacked = path[0] == "layers" and not isinstance(path[1], int)
+    key = ".".join(map(str, path[1:] if stacked else path[2:] if path[0] == "layers" else path))
+    table = BLOCK_TENSORS if path[0] == "layers" else TOP_TENSORS
+    if key not in table:
+        raise ValueError(f"parameter {'.'.join(map(str, path))} has no HF LLaMA counterpart")
+    name, layout = table[key]
+    if path[0] != "layers":
+        return name, layout, None, False
+    return "model.layers.{}." + name, layout, None if stacked else path[1], stacked
 
 
-def _hf_shape(ours: tuple[int, ...], layout: str) -> tuple[int, ...]:
+def hf_shape(ours: tuple[int, ...], layout: str) -> tuple[int, ...]:
     if layout == "same":
         return ours
     if layout == "T":
@@ -221,7 +223,7 @@ def load_into_model(cfg: LlamaConfig, source: TensorSource, *, mesh=None, rules:
         for name in names:
             if name not in source.names:
                 raise ValueError(f"{source.description}: tensor '{name}' is missing")
-            expected, found = _hf_shape(per_layer, layout), source.shape(name)
+            expected, found = hf_shape(per_layer, layout), source.shape(name)
             if found != expected:
                 raise ValueError(f"{source.description}: tensor '{name}' has shape {list(found)} but the config "
                                  f"implies {list(expected)} (hidden={cfg.hidden_size}, heads={cfg.num_heads}, "

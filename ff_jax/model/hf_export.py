@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from ff_jax.model.hf_checkpoint import _BLOCK, _TOP, _hf_shape, config_to_hf
+from ff_jax.model.hf_checkpoint import BLOCK_TENSORS, TOP_TENSORS, hf_shape, config_to_hf
 from ff_jax.model.llama import Llama
 
 _SAFETENSORS_DTYPES = {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}
@@ -77,15 +77,15 @@ def _tensor_plan(model: Llama) -> list[tuple[str, tuple[int, ...], str, str, Opt
 
     def add(hf_name, path, layout, layer):
         shape = tuple(_our_weight(model, path, layer, shape_only=True))
-        plan.append((hf_name, _hf_shape(shape, layout), path, layout, layer))
+        plan.append((hf_name, hf_shape(shape, layout), path, layout, layer))
 
-    add(_TOP["embed.embedding"][0], "embed.embedding", "same", None)
+    add(TOP_TENSORS["embed.embedding"][0], "embed.embedding", "same", None)
     for i in range(cfg.num_layers):
-        for path, (name, layout) in _BLOCK.items():
+        for path, (name, layout) in BLOCK_TENSORS.items():
             add(f"model.layers.{i}.{name}", path, layout, i)
-    add(_TOP["final_norm.scale"][0], "final_norm.scale", "same", None)
+    add(TOP_TENSORS["final_norm.scale"][0], "final_norm.scale", "same", None)
     if not cfg.tie_embeddings:
-        add(_TOP["lm_head.kernel"][0], "lm_head.kernel", "T", None)
+        add(TOP_TENSORS["lm_head.kernel"][0], "lm_head.kernel", "T", None)
     return plan
 
 

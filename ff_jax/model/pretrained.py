@@ -1,4 +1,5 @@
-"""`from_pretrained(path)`: one call from a local checkpoint to a model ready to run."""
+"""`from_pretrained(path)`: one call from a local checkpoint to a model ready to run; and back
+(`save_pretrained`)."""
 
 from __future__ import annotations
 
@@ -74,3 +75,13 @@ def _optional_tokenizer(directory: Path) -> Optional[Tokenizer]:
         return load_tokenizer(directory)
     except FileNotFoundError:
         return None
+
+
+def save_pretrained(model: Llama, directory: str | Path, *, tokenizer: Optional[Tokenizer] = None,
+                    dtype=None, max_shard_bytes: int = 5 * 2**30) -> Path:
+    """Write `model` as an HF LLaMA directory (config.json + safetensors, sharded above
+    `max_shard_bytes`) that transformers' LlamaForCausalLM.from_pretrained and `from_pretrained`
+    load; LoRA adapters are merged in. See ff_jax.model.hf_export.save_hf."""
+    from ff_jax.model.hf_export import save_hf
+
+    return save_hf(model, directory, tokenizer=tokenizer, dtype=dtype, max_shard_bytes=max_shard_bytes)

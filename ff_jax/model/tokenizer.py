@@ -356,6 +356,7 @@ def _load_directory(directory: Path) -> Tokenizer:
     sidecar_path = directory / SIDECAR
     if sidecar_path.exists():
         sidecar = json.loads(sidecar_path.read_text())
+        ids = {key: sidecar[key] for key in ("bos_id", "eos_id", "pad_id")}
         if sidecar["backend"] == "bytes":
             tok = byte_tokenizer()
         elif sidecar["backend"] == "tiktoken":
@@ -363,8 +364,9 @@ def _load_directory(directory: Path) -> Tokenizer:
         else:
             from tokenizers import Tokenizer as HFTokenizer
 
-            tok = hf_tokenizer(HFTokenizer.from_file(str(directory / sidecar["file"])), source=str(directory))
-        tok.bos_id, tok.eos_id, tok.pad_id = sidecar["bos_id"], sidecar["eos_id"], sidecar["pad_id"]
+            hf = HFTokenizer.from_file(str(directory / sidecar["file"]))
+            tok = hf_tokenizer(hf, source=str(directory), **ids)
+        tok.bos_id, tok.eos_id, tok.pad_id = ids["bos_id"], ids["eos_id"], ids["pad_id"]
         for text, token_id in sidecar["markers"]:
             (got,) = tok.add_special_tokens([text])
             if got != token_id:

@@ -104,9 +104,8 @@ def test_unsupported_hf_configs(good_dir, tmp_path, changes, message):
         from_pretrained(directory)
 
 
-def test_non_llama_gguf(tmp_path):
-    path = tmp_path / "tiny-gpt2.gguf"
-    writer = gguf.GGUFWriter(str(path), "gpt2")
+def _write_gguf(path, architecture):
+    writer = gguf.GGUFWriter(str(path), architecture)
     writer.add_block_count(1)
     writer.add_embedding_length(8)
     writer.add_tensor("token_embd.weight", np.zeros((16, 8), np.float32))
@@ -114,11 +113,21 @@ def test_non_llama_gguf(tmp_path):
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
+
+
+def test_non_llama_gguf(tmp_path):
+    path = tmp_path / "tiny-gpt2.gguf"
+    _write_gguf(path, "gpt2")
     with pytest.raises(ValueError, match=r"tiny-gpt2\.gguf: GGUF architecture 'gpt2' is not supported"):
         from_pretrained(path)
 
 
-def test_garbage_gguf(tmp_path):
+def test_truncated_or_garbage_gguf(tmp_path):
+    path = tmp_path / "cut.gguf"
+    _write_gguf(path, "llama")
+    path.write_bytes(path.read_bytes()[:-100])  # the tensor data ends early
+    with pytest.raises(ValueError, match=r"cut\.gguf: not a readable GGUF file, truncated or corrupt"):
+        from_pretrained(path)
     path = tmp_path / "garbage.gguf"
     path.write_bytes(b"GGUF" + bytes(range(200)))
     with pytest.raises(ValueError, match=r"garbage\.gguf: not a readable GGUF file"):
