@@ -6,4 +6,4 @@ from ff_jax.model.config import LlamaConfig, RopeScaling
 from ff_jax.model.llama import Llama, ModelOutput
 from ff_jax.model.sharding import (DEFAULT_RULES, constrain, create_sharded_model, logical_axis_rules,
                                    make_mesh)
-from ff_jax.model.pretrained import Pretrained, from_pretrained
+from ff_jax.model.pretrained import Pretrained, from_pretrained, save_pretrained
