@@ -68,8 +68,30 @@ def resolve_file(name: str) -> str:
     raise UsageError(f"--gin_file={name}: no such file (looked in the current directory and {CONFIGS_DIR})")
 
 
+def _tolerant_file_readers() -> None:
+    """gin also looks `include 'model/x.gin'` up as a resource of a Python package `model`; a
+    namespace package of that name (e.g. tests/model under pytest) makes that lookup raise
+    TypeError instead of answering "no". Treat such a lookup as "not there"."""
+    readers = getattr(gin.config, "_FILE_READERS", None)
+    if not readers:
+        return
+    for i, (reader, exists) in enumerate(readers):
+        if getattr(exists, "_ff_jax_tolerant", False):
+            continue
+
+        def tolerant(path, _exists=exists):
+            try:
+                return _exists(path)
+            except TypeError:
+                return False
+
+        tolerant._ff_jax_tolerant = True
+        readers[i] = (reader, tolerant)
+
+
 def parse(files: Sequence[str], bindings: Sequence[str]) -> None:
     """Parses the files then the bindings; raises UsageError on unknown names and unset REQUIRED macros."""
+    _tolerant_file_readers()
     gin.clear_config()
     gin.add_config_file_search_path(str(CONFIGS_DIR))
     gin.add_config_file_search_path(str(CONFIGS_DIR.parent))

@@ -4,6 +4,7 @@ model (preset / from_pretrained / scratch) → DualEncoder → sharded TrainStat
 workdir's newest checkpoint when there is one → steps with periodic validation and checkpoints.
 """
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -34,19 +35,29 @@ class IncompatibleWorkdir(UsageError):
     """The workdir holds checkpoints of a run with another model, encoder or loss."""
 
 
-def _signature(cfg: LlamaConfig, encoder: EncoderConfig, loss, optimizer: OptimizerConfig) -> dict:
+def _signature(model_config: Optional[LlamaConfig], pretrained, overrides: dict, encoder: EncoderConfig, loss,
+               optimizer: OptimizerConfig) -> dict:
     """What a checkpoint's shapes depend on: a resume must agree on all of it."""
-    return {"model": {k: v for k, v in vars(cfg).items() if k in (
-                "vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads",
-                "head_dim", "tie_embeddings", "scan_layers", "lora_rank", "param_dtype")},
-            "encoder": vars(encoder), "loss": type(loss).__name__,
+    if pretrained:
+        model = {"pretrained": str(pretrained), **{k: v for k, v in overrides.items() if k in _SHAPE_FIELDS}}
+    elif model_config is not None:
+        cfg = model_config.replace(**overrides) if overrides else model_config
+        model = {k: getattr(cfg, k) for k in _SHAPE_FIELDS}
+    else:
+        model = None
+    return {"model": model, "encoder": dataclasses.asdict(encoder), "loss": type(loss).__name__,
             "learned": [bool(getattr(loss, "learn_temperature", False)), bool(getattr(loss, "learn_bias", False))],
             "accumulation_steps": optimizer.accumulation_steps}
+
+
+_SHAPE_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads",
+                 "head_dim", "tie_embeddings", "scan_layers", "lora_rank", "param_dtype")
 
 
 def check_workdir(workdir: Path, signature: dict) -> None:
     """Refuses a workdir whose run.json describes a different run; writes it for a new one."""
     path = workdir / "run.json"
+    signature = json.loads(json.dumps(signature, default=str))  # compare as JSON (tuples → lists)
     if path.exists():
         old = json.loads(path.read_text())
         diffs = [f"{k}: {old.get(k)!r} in the workdir, {v!r} now" for k, v in signature.items() if old.get(k) != v]
@@ -121,10 +132,10 @@ def train(workdir: str, data: FeedData = gin.REQUIRED, model_config: Optional[Ll
     workdir.mkdir(parents=True, exist_ok=True)
     rules = logical_axis_rules()
     mesh = mesh_factory()
-    model, tokenizer = build_model(data, encoder, loss, model_config, pretrained, dict(model_overrides or {}),
-                                   mesh, rules, seed)
+    overrides = dict(model_overrides or {})
+    check_workdir(workdir, _signature(model_config, pretrained, overrides, encoder, loss, optimizer))
+    model, tokenizer = build_model(data, encoder, loss, model_config, pretrained, overrides, mesh, rules, seed)
     cfg = model.backbone.config
-    check_workdir(workdir, _signature(cfg, encoder, loss, optimizer))
 
     tx = make_optimizer(optimizer)
     graphdef, state, shardings = steps.init_train_state(model, tx, cfg.lora_rank, seed, mesh, rules)
