@@ -120,13 +120,13 @@ def train(workdir: str, data: FeedData = gin.REQUIRED, model_config: Optional[Ll
           optimizer: OptimizerConfig = OptimizerConfig(), checkpoint: CheckpointConfig = CheckpointConfig(),
           mesh_factory: Callable = make_mesh, num_steps: int = 1000, seed: int = 0, eval_every: int = 0,
           recall_ks: Sequence[int] = (10, 50), pca_dims: Sequence[int] = (), tensorboard: bool = True,
-          progress: bool = True, stop_after: Optional[int] = None) -> dict:
-    """Trains a dual encoder into `workdir` and returns the last logged metrics.
+          progress: bool = True) -> dict:
+    """Trains a dual encoder into `workdir`; returns the last logged metrics as
+    {"train": {...}, "validation": {...}}.
 
     pretrained: an HF directory or .gguf file (from_pretrained); else `model_config` is built
     from scratch. model_overrides: LlamaConfig fields for either (dtype="bfloat16", remat=True,
     lora_rank=16, ...). eval_every: validation period in steps (0: only at the end).
-    stop_after: leave the loop after this many steps of this process (tests), without the final save.
     """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -157,13 +157,13 @@ def train(workdir: str, data: FeedData = gin.REQUIRED, model_config: Optional[Ll
     validation = data.validation(tokenizer, num_shards * jax.process_count()) if eval_every >= 0 else None
     validator = Validator(graphdef, step_cfg, eval_step, shardings, mesh, rules, recall_ks, pca_dims)
     log = MetricsLog(workdir, num_steps, start, tensorboard=tensorboard, progress=progress)
-    last: dict = {}
+    last: dict = {"train": {}, "validation": {}}
     step, batch = start, first
     try:
         while step < num_steps:
             state, metrics = train_step(state, steps.device_batch(batch, batch_sharding))
             step += 1
-            last = log.log(step, metrics)
+            last["train"] = log.log(step, metrics)
             if step == start + 1 and jax.process_index() == 0:
                 (workdir / "operative_config.gin").write_text(gin.operative_config_str())
             preempted = ckpt.preempted(step)
@@ -173,10 +173,8 @@ def train(workdir: str, data: FeedData = gin.REQUIRED, model_config: Optional[Ll
                 ckpt.wait()
                 break
             if validation is not None and (step == num_steps or (eval_every and step % eval_every == 0)):
-                last.update(log.log(step, validator(state, validation), split="validation"))
+                last["validation"] = log.log(step, validator(state, validation), split="validation")
                 log.pause_clock()
-            if stop_after is not None and step - start >= stop_after:
-                break
             if step < num_steps:
                 batch = next(iterator)
     finally:
