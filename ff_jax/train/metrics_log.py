@@ -65,8 +65,8 @@ class MetricsLog:
             self._jsonl.write(json.dumps({"step": step, "split": split, **values}) + "\n")
             self._jsonl.flush()
             if self._tb is not None:
-                for key, value in values.items():
-                    self._tb.add_scalar(f"{split}/{key}", value, step)
+                for key, value in values.items():  # TensorBoard tags allow no '@'
+                    self._tb.add_scalar(f"{split}/{key.replace('@', '_at_')}", value, step)
         return values
 
     def pause_clock(self) -> None:
