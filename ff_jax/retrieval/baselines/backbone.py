@@ -1,0 +1,63 @@
+"""The pretrained backbone without fine-tuning: what the dual encoder starts from.
+
+The same path as a trained model, minus the checkpoint: the embed job (zero_shot) runs the
+pretrained LLaMA-architecture model (default: SmolLM2-135M from its GGUF) over the dataset's own
+member and item prompts — the ones training uses, prompt markers added to the vocabulary at the
+mean embedding — mean-pools the last hidden layer, and members are scored by cosine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ff_jax.data.splits import EvalMember
+from ff_jax.retrieval.recommender import EmbeddingRecommender, Recommender, TrainingData
+
+
+def zero_shot_arguments(data, pretrained: str | Path | None = None, overrides: dict | None = None) -> dict:
+    """`train`-style arguments (see embed_job.train_arguments) for the untuned pretrained model."""
+    from ff_jax import assets
+    from ff_jax.model.sharding import make_mesh
+    from ff_jax.train.dual_encoder import EncoderConfig
+    from ff_jax.train.losses import InfoNCE
+    from ff_jax.train.optimizer import OptimizerConfig
+
+    return {"data": data, "model_config": None, "pretrained": str(pretrained or assets.smollm2_gguf()),
+            "model_overrides": {"scan_layers": True, **(overrides or {})}, "encoder": EncoderConfig(pooling="mean"),
+            "loss": InfoNCE(), "optimizer": OptimizerConfig(), "mesh_factory": make_mesh, "seed": 0}
+
+
+class BackboneZeroShot(Recommender):
+    """Embeds `data` (a FeedData of the evaluated dataset, tokenizer "checkpoint") into `workdir`
+    with the untuned backbone at fit time (resumable: a rerun reuses finished shards)."""
+
+    name = "backbone zero-shot"
+
+    def __init__(self, data, workdir: str | Path, split: str = "test", pretrained: str | Path | None = None,
+                 overrides: dict | None = None, progress: bool = True):
+        self.feed, self.workdir, self.split = data, Path(workdir), split
+        self.pretrained, self.overrides, self.progress = pretrained, overrides, progress
+
+    def fit(self, data: TrainingData) -> BackboneZeroShot:
+        from ff_jax.retrieval.embed_job import EmbedConfig, embed_towers
+        from ff_jax.retrieval.embedding_store import read_tower
+
+        super().fit(data)
+        config = EmbedConfig(split=self.split, zero_shot=True)
+        args = zero_shot_arguments(self.feed, self.pretrained, self.overrides)
+        folders = embed_towers(self.workdir, args, config, self.progress)
+        item_ids, items = read_tower(folders["item"])
+        member_ids, members = read_tower(folders["member"])
+        rows = {item: i for i, item in enumerate(item_ids.tolist())}
+        missing = [i for i in data.corpus_ids if i not in rows]
+        if missing:
+            raise ValueError(f"{folders['item']}: no embedding for corpus items {missing[:3]}")
+        items = items[[rows[i] for i in data.corpus_ids]]
+        self.inner = EmbeddingRecommender(member_ids.tolist(), members, items, name=self.name).fit(data)
+        return self
+
+    def score(self, members: Sequence[EvalMember]) -> np.ndarray:
+        return self.inner.score(members)

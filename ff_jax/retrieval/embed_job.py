@@ -1,0 +1,266 @@
+"""`ff-jax embed`: embed a whole item corpus and a member set with a dual encoder, resumably.
+
+    ff-jax embed --workdir=runs/x                          # a training run: its config.gin + newest checkpoint
+    ff-jax embed --gin_file=model/smollm2_135m.gin --gin_file=runs/train.gin --gin.DATA_DIR=data \
+                 --gin.EmbedConfig.zero_shot=True --workdir=runs/zero_shot     # the untuned backbone
+
+The model, data and batch shapes are those of the training run: the `train` bindings of the gin
+files (the workdir's config.gin is read first when it exists, so `--workdir` alone is enough). The
+checkpoint's parameters are restored with ff_jax.train's Checkpointer; `zero_shot=True` skips the
+checkpoint and embeds with the model as training would start (a pretrained backbone, mean-pooled).
+
+Records are cut into shards of `shard_size`; each shard is tokenised and packed by
+ff_jax.data.pipeline.embedding_batches, embedded with a jitted step sharded over the training
+mesh, and written by ff_jax.retrieval.embedding_store (resume, Matryoshka widths, dtypes).
+Output: `<workdir>/<output>/items/` and `<workdir>/<output>/members_<split>/`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import gin
+import jax
+import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+from tqdm.auto import tqdm
+
+from ff_jax.gin_cli import UsageError
+from ff_jax.retrieval.embedding_store import STORAGE_DTYPES, ShardWriter
+
+TOWERS = {"item": "item_id", "member": "user_id"}  # tower -> id field of its records
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class EmbedConfig:
+    """towers: which to embed ("item" = the corpus, "member" = the members of `split`).
+    dims: Matryoshka prefix widths stored besides the full width (each re-normalised).
+    dtype: storage type, "float32" / "float16" / "bfloat16". shard_size: records per output shard
+    (the unit of resumption). max_records: embed only the first N records of each tower.
+    zero_shot: no checkpoint, the model as training starts. checkpoint_step: None = newest.
+    overwrite: discard existing embeddings made with other settings instead of refusing."""
+
+    towers: tuple[str, ...] = ("item", "member")
+    split: str = "test"
+    dims: tuple[int, ...] = ()
+    dtype: str = "float32"
+    shard_size: int = 4096
+    max_records: int | None = None
+    output: str = "embeddings"
+    zero_shot: bool = False
+    checkpoint_step: int | None = None
+    overwrite: bool = False
+
+    def __post_init__(self):
+        unknown = [t for t in self.towers if t not in TOWERS]
+        if unknown or not self.towers:
+            raise ValueError(f"EmbedConfig.towers must name some of {sorted(TOWERS)}, got {self.towers}")
+        if self.dtype not in STORAGE_DTYPES:
+            raise ValueError(f"EmbedConfig.dtype must be one of {sorted(STORAGE_DTYPES)}, got {self.dtype!r}")
+        if self.shard_size < 1:
+            raise ValueError(f"EmbedConfig.shard_size must be >= 1, got {self.shard_size}")
+
+
+class RecordSlice(Sequence):
+    """records[start:stop] without copying (TFDS data sources read lazily)."""
+
+    def __init__(self, records: Sequence, start: int, stop: int):
+        self.records, self.start, self.stop = records, start, stop
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def __getitem__(self, index: int):
+        if not -len(self) <= index < len(self):
+            raise IndexError(index)
+        return self.records[self.start + index % len(self)]
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def embed_records(records: Sequence[dict], writer: ShardWriter, make_batches: Callable[[Sequence], Iterable[dict]],
+                  encode: Callable[[dict], np.ndarray], id_key: str, progress: bool = True, desc: str = "") -> int:
+    """Embeds the shards `writer` still lacks; returns how many were computed.
+
+    make_batches(records) -> one-tower batches (CONTRACTS.md: `ids`, `example_mask`, ...);
+    encode(batch) -> un-normalised vectors [N * B/N, width] on the host.
+    """
+    pending = writer.pending()
+    done_records = writer.settings["records"] - sum(len(range(*writer.shard_range(s))) for s in pending)
+    with tqdm(total=writer.settings["records"], initial=done_records, desc=desc, unit="record",
+              disable=not progress, mininterval=1.0) as bar:
+        for shard in pending:
+            start, stop = writer.shard_range(shard)
+            part = RecordSlice(records, start, stop)
+            order = {_text(part[i][id_key]): i for i in range(len(part))}
+            if len(order) != len(part):
+                raise ValueError(f"{desc}: records {start}..{stop} repeat an {id_key}")
+            vectors = np.zeros((len(part), writer.settings["width"]), np.float32)
+            seen = np.zeros(len(part), bool)
+            for batch in make_batches(part):
+                out = np.asarray(encode(batch), np.float32)
+                keep = np.asarray(batch["example_mask"]).reshape(-1) > 0
+                rows = [order[i] for i, k in zip(batch["ids"], keep) if k]
+                vectors[rows], seen[rows] = out[keep], True
+                bar.update(len(rows))
+            if not seen.all():
+                lost = [k for k, i in order.items() if not seen[i]]
+                raise RuntimeError(f"{desc}: the batches left out {len(lost)} records of shard {shard}, e.g. {lost[:3]}")
+            writer.write(shard, list(order), vectors)
+    return len(pending)
+
+
+# ----------------------------------------------------------------------------- the model
+
+
+def train_arguments() -> dict:
+    """`train`'s parameters as the parsed gin config binds them (defaults where unbound)."""
+    from ff_jax.train import loop
+
+    args = {n: p.default for n, p in inspect.signature(loop.train).parameters.items() if n != "workdir"}
+    args.update(gin.get_bindings(loop.train))
+    if args["data"] is gin.REQUIRED:
+        raise UsageError("no training data is bound (train.data): pass the training run's gin files, or the "
+                         "--workdir of a training run (its config.gin is read)")
+    return args
+
+
+def _batch_shards(mesh, rules) -> int:
+    """N of a global batch: the mesh size of the logical batch axis."""
+    from ff_jax.model.sharding import logical_to_spec
+
+    entry = logical_to_spec(("batch",), dict(mesh.shape), rules)[0]
+    axes = () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
+    return int(np.prod([mesh.shape[a] for a in axes])) if axes else 1
+
+
+def load_model(workdir: Path, args: dict, zero_shot: bool, step: int | None, mesh, rules):
+    """(DualEncoder with sharded params, tokenizer, fingerprint of where the weights came from)."""
+    from flax import nnx
+
+    from ff_jax.train import loop, step as steps
+    from ff_jax.train.checkpointing import CheckpointConfig, Checkpointer
+    from ff_jax.train.optimizer import make_optimizer
+
+    model, tokenizer = loop.build_model(args["data"], args["encoder"], args["loss"], args["model_config"],
+                                        args["pretrained"], dict(args["model_overrides"] or {}), mesh, rules,
+                                        args["seed"])
+    if zero_shot:
+        origin = {"source": "zero_shot", "pretrained": str(args["pretrained"]) if args["pretrained"] else None,
+                  "model_config": None if args["pretrained"] else repr(args["model_config"]), "seed": args["seed"]}
+        return model, tokenizer, origin
+    tx = make_optimizer(args["optimizer"])
+    graphdef, state, shardings = steps.init_train_state(model, tx, model.backbone.config.lora_rank, args["seed"],
+                                                        mesh, rules)
+    del model
+    ckpt = Checkpointer(workdir / "checkpoints", CheckpointConfig(async_save=False))
+    try:
+        if ckpt.latest_step() is None:
+            raise UsageError(f"{workdir / 'checkpoints'}: no checkpoint; train first, or set "
+                             "--gin.EmbedConfig.zero_shot=True to embed with the untrained model")
+        step, state = ckpt.restore(state, shardings, step=step)
+    finally:
+        ckpt.close()
+    origin = {"source": "checkpoint", "checkpoints": str((workdir / "checkpoints").absolute()), "step": int(step)}
+    return nnx.merge(graphdef, state.params, state.frozen), tokenizer, origin
+
+
+def jit_encoder(model, mesh, rules, segments: int) -> Callable[[dict], np.ndarray]:
+    """batch -> un-normalised embeddings [N * B/N, E] on the host, the batch sharded over the mesh."""
+    from flax import nnx
+
+    from ff_jax.model.sharding import use_rules
+    from ff_jax.train import step as steps
+
+    graphdef, state = nnx.split(model)
+
+    @functools.partial(jax.jit, out_shardings=NamedSharding(mesh, P()))
+    def run(state, tokens, segment_ids, positions, slot):
+        return nnx.merge(graphdef, state).encode(tokens, segment_ids, positions, slot, segments)
+
+    def encode(batch: dict) -> np.ndarray:
+        arrays = {k: batch[k] for k in ("tokens", "segment_ids", "positions", "slot")}
+        placed = steps.device_batch(arrays, steps.batch_shardings(arrays, mesh, rules), process_local=False)
+        with jax.set_mesh(mesh), use_rules(rules):
+            return np.asarray(run(state, **placed))
+
+    return encode
+
+
+def embed_towers(workdir: str | Path, args: dict, config: EmbedConfig, progress: bool = True) -> dict[str, Path]:
+    """Embeds `config.towers` of the dataset `args["data"]` with the model `args` describe (`train`'s
+    parameters, see `train_arguments`) into `<workdir>/<config.output>/`; returns tower -> folder."""
+    from ff_jax.data.pipeline import embedding_batches
+    from ff_jax.model.sharding import logical_axis_rules
+
+    workdir = Path(workdir)
+    data, rules = args["data"], logical_axis_rules()
+    mesh = args["mesh_factory"]()
+    model, tokenizer, origin = load_model(workdir, args, config.zero_shot, config.checkpoint_step, mesh, rules)
+    width = model.embedding_dim
+    bad = [d for d in config.dims if not 0 < d <= width]
+    if bad:
+        raise UsageError(f"EmbedConfig.dims {bad} outside 1..{width} (the model's embedding width)")
+    num_shards = _batch_shards(mesh, rules)
+    member_segments, item_segments = data.segments
+    out_root = workdir / config.output
+    out_root.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for tower in config.towers:
+        name = "items" if tower == "item" else f"members_{config.split}"
+        sources, fmt, _ = data._open(f"{data.dataset}_corpus" if tower == "item" else data.dataset)
+        records = sources["corpus" if tower == "item" else config.split]
+        count = len(records) if config.max_records is None else min(len(records), config.max_records)
+        settings = {"records": count, "shard_size": config.shard_size, "width": width,
+                    "dims": sorted({*config.dims, width}), "dtype": config.dtype, "tower": tower,
+                    "dataset": f"{data.dataset}/{data.config_name}", "split": None if tower == "item" else config.split,
+                    "model": origin, "encoder": dataclasses.asdict(args["encoder"]),
+                    "token_budgets": [data.batch.length, data.batch.member_tokens, data.batch.item_tokens],
+                    "tokenizer": str(data.tokenizer)}
+        writer = ShardWriter(out_root / name, settings, overwrite=config.overwrite)
+        make_batches = functools.partial(embedding_batches, tokenizer=tokenizer, fmt=fmt, config=data.batch,
+                                         tower=tower, num_shards=num_shards, shard_index=0, shard_count=1,
+                                         read_threads=data.read_threads)
+        encode = jit_encoder(model, mesh, rules, member_segments if tower == "member" else item_segments)
+        embed_records(records, writer, make_batches, encode, TOWERS[tower], progress, desc=f"embedding {name}")
+        written[tower] = out_root / name
+    return written
+
+
+@gin.configurable(denylist=["workdir"])
+def embed(workdir: str, config: EmbedConfig | None = None, progress: bool = True) -> dict[str, Path]:
+    """The gin entry of `ff-jax embed`: the model and data of the `train` bindings, `config` (None
+    builds EmbedConfig() here, so `--gin.EmbedConfig.x=...` bindings apply)."""
+    config = config or EmbedConfig()
+    args = train_arguments()
+    out_root = Path(workdir) / config.output
+    out_root.mkdir(parents=True, exist_ok=True)
+    if jax.process_index() == 0:
+        (out_root / "embed_config.gin").write_text(gin.config_str())
+    return embed_towers(workdir, args, config, progress)
+
+
+def embed_main(argv: Sequence[str]) -> int:
+    """`ff-jax embed [--gin_file=F ...] [--gin.NAME=VALUE ...] --workdir=DIR` (see the module docstring)."""
+    from ff_jax.gin_cli import parse, split_flags
+    from ff_jax.train import loop  # noqa: F401  (registers the configurables the training files bind)
+
+    files, bindings, workdir, rest = split_flags(argv)
+    if rest:
+        raise UsageError(f"embed: unknown arguments {rest}")
+    if not workdir:
+        raise UsageError("embed: --workdir=DIR is required (a training run's workdir, or where to write)")
+    run_config = Path(workdir) / "config.gin"
+    parse(([str(run_config)] if run_config.exists() else []) + list(files), bindings)
+    for tower, folder in embed(workdir=workdir).items():
+        print(f"{tower} embeddings: {folder}")
+    return 0

@@ -1,0 +1,181 @@
+"""Embeddings on disk in shards, written so that a crashed job resumes where it stopped.
+
+A tower folder (e.g. `<workdir>/embeddings/items/`) holds, for shard s (records
+[s * shard_size, (s + 1) * shard_size) of the input):
+    shard-00007.ids.npy       the record ids (str), in record order
+    shard-00007.d<dim>.npy    L2-normalised vectors at each stored width (the full width, plus the
+                              Matryoshka prefixes asked for, each re-normalised after the cut);
+                              bfloat16 is stored as its raw uint16 bits (.npy has no bfloat16)
+    manifest.json             the settings and, per finished shard, its row count and file checksums
+Files are written under a temporary name and renamed, and a shard enters the manifest only after
+all its files are in place, so after a crash every shard in the manifest is whole. A rerun with
+the same settings skips those shards; different settings (another model, dtype, widths, shard
+size or input) are refused with the differing field named, unless `overwrite` wipes the folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import ml_dtypes
+import numpy as np
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+STORAGE_DTYPES = {"float32": np.float32, "float16": np.float16, "bfloat16": ml_dtypes.bfloat16}
+
+
+class EmbeddingStoreError(ValueError):
+    """A tower folder is missing, incomplete, corrupt, or holds embeddings made with other settings."""
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _atomic_save(path: Path, array: np.ndarray) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        np.save(f, array, allow_pickle=False)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def truncate_normalise(vectors: np.ndarray, dim: int) -> np.ndarray:
+    """The first `dim` components of each row, scaled back to unit length (float32)."""
+    cut = np.asarray(vectors, np.float32)[:, :dim]
+    norms = np.linalg.norm(cut, axis=1, keepdims=True)
+    return cut / np.maximum(norms, 1e-12)
+
+
+class ShardWriter:
+    """Writes one tower's shards; `settings` must match any earlier run in the same folder."""
+
+    def __init__(self, directory: str | Path, settings: dict[str, Any], overwrite: bool = False):
+        self.directory = Path(directory)
+        self.settings = json.loads(json.dumps(settings))  # normalised as JSON would read it back
+        for key in ("records", "shard_size", "width", "dims", "dtype"):
+            if key not in self.settings:
+                raise ValueError(f"embedding settings lack {key!r}")
+        if self.settings["dtype"] not in STORAGE_DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(STORAGE_DTYPES)}, got {self.settings['dtype']!r}")
+        width, dims = self.settings["width"], self.settings["dims"]
+        if any(not 0 < d <= width for d in dims) or width not in dims:
+            raise ValueError(f"dims {dims} must lie in 1..{width} and include the full width {width}")
+        if self.settings["shard_size"] < 1:
+            raise ValueError(f"shard_size must be >= 1, got {self.settings['shard_size']}")
+        manifest = self._read()
+        if manifest is not None and manifest["settings"] != self.settings:
+            if not overwrite:
+                diffs = [f"{k}: {manifest['settings'].get(k)!r} on disk, {v!r} now"
+                         for k, v in self.settings.items() if manifest["settings"].get(k) != v]
+                raise EmbeddingStoreError(
+                    f"{self.directory} holds embeddings made with other settings:\n  " + "\n  ".join(diffs)
+                    + "\nUse another output folder, or overwrite=True to discard them.")
+            shutil.rmtree(self.directory)
+            manifest = None
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.manifest = manifest or {"version": FORMAT_VERSION, "settings": self.settings, "shards": {}}
+        self._flush()
+
+    def _read(self) -> dict | None:
+        path = self.directory / MANIFEST
+        if not path.exists():
+            return None
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise EmbeddingStoreError(f"{path}: not valid JSON (line {err.lineno}: {err.msg})") from None
+
+    def _flush(self) -> None:
+        _atomic_text(self.directory / MANIFEST, json.dumps(self.manifest, indent=1, sort_keys=True))
+
+    @property
+    def num_shards(self) -> int:
+        return -(-self.settings["records"] // self.settings["shard_size"])
+
+    def shard_range(self, shard: int) -> tuple[int, int]:
+        size = self.settings["shard_size"]
+        return shard * size, min((shard + 1) * size, self.settings["records"])
+
+    def is_done(self, shard: int) -> bool:
+        entry = self.manifest["shards"].get(str(shard))
+        return entry is not None and all((self.directory / name).exists() for name in entry["files"])
+
+    def pending(self) -> list[int]:
+        return [s for s in range(self.num_shards) if not self.is_done(s)]
+
+    def write(self, shard: int, ids: Sequence[str], vectors: np.ndarray) -> None:
+        """Stores shard `shard` (its ids and full-width un-normalised vectors) and records it."""
+        start, stop = self.shard_range(shard)
+        vectors = np.asarray(vectors, np.float32)
+        if len(ids) != stop - start or vectors.shape != (stop - start, self.settings["width"]):
+            raise ValueError(f"shard {shard} needs {stop - start} ids and vectors of width {self.settings['width']}; "
+                             f"got {len(ids)} ids and vectors {vectors.shape}")
+        dtype = STORAGE_DTYPES[self.settings["dtype"]]
+        stem = f"shard-{shard:05d}"
+        files = {}
+        for dim in self.settings["dims"]:
+            stored = truncate_normalise(vectors, dim).astype(dtype)
+            if dtype is ml_dtypes.bfloat16:
+                stored = stored.view(np.uint16)
+            files[f"{stem}.d{dim}.npy"] = stored
+        files[f"{stem}.ids.npy"] = np.asarray(list(ids), dtype=str)
+        for name, array in files.items():
+            _atomic_save(self.directory / name, array)
+        self.manifest["shards"][str(shard)] = {
+            "rows": stop - start, "files": {name: _sha256(self.directory / name) for name in files}}
+        self._flush()
+
+
+def read_tower(directory: str | Path, dim: int | None = None, verify: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """(ids [n] str, float32 unit vectors [n, dim]) of a finished tower folder; dim None = full width."""
+    directory = Path(directory)
+    path = directory / MANIFEST
+    if not path.exists():
+        raise EmbeddingStoreError(f"{directory}: no {MANIFEST} (not an embedding folder; run `ff-jax embed`)")
+    manifest = json.loads(path.read_text())
+    settings = manifest["settings"]
+    dim = settings["width"] if dim is None else dim
+    if dim not in settings["dims"]:
+        raise EmbeddingStoreError(f"{directory}: width {dim} was not stored (stored: {settings['dims']}); "
+                                  "rerun ff-jax embed with it in EmbedConfig.dims")
+    shards = -(-settings["records"] // settings["shard_size"])
+    missing = [s for s in range(shards) if str(s) not in manifest["shards"]]
+    if missing:
+        raise EmbeddingStoreError(f"{directory}: incomplete, {shards - len(missing)} of {shards} shards done "
+                                  f"(first missing: {missing[0]}); rerun ff-jax embed to finish")
+    ids, vectors = [], []
+    for s in range(shards):
+        entry = manifest["shards"][str(s)]
+        for kind in ("ids", f"d{dim}"):
+            name = f"shard-{s:05d}.{kind}.npy"
+            file = directory / name
+            if not file.exists():
+                raise EmbeddingStoreError(f"{file}: listed in the manifest but missing")
+            if verify and _sha256(file) != entry["files"][name]:
+                raise EmbeddingStoreError(f"{file}: checksum mismatch (corrupt or modified)")
+        ids.append(np.load(directory / f"shard-{s:05d}.ids.npy", allow_pickle=False))
+        stored = np.load(directory / f"shard-{s:05d}.d{dim}.npy", allow_pickle=False)
+        if settings["dtype"] == "bfloat16":
+            stored = stored.view(ml_dtypes.bfloat16)
+        vectors.append(stored.astype(np.float32))
+    return np.concatenate(ids), np.concatenate(vectors)
+
+
+def tower_settings(directory: str | Path) -> dict:
+    """The settings a tower folder was written with."""
+    return json.loads((Path(directory) / MANIFEST).read_text())["settings"]

@@ -1,0 +1,294 @@
+"""Offline evaluation: one ranking + metrics path for trained dual encoders and baselines alike.
+
+    report = evaluate_recommender(Popularity().fit(data), splits.test, data)
+    report = evaluate_embeddings(member_ids, members, items, splits.test, data, dims=(64, 128))
+
+Protocol (../shared/REFERENCE.md): every corpus item is ranked for every evaluated member except the
+items removed by `exclude` ("engaged": the member's engaged history, the default; "history": every
+item in the history; "none"); the held-out targets are the relevant items. Metrics (definitions in
+ff_jax.retrieval.metrics) are recall@K and NDCG@K for K in `ks` and the serving candidate count
+(2,000 in the paper, capped at the corpus size), hit rate and MRR, averaged over members, overall
+and per cohort ("new" / "established"). Embeddings add: one report per Matryoshka prefix size,
+ScaNN's recall against exact search (and the metrics of the ScaNN-served lists), and the paper's
+popularity-similarity correlation. `eval_main` is the `ff-jax eval` command (gin entry `evaluate_run`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import gin
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from ff_jax.data.splits import EvalMember
+from ff_jax.retrieval import metrics
+from ff_jax.retrieval.recommender import EmbeddingRecommender, Recommender, TrainingData, unit_rows
+
+DEFAULT_KS = (10, 50, 100, 1000)
+SERVING_K = 2000
+EXCLUDE_MODES = ("engaged", "history", "none")
+
+
+def excluded_items(members: Sequence[EvalMember], mode: str) -> list[list[str]]:
+    """The item ids each member's ranking must leave out under `mode` (see EXCLUDE_MODES)."""
+    if mode == "engaged":
+        return [m.engaged_history for m in members]
+    if mode == "history":
+        return [list(m.history) for m in members]
+    if mode == "none":
+        return [[] for _ in members]
+    raise ValueError(f"exclude must be one of {EXCLUDE_MODES}, got {mode!r}")
+
+
+def top_k(scores: np.ndarray, excluded: Sequence[np.ndarray], k: int) -> np.ndarray:
+    """Positions [U, k] of each row's k best scores, best first; ties go to the lower position.
+
+    `excluded[u]` holds positions row u must not return; slots beyond the rankable items are -1.
+    """
+    scores = np.array(scores, dtype=np.float32)  # a copy: excluded entries are overwritten
+    if scores.ndim != 2:
+        raise ValueError(f"scores must be [members, items], got shape {scores.shape}")
+    if len(excluded) != scores.shape[0]:
+        raise ValueError(f"{len(excluded)} exclusion lists for {scores.shape[0]} score rows")
+    if np.isnan(scores).any():
+        raise ValueError(f"scores row {int(np.argwhere(np.isnan(scores))[0, 0])} contains NaN")
+    users, n = scores.shape
+    if not 0 < k:
+        raise ValueError(f"k must be positive, got {k}")
+    rows = np.repeat(np.arange(users), [len(e) for e in excluded])
+    if rows.size:
+        scores[rows, np.concatenate([np.asarray(e, np.int64) for e in excluded])] = -np.inf
+    k = min(k, n)
+    if k < n:
+        # The k-th best score per row; keep everything above it and, among the ties at it, the
+        # lowest positions, so results do not depend on argpartition's internal order.
+        kth = -np.partition(-scores, k - 1, axis=1)[:, k - 1 : k]
+        above = scores > kth
+        ties = scores == kth
+        room = k - above.sum(axis=1, keepdims=True)
+        keep = above | (ties & (np.cumsum(ties, axis=1) <= room))
+        candidates = np.nonzero(keep)[1].reshape(users, k)
+    else:
+        candidates = np.broadcast_to(np.arange(n), (users, n))
+    values = np.take_along_axis(scores, candidates, axis=1)
+    order = np.lexsort((candidates, -values), axis=-1)
+    ranked = np.take_along_axis(candidates, order, axis=1)
+    return np.where(np.take_along_axis(values, order, axis=1) == -np.inf, -1, ranked)
+
+
+def rank(recommender: Recommender, members: Sequence[EvalMember], data: TrainingData, k: int,
+         exclude: str = "engaged", batch_size: int | None = None, progress: bool = True) -> np.ndarray:
+    """Corpus positions [members, min(k, corpus)] ranked by `recommender`, -1 where nothing is left.
+
+    Members are scored `batch_size` at a time (default: up to 256, fewer for big corpora so a
+    batch's score matrix stays near 128 MB)."""
+    batch_size = batch_size or int(np.clip((1 << 25) // max(data.num_items, 1), 1, 256))
+    excluded = [data.positions(e) for e in excluded_items(members, exclude)]
+    out = []
+    for start in tqdm(range(0, len(members), batch_size), desc=f"ranking ({getattr(recommender, 'name', '')})",
+                      unit="batch", disable=not progress, mininterval=1.0):
+        batch = members[start : start + batch_size]
+        scores = np.asarray(recommender.score(batch))
+        if scores.shape != (len(batch), data.num_items):
+            raise ValueError(f"{type(recommender).__name__}.score returned shape {scores.shape}; expected "
+                             f"({len(batch)}, {data.num_items}) = (members, corpus items)")
+        out.append(top_k(scores, excluded[start : start + batch_size], k))
+    return np.concatenate(out) if out else np.zeros((0, min(k, data.num_items)), np.int64)
+
+
+def cutoffs(ks: Sequence[int], serving_k: int | None, corpus: int) -> list[int]:
+    """The K values reported: `ks` below the corpus size, plus the serving count capped at it."""
+    chosen = sorted({k for k in ks if k <= corpus} | ({min(serving_k, corpus)} if serving_k else set()))
+    if not chosen or chosen[0] < 1:
+        raise ValueError(f"no valid K among ks={list(ks)}, serving_k={serving_k} for a corpus of {corpus}")
+    return chosen
+
+
+def metrics_of_ranking(ranked: np.ndarray, members: Sequence[EvalMember], data: TrainingData,
+                       ks: Sequence[int]) -> dict[str, dict[str, float]]:
+    """ranking_metrics over members with targets, keyed "all" / cohort; positions as ids."""
+    keep = [i for i, m in enumerate(members) if m.targets]
+    if not keep:
+        raise ValueError("no evaluated member has a target")
+    targets = [data.positions(members[i].targets) for i in keep]
+    return metrics.ranking_metrics(ranked[keep], targets, ks, cohorts=[members[i].cohort for i in keep])
+
+
+def evaluate_recommender(recommender: Recommender, members: Sequence[EvalMember], data: TrainingData,
+                         ks: Sequence[int] = DEFAULT_KS, serving_k: int | None = SERVING_K,
+                         exclude: str = "engaged", progress: bool = True) -> dict:
+    """The metrics report of a fitted recommender on `members` (see the module docstring)."""
+    chosen = cutoffs(ks, serving_k, data.num_items)
+    ranked = rank(recommender, members, data, max(chosen), exclude, progress=progress)
+    return {"name": getattr(recommender, "name", type(recommender).__name__), "members": len(members),
+            "corpus": data.num_items, "ks": chosen, "exclude": exclude,
+            "metrics": metrics_of_ranking(ranked, members, data, chosen)}
+
+
+def popularity_similarity(member_vectors: np.ndarray, item_vectors: np.ndarray, popularity: np.ndarray,
+                          max_members: int = 256, max_items: int = 20_000, seed: int = 0) -> dict:
+    """The paper's check: correlation of item popularity with member-item cosine over (member, item)
+    pairs, on a seeded sample of members x items. Spearman, and Pearson of log(1 + popularity)."""
+    members = unit_rows(member_vectors, "member vectors")
+    items = unit_rows(item_vectors, "item vectors")
+    popularity = np.asarray(popularity, np.float64)
+    if popularity.shape != (items.shape[0],):
+        raise ValueError(f"popularity has shape {popularity.shape}; expected one count per item ({items.shape[0]})")
+    rng = np.random.default_rng(seed)
+    m = rng.choice(len(members), min(max_members, len(members)), replace=False)
+    i = rng.choice(len(items), min(max_items, len(items)), replace=False)
+    cosine = (members[m] @ items[i].T).ravel()
+    pop = np.broadcast_to(popularity[i], (len(m), len(i))).ravel()
+    return {"spearman": metrics.correlation(pop, cosine, "spearman"),
+            "pearson_log": metrics.correlation(np.log1p(pop), cosine, "pearson"),
+            "pairs": int(cosine.size)}
+
+
+def ann_report(member_vectors: np.ndarray, item_vectors: np.ndarray, members: Sequence[EvalMember],
+               data: TrainingData, ks: Sequence[int], exclude: str = "engaged", scann_config=None) -> dict:
+    """ScaNN against exact search over the same vectors: recall of the exact top-k for each k, and
+    the retrieval metrics of the ScaNN-served lists."""
+    from ff_jax.retrieval.exact import ExactIndex
+    from ff_jax.retrieval.scann_index import ScannIndex
+
+    corpus = np.asarray(data.corpus_ids)
+    k = max(ks)
+    excluded = excluded_items(members, exclude)
+    exact = ExactIndex().build(item_vectors, corpus)
+    ann = ScannIndex(scann_config).build(item_vectors, corpus)
+    _, exact_ids = exact.search(member_vectors, k, exclude=excluded)
+    _, ann_ids = ann.search(member_vectors, k, exclude=excluded)
+    recall = {f"ann_recall@{c}": metrics.ann_recall(ann_ids[:, :c], exact_ids[:, :c]) for c in ks}
+    ranked = pd.Index(data.corpus_ids).get_indexer(ann_ids.ravel()).reshape(ann_ids.shape)  # pads -> -1
+    return {**recall, "scann_leaves": ann.num_leaves, "served": metrics_of_ranking(ranked, members, data, ks)}
+
+
+def evaluate_embeddings(member_ids: Sequence[str], member_vectors: np.ndarray, item_vectors: np.ndarray,
+                        members: Sequence[EvalMember], data: TrainingData, dims: Sequence[int] | None = None,
+                        ks: Sequence[int] = DEFAULT_KS, serving_k: int | None = SERVING_K,
+                        exclude: str = "engaged", ann: bool = True, scann_config=None,
+                        progress: bool = True, name: str = "dual encoder") -> dict:
+    """Reports of an embedding model: per Matryoshka prefix size in `dims` (default: the full width),
+    ANN vs exact at the full width, and the popularity-similarity correlation."""
+    width = int(np.asarray(item_vectors).shape[1])
+    dims = sorted(set(dims or [width]))
+    report: dict = {"name": name, "width": width, "by_dim": {}}
+    for dim in dims:
+        rec = EmbeddingRecommender(member_ids, member_vectors, item_vectors, dim=dim, name=f"{name}/{dim}").fit(data)
+        report["by_dim"][str(dim)] = evaluate_recommender(rec, members, data, ks, serving_k, exclude, progress)
+    full = EmbeddingRecommender(member_ids, member_vectors, item_vectors).fit(data)
+    evaluated = full.members[full.member_rows(members)]
+    report["popularity_similarity"] = popularity_similarity(evaluated, full.items, data.popularity())
+    if ann:
+        chosen = cutoffs(ks, serving_k, data.num_items)
+        report["ann"] = ann_report(evaluated, full.items, members, data, chosen, exclude, scann_config)
+    return report
+
+
+# ----------------------------------------------------------------------------- printing
+
+TABLE_COLUMNS = ("recall@10", "recall@50", "recall@100", "ndcg@10", "mrr")
+
+
+def table_rows(reports: dict[str, dict], columns: Sequence[str] = TABLE_COLUMNS) -> list[list[str]]:
+    """[method, cohort, users, *columns] rows of {label: evaluate_recommender report}."""
+    rows = []
+    for label, report in reports.items():
+        for cohort, values in report["metrics"].items():
+            rows.append([label, cohort, str(int(values["users"]))]
+                        + [f"{values[c]:.3f}" if c in values else "-" for c in columns])
+    return rows
+
+
+def print_table(reports: dict[str, dict], columns: Sequence[str] = TABLE_COLUMNS, title: str = "") -> None:
+    """The reports as a table: rich when it is installed, plain text otherwise."""
+    header = ["method", "cohort", "users", *columns]
+    rows = table_rows(reports, columns)
+    try:
+        from rich.console import Console
+        from rich.table import Table
+    except ImportError:
+        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+        print(title)
+        for row in [header, *rows]:
+            print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)))
+        return
+    table = Table(title=title or None)
+    for i, name in enumerate(header):
+        table.add_column(name, justify="left" if i < 2 else "right")
+    for row in rows:
+        table.add_row(*row)
+    Console().print(table)
+
+
+# ----------------------------------------------------------------------------- `ff-jax eval`
+
+
+def _corpus_order(ids: np.ndarray, vectors: np.ndarray, corpus_ids: Sequence[str], where: str) -> np.ndarray:
+    """`vectors` re-ordered to the corpus order; every corpus item must have one."""
+    rows = pd.Index(ids).get_indexer(list(corpus_ids))
+    if (rows < 0).any():
+        missing = [c for c, r in zip(corpus_ids, rows) if r < 0]
+        raise ValueError(f"{where}: no embedding for {len(missing)} corpus items, e.g. {missing[:3]} "
+                         "(embed the whole corpus: EmbedConfig.max_records=None)")
+    return vectors[rows]
+
+
+@gin.configurable(denylist=["workdir"])
+def evaluate_run(workdir: str, embeddings: str = "embeddings", split: str = "test", ks: Sequence[int] = DEFAULT_KS,
+                 serving_k: int | None = SERVING_K, dims: Sequence[int] | None = None, ann: bool = True,
+                 exclude: str = "engaged", output: str = "eval", progress: bool = True) -> dict:
+    """Evaluates the embeddings `ff-jax embed` wrote under `<workdir>/<embeddings>/` on `split` of the
+    training run's dataset; writes `<workdir>/<output>/metrics_<split>.json` and prints a table.
+    dims: Matryoshka widths to report (default: those the embed job stored)."""
+    from ff_jax.retrieval.embed_job import train_arguments
+    from ff_jax.retrieval.embedding_store import read_tower, tower_settings
+    from ff_jax.retrieval.eval_data import prepared_eval_data
+
+    data = train_arguments()["data"]
+    root = Path(workdir) / embeddings
+    sources = data._open(data.dataset)[0]
+    corpus = data._open(f"{data.dataset}_corpus")[0]["corpus"]
+    training, members = prepared_eval_data(sources, corpus, split)
+    item_ids, items = read_tower(root / "items")
+    member_dir = root / f"members_{split}"
+    member_ids, member_vectors = read_tower(member_dir)
+    items = _corpus_order(item_ids, items, training.corpus_ids, str(root / "items"))
+    embedded = set(member_ids.tolist())
+    evaluated = [m for m in members if m.user_id in embedded and m.targets]
+    if not evaluated:
+        raise ValueError(f"{member_dir}: none of the {len(members)} {split} members has an embedding")
+    report = evaluate_embeddings(member_ids.tolist(), member_vectors, items, evaluated, training,
+                                 dims or tower_settings(root / "items")["dims"], ks, serving_k, exclude, ann,
+                                 progress=progress, name=str(tower_settings(member_dir)["model"]))
+    report.update(split=split, members_in_split=len(members), members_evaluated=len(evaluated))
+    out = Path(workdir) / output
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"metrics_{split}.json").write_text(json.dumps(report, indent=1, default=float))
+    print_table({f"d={d}": r for d, r in report["by_dim"].items()}, title=f"{split}: {len(evaluated)} members")
+    if "ann" in report:
+        print_table({"ScaNN-served": {"metrics": report["ann"]["served"]}})
+        print({k: round(v, 4) for k, v in report["ann"].items() if k.startswith("ann_recall")})
+    print("popularity-similarity correlation:", report["popularity_similarity"])
+    return report
+
+
+def eval_main(argv: Sequence[str]) -> int:
+    """`ff-jax eval [--gin_file=F ...] [--gin.evaluate_run.X=Y ...] --workdir=DIR` (the workdir of
+    `ff-jax embed`; its config.gin, the training run's, is read first when present)."""
+    from ff_jax.gin_cli import UsageError, parse, split_flags
+    from ff_jax.train import loop  # noqa: F401  (registers the configurables the training files bind)
+
+    files, bindings, workdir, rest = split_flags(argv)
+    if rest:
+        raise UsageError(f"eval: unknown arguments {rest}")
+    if not workdir:
+        raise UsageError("eval: --workdir=DIR is required (where `ff-jax embed` wrote its embeddings)")
+    run_config = Path(workdir) / "config.gin"
+    parse(([str(run_config)] if run_config.exists() else []) + list(files), bindings)
+    evaluate_run(workdir=workdir)
+    return 0

@@ -1,0 +1,167 @@
+"""The one interface every offline-evaluated recommender implements, trained dual encoder or baseline.
+
+    rec = SomeBaseline(...).fit(training_data(tables, splits))   # learns from the training period only
+    scores = rec.score(splits.test[:256])                        # float32 [members, corpus items]
+
+A recommender scores every corpus item for a batch of members (`EvalMember`: user id, history,
+targets, cohort); `ff_jax.retrieval.evaluate` turns the scores into ranked lists with the member's
+history removed and computes the metrics, so baselines and the dual encoder are measured by the
+same code. Embedding models (the dual encoder, MiniLM, the untuned backbone) plug in through
+`EmbeddingRecommender`: cosine between a member's vector and every item's.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from ff_jax.data.splits import TEST, TRAIN, EvalMember, Splits
+from ff_jax.data.tables import FeedTables
+
+SPLITS = ("validation", "test")
+
+
+@dataclasses.dataclass
+class TrainingData:
+    """What a recommender may learn from when evaluated on one split.
+
+    `engagements` [users, items] is 1 where the member engaged with the item before the evaluated
+    period: before validation for the validation split (the training period), before the test
+    targets for the test split (training + validation periods), as the protocol's history is.
+    Columns follow `corpus_ids`; `items` is the items table in the same order.
+    """
+
+    corpus_ids: list[str]
+    items: pd.DataFrame
+    user_ids: list[str]
+    engagements: sp.csr_matrix
+
+    def __post_init__(self):
+        shape = (len(self.user_ids), len(self.corpus_ids))
+        if self.engagements.shape != shape:
+            raise ValueError(f"engagements has shape {self.engagements.shape}; expected {shape} "
+                             "(users x corpus items)")
+        if len(self.items) != len(self.corpus_ids):
+            raise ValueError(f"items has {len(self.items)} rows for {len(self.corpus_ids)} corpus ids")
+        self._position = {item: i for i, item in enumerate(self.corpus_ids)}
+        self._user_row = {user: i for i, user in enumerate(self.user_ids)}
+
+    @property
+    def num_items(self) -> int:
+        return len(self.corpus_ids)
+
+    def popularity(self) -> np.ndarray:
+        """Members who engaged with each item (float64 [items])."""
+        return np.asarray((self.engagements > 0).sum(axis=0), np.float64).ravel()
+
+    def positions(self, item_ids: Sequence[str]) -> np.ndarray:
+        """Corpus positions of `item_ids` (int64); unknown ids are an error that names one."""
+        try:
+            return np.fromiter((self._position[i] for i in item_ids), np.int64, count=len(item_ids))
+        except KeyError as err:
+            raise KeyError(f"item id {err.args[0]!r} is not in the corpus") from None
+
+    def user_row(self, user_id: str) -> int | None:
+        return self._user_row.get(user_id)
+
+    def history_matrix(self, members: Sequence[EvalMember]) -> sp.csr_matrix:
+        """[members, items] 1 on each member's engaged history (fold-in input for item-based models)."""
+        histories = [self.positions(m.engaged_history) for m in members]
+        rows = np.repeat(np.arange(len(members)), [len(h) for h in histories])
+        cols = np.concatenate(histories) if histories else np.zeros(0, np.int64)
+        matrix = sp.csr_matrix((np.ones(len(cols), np.float32), (rows, cols)),
+                               shape=(len(members), self.num_items))
+        matrix.sum_duplicates()
+        matrix.data[:] = 1.0
+        return matrix
+
+
+def training_data(tables: FeedTables, splits: Splits, split: str = "test") -> TrainingData:
+    """The engagements a recommender may see when `split`'s members are evaluated (see TrainingData)."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    inter = tables.interactions
+    if len(splits.period) != len(inter):
+        raise ValueError(f"splits.period has {len(splits.period)} rows but {tables.name} has {len(inter)} "
+                         "interactions: the splits were made from other tables")
+    allowed = splits.period < TEST if split == "test" else splits.period == TRAIN
+    rows = inter[allowed & inter["engaged"].to_numpy(bool)]
+    corpus = list(splits.corpus_ids)
+    items = tables.items.set_index("item_id").loc[corpus].reset_index()
+    users = tables.users["user_id"].astype(str).tolist()
+    user_codes = pd.Index(users).get_indexer(rows["user_id"])
+    item_codes = pd.Index(corpus).get_indexer(rows["item_id"])
+    if (user_codes < 0).any() or (item_codes < 0).any():
+        raise ValueError(f"{tables.name}: interactions name users or items missing from the tables")
+    matrix = sp.csr_matrix((np.ones(len(rows), np.float32), (user_codes, item_codes)),
+                           shape=(len(users), len(corpus)))
+    matrix.sum_duplicates()
+    matrix.data[:] = 1.0  # binary: repeated engagements count once
+    return TrainingData(corpus, items, users, matrix)
+
+
+class Recommender(abc.ABC):
+    """Scores every corpus item for a batch of members. `fit` sees only `TrainingData`."""
+
+    name: str = "recommender"
+
+    def fit(self, data: TrainingData) -> Recommender:
+        self.data = data
+        return self
+
+    @abc.abstractmethod
+    def score(self, members: Sequence[EvalMember]) -> np.ndarray:
+        """float32 [len(members), corpus items], higher = better; history exclusion is done by the caller."""
+
+
+def unit_rows(x: np.ndarray, what: str) -> np.ndarray:
+    """float32 rows scaled to unit L2 norm; a zero row is an error naming its position."""
+    x = np.asarray(x, np.float32)
+    if x.ndim != 2:
+        raise ValueError(f"{what} must be a 2-D [rows, dim] array, got shape {x.shape}")
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    if x.shape[0] and (norms == 0).any():
+        raise ValueError(f"{what} row {int(np.argmin(norms[:, 0]))} has zero norm")
+    return x / norms
+
+
+class EmbeddingRecommender(Recommender):
+    """Cosine between a member's vector and each item's: how dual encoders enter the evaluation.
+
+    `dim` keeps the first `dim` components (a Matryoshka prefix) before re-normalising.
+    """
+
+    def __init__(self, member_ids: Sequence[str], member_vectors: np.ndarray, item_vectors: np.ndarray,
+                 dim: int | None = None, name: str = "embeddings"):
+        full = np.asarray(item_vectors).shape[-1]
+        if dim is not None and not 0 < dim <= full:
+            raise ValueError(f"dim={dim} is outside 1..{full} (the embeddings' width)")
+        if np.asarray(member_vectors).shape[-1] != full:
+            raise ValueError(f"dimension mismatch: member vectors are {np.asarray(member_vectors).shape[-1]}-d, "
+                             f"item vectors {full}-d")
+        if len(member_ids) != len(member_vectors):
+            raise ValueError(f"{len(member_ids)} member ids for {len(member_vectors)} member vectors")
+        cut = slice(0, dim)
+        self.members = unit_rows(np.asarray(member_vectors)[:, cut], "member vectors")
+        self.items = unit_rows(np.asarray(item_vectors)[:, cut], "item vectors")
+        self.row = {m: i for i, m in enumerate(member_ids)}
+        self.name = name
+
+    def fit(self, data: TrainingData) -> EmbeddingRecommender:
+        if data.num_items != self.items.shape[0]:
+            raise ValueError(f"{self.items.shape[0]} item vectors for a corpus of {data.num_items} items")
+        return super().fit(data)
+
+    def member_rows(self, members: Sequence[EvalMember]) -> np.ndarray:
+        missing = [m.user_id for m in members if m.user_id not in self.row]
+        if missing:
+            raise KeyError(f"no member embedding for user(s) {missing[:5]} ({len(missing)} in all)")
+        return np.fromiter((self.row[m.user_id] for m in members), np.int64, count=len(members))
+
+    def score(self, members: Sequence[EvalMember]) -> np.ndarray:
+        return self.members[self.member_rows(members)] @ self.items.T
