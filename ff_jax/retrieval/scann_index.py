@@ -43,7 +43,9 @@ class ScannConfig:
     dims_per_block: dimensions per asymmetric-hashing block (2 is ScaNN's recommendation).
     anisotropic_threshold: anisotropic quantisation threshold (0.2 for unit-norm vectors).
     training_sample_size: rows sampled to train the tree and codebooks (default min(n, 250k)).
-    spherical: spherical k-means for the tree (centroids on the unit sphere).
+    spherical: spherical k-means for the tree (unit-norm centroids). On by default: with plain
+        k-means a spread-out cluster gets a short centroid that dot-product routing never
+        picks; at 1M synthetic rows that left 3% of queries with recall@100 = 0.
     soar_lambda: SOAR spilling (each row also stored in a second leaf), None = off.
     reorder_dtype: "float32", "bfloat16" or "int8" copy of the corpus used to reorder.
     brute_force_below: corpora smaller than this are scored exactly (a tree does not pay off).
@@ -53,15 +55,15 @@ class ScannConfig:
 
     num_leaves: int | None = None
     leaves_to_search: int | None = None
-    leaves_fraction: float = 0.05
-    rows_per_neighbor: float = 40.0
+    leaves_fraction: float = 0.02
+    rows_per_neighbor: float = 64.0
     reorder_k: int | None = None
-    reorder_multiplier: float = 4.0
+    reorder_multiplier: float = 2.0
     min_reorder: int = 200
     dims_per_block: int = 2
     anisotropic_threshold: float = 0.2
     training_sample_size: int | None = None
-    spherical: bool = False
+    spherical: bool = True
     soar_lambda: float | None = None
     reorder_dtype: str = "float32"
     brute_force_below: int = 4096
@@ -140,7 +142,7 @@ class ScannIndex(Index):
         from scann.scann_ops.py import scann_ops_pybind
 
         text, self._num_leaves = self._config_text(*vectors.shape)
-        self._searcher = scann_ops_pybind.create_searcher(vectors, text, self._training_threads())
+        self._searcher = scann_ops_pybind.create_searcher(vectors, text, self._threads())
         self._trained_rows = vectors.shape[0]
         self._set_threads()
 
@@ -163,11 +165,11 @@ class ScannIndex(Index):
         self._searcher.rebalance(text)
         self._num_leaves, self._trained_rows = leaves, rows
 
-    def _training_threads(self) -> int:
+    def _threads(self) -> int:
         return self.config.num_threads or os.cpu_count() or 1
 
     def _set_threads(self) -> None:
-        self._searcher.set_num_threads(self._training_threads())
+        self._searcher.set_num_threads(self._threads())
 
     # -- search -----------------------------------------------------------------------------
 
@@ -189,7 +191,7 @@ class ScannIndex(Index):
         self, queries: np.ndarray, k: int, *, leaves_to_search: int, reorder_k: int
     ) -> tuple[np.ndarray, np.ndarray]:
         """Positional search with explicit knobs (for sweeps); queries must be unit-norm float32."""
-        leaves = leaves_to_search if self._num_leaves else -1
+        leaves = min(max(leaves_to_search, 1), self._num_leaves) if self._num_leaves else -1
         pre = max(reorder_k, k) if self._num_leaves else -1
         if queries.shape[0] == 1:
             rows, scores = self._searcher.search(queries[0], k, pre, leaves)
