@@ -1,0 +1,185 @@
+"""Baselines: each against an outside reference (rank-bm25, dense numpy algebra, the MovieLens tables)
+or a planted structure it must find."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import rank_bm25
+import scipy.sparse as sp
+
+from ff_jax.data.splits import TEST, TRAIN, EvalMember
+from ff_jax.retrieval.baselines import ALS, BM25, BPR, ItemKNN, Popularity, RandomScores
+from ff_jax.retrieval.baselines.als import solve_side, weighted_loss
+from ff_jax.retrieval.baselines.bm25 import BM25Index, tokenize
+from ff_jax.retrieval.baselines.itemknn import cosine_neighbors
+from ff_jax.retrieval.evaluate import evaluate_recommender
+from ff_jax.retrieval.recommender import TrainingData, training_data
+
+
+def data_from(matrix: np.ndarray, texts=None) -> TrainingData:
+    n_users, n_items = matrix.shape
+    ids = [f"i{j}" for j in range(n_items)]
+    items = pd.DataFrame({"item_id": ids, "text": texts or ids})
+    return TrainingData(ids, items, [f"u{u}" for u in range(n_users)], sp.csr_matrix(matrix.astype(np.float32)))
+
+
+def member(user, engaged, targets, cohort="established"):
+    return EvalMember(user, list(engaged), [True] * len(engaged), list(targets), cohort)
+
+
+@pytest.fixture(scope="module")
+def planted():
+    """6 groups of 40 members; each group engages with (mostly) its own block of 25 items, and items
+    differ in overall popularity. Test targets are unseen items of the member's own block."""
+    rng = np.random.default_rng(0)
+    groups, per_group, block = 6, 40, 25
+    n_users, n_items = groups * per_group, groups * block
+    group = np.repeat(np.arange(groups), per_group)
+    item_group = np.repeat(np.arange(groups), block)
+    appeal = rng.uniform(0.2, 0.9, n_items)
+    prob = np.where(group[:, None] == item_group[None, :], appeal[None, :], 0.03)
+    engaged = rng.random((n_users, n_items)) < prob
+    history, members = np.zeros_like(engaged), []
+    for u in range(n_users):
+        liked = rng.permutation(np.flatnonzero(engaged[u]))
+        targets, seen = liked[:3], liked[3:]
+        history[u, seen] = True
+        members.append(member(f"u{u}", [f"i{j}" for j in seen], [f"i{j}" for j in targets]))
+    return data_from(history), members
+
+
+def recall10(rec, data, members):
+    return evaluate_recommender(rec.fit(data), members, data, ks=(10,), serving_k=None,
+                                progress=False)["metrics"]["all"]["recall@10"]
+
+
+def test_popularity_recall_on_a_hand_made_dataset():
+    # Item engagement counts: i0: 3, i1: 2, i2: 1, i3: 0.
+    data = data_from(np.array([[1, 1, 0, 0], [1, 1, 0, 0], [1, 0, 1, 0]]))
+    members = [member("u0", ["i0", "i1"], ["i3"]),   # ranking i2 i3      -> target at rank 2
+               member("u2", ["i0"], ["i1", "i3"])]   # ranking i1 i2 i3   -> i1 at rank 1
+    report = evaluate_recommender(Popularity().fit(data), members, data, ks=(1, 2), serving_k=None, progress=False)
+    assert report["metrics"]["all"]["recall@1"] == pytest.approx((0 + 0.5) / 2)
+    assert report["metrics"]["all"]["recall@2"] == pytest.approx((1 + 0.5) / 2)
+    np.testing.assert_array_equal(data.popularity(), [3, 2, 1, 0])
+
+
+def test_random_recall_is_k_over_the_corpus():
+    data = data_from(np.zeros((1, 200)))
+    rng = np.random.default_rng(3)
+    members = [member("u0", [], [f"i{j}" for j in rng.choice(200, 5, replace=False)]) for _ in range(3000)]
+    assert recall10(RandomScores(seed=1), data, members) == pytest.approx(10 / 200, abs=0.005)
+
+
+def test_training_data_keeps_only_engagements_before_the_evaluated_period():
+    from ff_jax.data import load_movielens_100k, temporal_split
+
+    tables = load_movielens_100k()
+    splits = temporal_split(tables, progress=False)
+    inter = tables.interactions
+    for split, allowed in (("test", splits.period != TEST), ("validation", splits.period == TRAIN)):
+        data = training_data(tables, splits, split)
+        rows = inter[allowed & inter["engaged"].to_numpy()]
+        expected = set(zip(rows["user_id"], rows["item_id"]))
+        coo = data.engagements.tocoo()
+        got = {(data.user_ids[u], data.corpus_ids[i]) for u, i in zip(coo.row, coo.col)}
+        assert got == expected
+    # The test members' engaged history is exactly their row of the test-split training data.
+    data = training_data(tables, splits, "test")
+    for m in splits.test[:50]:
+        row = data.engagements[data.user_row(m.user_id)].indices
+        assert set(row.tolist()) == set(data.positions(m.engaged_history).tolist())
+
+
+def test_item_knn_similarities_equal_dense_cosine_and_keep_the_top_neighbours():
+    rng = np.random.default_rng(0)
+    x = (rng.random((50, 30)) < 0.2).astype(np.float32)
+    x[:, 7] = 0  # an item nobody engaged with
+    norms = np.linalg.norm(x, axis=0)
+    dense = (x.T @ x) / np.maximum(np.outer(norms, norms), 1e-12)
+    np.fill_diagonal(dense, 0)
+    full = cosine_neighbors(sp.csr_matrix(x), None, chunk=7).toarray()
+    np.testing.assert_allclose(full, dense, atol=1e-6)
+    pruned = cosine_neighbors(sp.csr_matrix(x), 5, chunk=7).toarray()
+    for j in range(30):
+        kept = np.flatnonzero(pruned[j])
+        assert len(kept) <= 5
+        if len(kept):  # whatever is kept is among the row's largest similarities
+            assert pruned[j, kept].min() >= np.sort(dense[j])[-5] - 1e-6
+
+
+def test_als_steps_solve_the_weighted_normal_equations_and_never_raise_the_loss():
+    rng = np.random.default_rng(1)
+    x = sp.csr_matrix((rng.random((30, 20)) < 0.25).astype(np.float64))
+    items = rng.normal(size=(20, 4))
+    alpha, reg = 5.0, 0.5
+    users = solve_side(x, items, alpha, reg)
+    # Outside reference: each member's weighted ridge regression solved by numpy least squares.
+    for u in range(5):
+        p = x[u].toarray().ravel()
+        w = np.sqrt(1 + alpha * p)
+        a = np.vstack([w[:, None] * items, np.sqrt(reg) * np.eye(4)])
+        b = np.concatenate([w * p, np.zeros(4)])
+        np.testing.assert_allclose(users[u], np.linalg.lstsq(a, b, rcond=None)[0], atol=1e-8)
+    losses = []
+    for _ in range(5):
+        users = solve_side(x, items, alpha, reg)
+        losses.append(weighted_loss(x, users, items, alpha, reg))
+        items = solve_side(x.T.tocsr(), users, alpha, reg)
+        losses.append(weighted_loss(x, users, items, alpha, reg))
+    assert all(b <= a + 1e-9 for a, b in zip(losses, losses[1:]))
+
+
+def test_collaborative_filtering_finds_the_planted_groups_and_beats_popularity(planted):
+    data, members = planted
+    popularity = recall10(Popularity(), data, members)
+    als = recall10(ALS(factors=8, reg=1.0, alpha=5.0, iterations=8), data, members)
+    knn = recall10(ItemKNN(neighbors=20), data, members)
+    bpr_model = BPR(factors=8, reg=1e-3, learning_rate=0.05, epochs=25, batch_size=256)
+    bpr = recall10(bpr_model, data, members)
+    assert als > 1.8 * popularity and als > 0.5
+    assert knn > 1.8 * popularity and bpr > 1.5 * popularity
+    assert bpr_model.losses[-1] < 0.7 * bpr_model.losses[0]
+
+
+def test_bm25_scores_equal_rank_bm25():
+    documents = ["the quick brown fox", "a lazy dog sleeps", "the dog and the fox", "quick quick dog",
+                 "brown bears eat fish", "the the the"]
+    tokens = [tokenize(d) for d in documents]
+    ours = BM25Index(tokens)
+    reference = rank_bm25.BM25Okapi(tokens)
+    for query in ["quick fox", "the dog dog", "fish unknownword", "the"]:
+        np.testing.assert_allclose(ours.scores([tokenize(query)])[0], reference.get_scores(tokenize(query)),
+                                   rtol=1e-5, atol=1e-6)
+
+
+def test_bm25_ranks_an_exact_text_match_first():
+    texts = ["Heat (1995). Genres: Action, Crime", "Toy Story (1995). Genres: Animation, Comedy",
+             "Casino (1995). Genres: Crime, Drama", "Babe (1995). Genres: Children, Comedy",
+             "Toy Soldiers (1991). Genres: Action"]
+    data = data_from(np.zeros((1, 5)), texts=texts)
+    history_owner = EvalMember("u0", ["i1"], [True], ["i3"], "new")
+    rec = BM25(query_columns=["text"]).fit(data)
+    scores = rec.score([history_owner])[0]
+    assert int(np.argmax(scores)) == 1  # the history item's own text matches itself best
+    assert scores[4] > scores[2]  # "Toy" shared beats nothing shared but the year
+
+
+def test_minilm_embeds_in_input_order_with_padding_ignored_and_ranks_by_meaning():
+    from ff_jax.retrieval.baselines.minilm import MiniLM, MiniLMEncoder, member_text
+
+    encoder = MiniLMEncoder(batch_size=4)
+    texts = ["A kitten sleeps on the sofa.", "Stock markets fell sharply today.",
+             "Toy Story (1995). Genres: Animation, Children's, Comedy", "A cat naps on the couch in the sun."]
+    together = encoder.encode(texts)  # one padded batch, internally sorted by length
+    alone = np.concatenate([encoder.encode([t]) for t in texts])
+    assert together.shape == (4, 384)
+    np.testing.assert_allclose(np.linalg.norm(together, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(together, alone, atol=1e-5)
+    similarity = together @ together.T
+    assert similarity[0, 3] > similarity[0, 1] + 0.3
+    assert member_text(["old", "new"]) == "new; old"
+    data = data_from(np.zeros((1, 4)), texts=texts)
+    rec = MiniLM(encoder, progress=False).fit(data)
+    scores = rec.score([EvalMember("u0", ["i0"], [True], ["i3"], "new")])[0]
+    assert int(np.argmax(np.delete(scores, 0))) == 2  # i3 (index 2 once i0 is removed) is the cat
