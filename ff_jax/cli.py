@@ -17,8 +17,8 @@ SUBCOMMANDS = {
     "train": ("ff_jax.train.loop:train", True),
 }
 
-USAGE = ("usage: ff-jax {%s} --gin_file=FILE [--gin_file=...] [--gin.NAME=VALUE ...] --workdir=DIR"
-         % ",".join(SUBCOMMANDS))
+USAGE = ("usage: ff-jax {%s} --gin_file=FILE [--gin_file=...] [--gin.NAME=VALUE ...] --workdir=DIR "
+         "[--distributed]" % ",".join(SUBCOMMANDS))
 
 
 def _load(target: str):
@@ -28,6 +28,11 @@ def _load(target: str):
 
 def run_gin_command(name: str, target: str, argv: Sequence[str]):
     files, bindings, workdir, rest = split_flags(argv)
+    if "--distributed" in rest:  # one process per host: coordinator and ids from the environment
+        rest.remove("--distributed")
+        import jax
+
+        jax.distributed.initialize()
     if rest:
         raise UsageError(f"{name}: unknown arguments {rest}\n{USAGE}")
     if not files:

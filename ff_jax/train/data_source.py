@@ -105,9 +105,7 @@ class FeedData:
             target = _text(record["target_ids"][0])
             pairs.append({**record, "positive_id": target, "positive_prompt": prompts[target]})
         whole = dict(shard_index=0, shard_count=1, num_shards=num_shards, read_threads=self.read_threads)
-        pair_batches = list(train_batches(pairs, tokenizer, fmt, self.batch, seed=0, num_epochs=1,
-                                          num_shards=num_shards, shard_index=0, shard_count=1,
-                                          read_threads=self.read_threads))
+        pair_batches = list(train_batches(pairs, tokenizer, fmt, self.batch, seed=0, num_epochs=1, **whole))
         member_batches = list(embedding_batches(members, tokenizer, fmt, self.batch, tower="member", **whole))
         corpus_batches = list(embedding_batches(corpus, tokenizer, fmt, self.batch, tower="item", **whole))
         targets = {_text(r["user_id"]): {_text(t) for t in r["target_ids"]} for r in members}

@@ -60,15 +60,16 @@ def test_tiny_model_beats_random_recall_by_a_wide_margin(compact_feed_world, tmp
     data = FeedData(str(data_dir), config="tiny_compact", tokenizer=tokenizer, prepare=False,
                     validation_members=98, batch=batch)
     out = train(str(tmp_path / "run"), data=data, model_config=presets.tiny(vocab_size=512), loss=InfoNCE(),
-                optimizer=OptimizerConfig(learning_rate=3e-3, warmup_steps=10, total_steps=100),
+                optimizer=OptimizerConfig(learning_rate=3e-3, warmup_steps=10, total_steps=80),
                 checkpoint=CheckpointConfig(save_every=10_000),
                 mesh_factory=lambda: make_mesh(data=1, devices=jax.devices()[:1]),
-                num_steps=100, eval_every=50, recall_ks=(10,), progress=False, tensorboard=False)
+                num_steps=80, eval_every=0, recall_ks=(10,), progress=False, tensorboard=False)
     validation = out["validation"]
-    # Measured: recall@10 0.056 against random 0.0025 (22x); in-batch accuracy 0.32 against 1/64.
-    assert validation["recall@10"] > 8 * validation["random_recall@10"]
+    # Measured after 80 steps: recall@10 0.026 against random 0.0025 (10x; 0.049 at the 32-dim
+    # Matryoshka slice), in-batch accuracy 0.26 against ~1/64 for a random model.
+    assert validation["recall@10"] > 5 * validation["random_recall@10"]
     assert validation["in_batch_accuracy"] > 0.15
     losses = [r["loss"] for r in read_jsonl(tmp_path / "run" / "metrics.jsonl")]
-    assert len(losses) == 100 and np.mean(losses[-20:]) < np.mean(losses[:20]) - 0.3
-    assert len(read_jsonl(tmp_path / "run" / "metrics.jsonl", split="validation")) == 2
+    assert len(losses) == 80 and np.mean(losses[-20:]) < np.mean(losses[:20]) - 0.3
+    assert len(read_jsonl(tmp_path / "run" / "metrics.jsonl", split="validation")) == 1
     assert (tmp_path / "run" / "operative_config.gin").exists()

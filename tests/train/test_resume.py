@@ -36,7 +36,10 @@ train.progress = False
 
 def subprocess_env(cache_dir: Path, devices: int = 2) -> dict:
     env = dict(os.environ)
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    # Cheaper XLA:CPU code generation: these runs are compile-bound, and the runs compared in a
+    # test all use the same flags.
+    env["XLA_FLAGS"] = (f"--xla_force_host_platform_device_count={devices} "
+                        "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true")
     env["JAX_PLATFORMS"] = "cpu"
     env["PYTHONPATH"] = os.pathsep.join([str(HERE), env.get("PYTHONPATH", "")])
     # One compilation shared by the runs of a test: later processes load it from disk.
