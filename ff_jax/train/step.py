@@ -133,7 +133,7 @@ def train_step(graphdef, cfg: StepConfig, state: TrainState, batch: dict) -> tup
     updates, opt_state = cfg.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     rng, _ = jax.random.split(jax.random.wrap_key_data(state.rng))
-    metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads),
+    metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads),
                    examples=jnp.sum(batch["example_mask"]), tokens=_tokens(batch))
     if cfg.schedule is not None:
         metrics["learning_rate"] = cfg.schedule(state.step // cfg.accumulation_steps)

@@ -62,3 +62,19 @@ def test_flags_in_both_spellings_and_bare_strings_become_gin_strings():
                                                   "--gin.X=/data/dir", "--gin.Y=3", "--gin.Z=@tiny()", "--extra"])
     assert files == ["a.gin", "b.gin"] and workdir == "/w" and rest == ["--extra"]
     assert bindings == ["X = '/data/dir'", "Y = 3", "Z = @tiny()"]
+
+
+def test_every_experiment_file_parses_and_layers_one_model_and_one_run():
+    import gin
+
+    from ff_jax.gin_cli import CONFIGS_DIR, parse
+    from ff_jax.train import loop  # noqa: F401  (registers the configurables)
+
+    experiments = sorted((CONFIGS_DIR / "experiments").glob("*.gin"))
+    assert len(experiments) >= 14
+    for path in experiments:
+        text = path.read_text()
+        assert text.count("include 'model/") == 1 and text.count("include 'runs/") == 1, path.name
+        parse([str(path)], ["DATA_DIR = '/tmp/none'"])
+        assert gin.query_parameter("FeedData.data_dir") is not None, path.name
+    gin.clear_config()

@@ -1,13 +1,11 @@
 """Optimiser schedule / accumulation / LoRA selection, and the metric writers, against references."""
 
-import json
 import math
 import struct
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 from flax import nnx
 
