@@ -12,7 +12,7 @@ import pytest
 
 from test_resume import subprocess_env
 
-pytestmark = pytest.mark.xdist_group("train_subprocess")
+pytestmark = [pytest.mark.xdist_group("train_subprocess"), pytest.mark.slow]
 
 WORKER = Path(__file__).resolve().parent / "multihost_worker.py"
 

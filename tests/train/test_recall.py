@@ -24,7 +24,7 @@ from ff_jax.train.checkpointing import CheckpointConfig
 from ff_jax.train.loop import train
 from ff_jax.train.metrics_log import read_jsonl
 
-pytestmark = pytest.mark.xdist_group("train_recall")
+pytestmark = [pytest.mark.xdist_group("train_recall"), pytest.mark.slow]
 
 COMPACT = PromptTemplate(system_prompt="", member_fields=("headline",), item_fields=("author_industry", "view_count"),
                                               history_fields=("author_industry",), max_history_items=4, item_text_chars=160, history_text_chars=120,

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytestmark = pytest.mark.xdist_group("train_subprocess")
+pytestmark = [pytest.mark.xdist_group("train_subprocess"), pytest.mark.slow]
 
 HERE = Path(__file__).resolve().parent
 STEPS = 8
