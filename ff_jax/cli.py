@@ -15,6 +15,9 @@ from ff_jax.gin_cli import UsageError, parse, split_flags
 # config is parsed; plain entries get the raw argv.
 SUBCOMMANDS = {
     "train": ("ff_jax.train.loop:train", True),
+    "embed": ("ff_jax.retrieval.embed_job:embed_main", False),
+    "eval": ("ff_jax.retrieval.evaluate:eval_main", False),
+    "demo": ("ff_jax.demo:main", False),
 }
 
 USAGE = ("usage: ff-jax {%s} --gin_file=FILE [--gin_file=...] [--gin.NAME=VALUE ...] --workdir=DIR "
