@@ -169,11 +169,12 @@ class DualEncoder(nnx.Module):
         positive, _ = gather_slots(items, batch["positive_slot"])
         negatives, negative_mask = gather_slots(items, batch["negative_slot"])
         dim = member.shape[-1]
+        size = member.shape[0] * member.shape[1]  # explicit: with H = 0 a -1 could not be inferred
         hard = batch["negative_slot"].shape[-1]
         keys = {}
         if "positive_key" in batch:  # item-id hashes: mask in-batch duplicates of a positive
-            keys = dict(positive_key=batch["positive_key"].reshape(-1),
-                        negative_key=batch["negative_key"].reshape(-1, hard))
-        return Towers(member=member.reshape(-1, dim), positive=positive.reshape(-1, dim),
-                      negatives=negatives.reshape(-1, hard, dim), negative_mask=negative_mask.reshape(-1, hard),
-                      example_mask=batch["example_mask"].reshape(-1), **keys)
+            keys = dict(positive_key=batch["positive_key"].reshape(size),
+                        negative_key=batch["negative_key"].reshape(size, hard))
+        return Towers(member=member.reshape(size, dim), positive=positive.reshape(size, dim),
+                      negatives=negatives.reshape(size, hard, dim), negative_mask=negative_mask.reshape(size, hard),
+                      example_mask=batch["example_mask"].reshape(size), **keys)

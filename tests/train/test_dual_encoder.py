@@ -101,3 +101,16 @@ def test_projection_head_and_matryoshka_slices(backbone):
     assert raw.shape == (2, 32) and encoder.embedding_dim == 32
     np.testing.assert_allclose(np.linalg.norm(full, axis=1), 1.0, rtol=1e-5)
     np.testing.assert_allclose(eighth, raw[:, :4] / np.linalg.norm(raw[:, :4], axis=1, keepdims=True), rtol=1e-5)
+
+
+@pytest.mark.parametrize("hard", [0, 2])
+def test_towers_of_a_training_batch_with_and_without_hard_negatives(backbone, hard):
+    from ff_jax.train.losses import InfoNCE
+    from train_fakes import toy_batches
+
+    batch = {k: jnp.asarray(v) for k, v in toy_batches(1, num_shards=2, per_shard=3, hard_negatives=hard)[0].items()}
+    encoder = DualEncoder(backbone, rngs=nnx.Rngs(3))
+    towers, loss = nnx.jit(lambda e, b: (t := e.towers(b, 3, 3), InfoNCE()(t, e.scoring.log_scale[...],
+                                                                             e.scoring.bias[...])[0]))(encoder, batch)
+    assert towers.member.shape == (6, 64) and towers.negatives.shape == (6, hard, 64)
+    assert towers.positive_key.shape == (6,) and np.isfinite(float(loss))
