@@ -6,16 +6,13 @@ d=64 model can learn topic matching in a CPU-sized run. Recall is measured by `t
 periodic validation: held-out (later-in-time) targets ranked among the corpus items.
 """
 
-import dataclasses
-from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
 
-from ff_jax.data import tfds_builders
+from ff_jax.data import compact_feed_world as compact_feed_world_data
 from ff_jax.data.pipeline import BatchConfig
-from ff_jax.data.prompts import PromptTemplate
 from ff_jax.model import make_mesh, presets
 from ff_jax.train.data_source import FeedData
 from ff_jax.train.losses import InfoNCE
@@ -26,38 +23,17 @@ from ff_jax.train.metrics_log import read_jsonl
 
 pytestmark = [pytest.mark.xdist_group("train_recall"), pytest.mark.slow]
 
-COMPACT = PromptTemplate(system_prompt="", member_fields=("headline",), item_fields=("author_industry", "view_count"),
-                                              history_fields=("author_industry",), max_history_items=4, item_text_chars=160, history_text_chars=120,
-                         timestamps="omit")
-
-
-def _word_tokenizer(texts, path: Path) -> str:
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.train_from_iterator(texts, trainers.WordLevelTrainer(vocab_size=380, special_tokens=["[UNK]", "<s>", "</s>"]))
-    tok.save(str(path))
-    return str(path)
-
-
 @pytest.fixture(scope="module")
 def compact_feed_world(tmp_path_factory):
     data_dir = tmp_path_factory.mktemp("tfds")
-    base = {c.name: c for c in tfds_builders.FeedWorld.BUILDER_CONFIGS}["tiny"]
-    config = dataclasses.replace(base, name="tiny_compact", template=COMPACT)
-    for name in ("feed_world", "feed_world_corpus"):
-        tfds_builders.build(name, config, data_dir)
-    corpus = tfds_builders.open_prepared(data_dir, "feed_world_corpus", "tiny_compact")[0]["corpus"]
-    texts = [corpus[i]["item_prompt"].decode() for i in range(len(corpus))]
-    return data_dir, _word_tokenizer(texts, data_dir / "tokenizer.json")
+    return data_dir, compact_feed_world_data.prepare(data_dir)[1]
 
 
 def test_tiny_model_beats_random_recall_by_a_wide_margin(compact_feed_world, tmp_path):
     data_dir, tokenizer = compact_feed_world
     batch = BatchConfig(examples_per_shard=32, length=128, member_budget=128, item_budget=48, num_hard_negatives=1,
                         mode="packed", max_segments=4, member_rows=32, item_rows=24)
-    data = FeedData(str(data_dir), config="tiny_compact", tokenizer=tokenizer, prepare=False,
+    data = FeedData(str(data_dir), config=compact_feed_world_data.CONFIG_NAME, tokenizer=tokenizer, prepare=False,
                     validation_members=98, batch=batch)
     out = train(str(tmp_path / "run"), data=data, model_config=presets.tiny(vocab_size=512), loss=InfoNCE(),
                 optimizer=OptimizerConfig(learning_rate=3e-3, warmup_steps=10, total_steps=80),
