@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 
 from ff_jax.retrieval import baselines
 from ff_jax.retrieval.evaluate import evaluate_recommender
@@ -98,14 +98,17 @@ def choose_als_alpha(tables, splits, alphas=(0.0, 1.0, 10.0)) -> float:
     return max(scores, key=scores.get)
 
 
-def markdown(results: dict) -> str:
+def markdown(results: dict, dataset: str) -> str:
+    labels = dict(LABELS)
+    if dataset != "movielens":  # no title / genres columns: BM25 queries with the items' text
+        labels["bm25"] = "BM25 (history text → item text)"
     head = "| method | " + " | ".join(c[0] for c in COLUMNS) + " |"
     lines = [head, "|" + "---|" * (len(COLUMNS) + 1)]
     for method in METHODS:
         if method in results:
             m = results[method]["metrics"]
             cells = [f"{m[c][k]:.3f}".lstrip("0") if c in m else "-" for _, c, k in COLUMNS]
-            lines.append(f"| {LABELS[method]} | " + " | ".join(cells) + " |")
+            lines.append(f"| {labels[method]} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -140,11 +143,11 @@ def main(argv=None) -> int:
         results[method] = report
         print(f"{LABELS[method]}: R@10 {report['metrics']['all']['recall@10']:.3f} ({report['seconds']} s)", flush=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    machine = f"{platform.system()} {platform.machine()}, Python {platform.python_version()}"
+    machine = f"{os.cpu_count()}-core CPU ({platform.machine()}), Python {platform.python_version()}"
     payload = {"dataset": tag, "split": str(splits), "members": len(splits.test), "machine": machine,
                "protocol": "exclude engaged history; recall/NDCG averaged over members", "methods": results}
     out.write_text(json.dumps(payload, indent=1, default=float))
-    table = markdown(results)
+    table = markdown(results, args.dataset)
     out.with_suffix(".md").write_text(f"# Baselines: {tag}\n\n{len(splits.test)} test members.\n\n{table}\n")
     print(table)
     return 0

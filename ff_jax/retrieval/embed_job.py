@@ -226,7 +226,8 @@ def embed_towers(workdir: str | Path, args: dict, config: EmbedConfig, progress:
                     "model": origin, "encoder": dataclasses.asdict(args["encoder"]),
                     "token_budgets": [data.batch.length, data.batch.member_tokens, data.batch.item_tokens],
                     "tokenizer": str(data.tokenizer)}
-        writer = ShardWriter(out_root / name, settings, overwrite=config.overwrite)
+        writer = ShardWriter(out_root / name, settings, overwrite=config.overwrite,
+                             primary=jax.process_index() == 0)
         make_batches = functools.partial(embedding_batches, tokenizer=tokenizer, fmt=fmt, config=data.batch,
                                          tower=tower, num_shards=num_shards, shard_index=0, shard_count=1,
                                          read_threads=data.read_threads)

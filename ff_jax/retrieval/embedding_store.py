@@ -62,10 +62,15 @@ def truncate_normalise(vectors: np.ndarray, dim: int) -> np.ndarray:
 
 
 class ShardWriter:
-    """Writes one tower's shards; `settings` must match any earlier run in the same folder."""
+    """Writes one tower's shards; `settings` must match any earlier run in the same folder.
 
-    def __init__(self, directory: str | Path, settings: dict[str, Any], overwrite: bool = False):
-        self.directory = Path(directory)
+    With several processes every one computes every shard (SPMD), and only the `primary` one
+    touches the disk; the others only read the manifest to agree on the pending shards.
+    """
+
+    def __init__(self, directory: str | Path, settings: dict[str, Any], overwrite: bool = False,
+                 primary: bool = True):
+        self.directory, self.primary = Path(directory), primary
         self.settings = json.loads(json.dumps(settings))  # normalised as JSON would read it back
         for key in ("records", "shard_size", "width", "dims", "dtype"):
             if key not in self.settings:
@@ -85,11 +90,13 @@ class ShardWriter:
                 raise EmbeddingStoreError(
                     f"{self.directory} holds embeddings made with other settings:\n  " + "\n  ".join(diffs)
                     + "\nUse another output folder, or overwrite=True to discard them.")
-            shutil.rmtree(self.directory)
+            if primary:
+                shutil.rmtree(self.directory)
             manifest = None
-        self.directory.mkdir(parents=True, exist_ok=True)
         self.manifest = manifest or {"version": FORMAT_VERSION, "settings": self.settings, "shards": {}}
-        self._flush()
+        if primary:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self._flush()
 
     def _read(self) -> dict | None:
         path = self.directory / MANIFEST
@@ -125,6 +132,8 @@ class ShardWriter:
         if len(ids) != stop - start or vectors.shape != (stop - start, self.settings["width"]):
             raise ValueError(f"shard {shard} needs {stop - start} ids and vectors of width {self.settings['width']}; "
                              f"got {len(ids)} ids and vectors {vectors.shape}")
+        if not self.primary:
+            return
         dtype = STORAGE_DTYPES[self.settings["dtype"]]
         stem = f"shard-{shard:05d}"
         files = {}

@@ -264,8 +264,9 @@ def evaluate_run(workdir: str, embeddings: str = "embeddings", split: str = "tes
         raise ValueError(f"{member_dir}: none of the {len(members)} {split} members has an embedding")
     report = evaluate_embeddings(member_ids.tolist(), member_vectors, items, evaluated, training,
                                  dims or tower_settings(root / "items")["dims"], ks, serving_k, exclude, ann,
-                                 progress=progress, name=str(tower_settings(member_dir)["model"]))
-    report.update(split=split, members_in_split=len(members), members_evaluated=len(evaluated))
+                                 progress=progress)
+    report.update(split=split, members_in_split=len(members), members_evaluated=len(evaluated),
+                  model=tower_settings(member_dir)["model"])
     out = Path(workdir) / output
     out.mkdir(parents=True, exist_ok=True)
     (out / f"metrics_{split}.json").write_text(json.dumps(report, indent=1, default=float))

@@ -4,7 +4,6 @@ end to end through `ff-jax embed` / `ff-jax eval` with a tiny model on 8 CPU dev
 against the model run one prompt at a time and against a restored checkpoint."""
 
 import json
-import os
 
 import numpy as np
 import pandas as pd
@@ -133,6 +132,13 @@ def test_other_settings_are_refused_by_name_and_corruption_is_detected(tmp_path)
         read_tower(tmp_path)
     with pytest.raises(ValueError, match="must lie in 1..16 and include the full width"):
         ShardWriter(tmp_path / "x", settings(12, dims=(4, 8)))
+
+
+def test_only_the_primary_process_writes(tmp_path):
+    recs = records(12)
+    secondary = ShardWriter(tmp_path / "out", settings(12), primary=False)
+    assert embed_records(recs, secondary, make_batches, fake_encode, "item_id", progress=False) == 2
+    assert not (tmp_path / "out").exists()
 
 
 # ----------------------------------------------------------------------------- end to end
