@@ -119,7 +119,9 @@ def filtered_search(
     the index's pad id.
     """
     queries = np.asarray(queries)
-    n = queries.shape[0] if queries.ndim == 2 else 0
+    if queries.ndim != 2:
+        raise ValueError(f"queries must be a 2-D [queries, dim] array, got shape {queries.shape}")
+    n = queries.shape[0]
     if not isinstance(k, (int, np.integer)) or k <= 0:
         raise ValueError(f"k must be a positive integer, got {k!r}")
     if k > index.count:

@@ -56,7 +56,7 @@ class ScannConfig:
     num_leaves: int | None = None
     leaves_to_search: int | None = None
     leaves_fraction: float = 0.02
-    rows_per_neighbor: float = 64.0
+    rows_per_neighbor: float = 100.0
     reorder_k: int | None = None
     reorder_multiplier: float = 2.0
     min_reorder: int = 200
