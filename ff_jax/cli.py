@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from ff_jax.gin_cli import UsageError, parse, split_flags
+from ff_jax.gin_cli import UsageError, configured, split_flags
 
 # name -> (module:function, takes gin flags). Gin entries are called as fn(workdir=...) after the
 # config is parsed; plain entries get the raw argv.
@@ -43,22 +43,22 @@ def run_gin_command(name: str, target: str, argv: Sequence[str]):
     if not workdir:
         raise UsageError(f"{name}: --workdir=DIR is required")
     fn = _load(target)  # importing registers the configurables the files bind
-    parse(files, bindings)
     import gin
 
-    workdir_path = Path(workdir)
-    workdir_path.mkdir(parents=True, exist_ok=True)
-    (workdir_path / "config.gin").write_text(gin.config_str())
-    try:
-        return fn(workdir=workdir)
-    except RuntimeError as err:
-        if "Required bindings" in str(err):  # a gin.REQUIRED parameter nobody bound
-            raise UsageError(f"missing gin binding: {err}") from None
-        raise
-    except ValueError as err:
-        if "In call to configurable" in str(err):  # a config class refused its values
-            raise UsageError(f"bad gin value: {err}") from None
-        raise
+    with configured(files, bindings):
+        workdir_path = Path(workdir)
+        workdir_path.mkdir(parents=True, exist_ok=True)
+        (workdir_path / "config.gin").write_text(gin.config_str())
+        try:
+            return fn(workdir=workdir)
+        except RuntimeError as err:
+            if "Required bindings" in str(err):  # a gin.REQUIRED parameter nobody bound
+                raise UsageError(f"missing gin binding: {err}") from None
+            raise
+        except ValueError as err:
+            if "In call to configurable" in str(err):  # a config class refused its values
+                raise UsageError(f"bad gin value: {err}") from None
+            raise
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

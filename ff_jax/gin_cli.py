@@ -7,6 +7,7 @@ Bindings follow gin syntax; a value that is not a gin literal or reference is ta
 """
 
 import ast
+import contextlib
 import re
 from pathlib import Path
 from typing import Optional, Sequence
@@ -107,6 +108,17 @@ def parse(files: Sequence[str], bindings: Sequence[str]) -> None:
         flags = " ".join(f"--gin.{name}=..." for name in missing)
         raise UsageError(f"missing required gin macro(s): {', '.join(missing)}. Set them with {flags} "
                          "(the run file's header comment lists what each one means)")
+
+
+@contextlib.contextmanager
+def configured(files: Sequence[str], bindings: Sequence[str]):
+    """Parses like `parse` for the body of a `with`, then clears gin, so a command run in a notebook
+    or test leaves no bindings behind to change the defaults of the next thing constructed there."""
+    try:
+        parse(files, bindings)
+        yield
+    finally:
+        gin.clear_config()
 
 
 def required_macros_unset() -> list[str]:

@@ -252,7 +252,7 @@ def embed(workdir: str, config: EmbedConfig | None = None, progress: bool = True
 
 def embed_main(argv: Sequence[str]) -> int:
     """`ff-jax embed [--gin_file=F ...] [--gin.NAME=VALUE ...] --workdir=DIR` (see the module docstring)."""
-    from ff_jax.gin_cli import parse, split_flags
+    from ff_jax.gin_cli import configured, split_flags
     from ff_jax.train import loop  # noqa: F401  (registers the configurables the training files bind)
 
     files, bindings, workdir, rest = split_flags(argv)
@@ -261,7 +261,8 @@ def embed_main(argv: Sequence[str]) -> int:
     if not workdir:
         raise UsageError("embed: --workdir=DIR is required (a training run's workdir, or where to write)")
     run_config = Path(workdir) / "config.gin"
-    parse(([str(run_config)] if run_config.exists() else []) + list(files), bindings)
-    for tower, folder in embed(workdir=workdir).items():
+    with configured(([str(run_config)] if run_config.exists() else []) + list(files), bindings):
+        folders = embed(workdir=workdir)
+    for tower, folder in folders.items():
         print(f"{tower} embeddings: {folder}")
     return 0

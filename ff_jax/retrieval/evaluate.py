@@ -281,7 +281,7 @@ def evaluate_run(workdir: str, embeddings: str = "embeddings", split: str = "tes
 def eval_main(argv: Sequence[str]) -> int:
     """`ff-jax eval [--gin_file=F ...] [--gin.evaluate_run.X=Y ...] --workdir=DIR` (the workdir of
     `ff-jax embed`; its config.gin, the training run's, is read first when present)."""
-    from ff_jax.gin_cli import UsageError, parse, split_flags
+    from ff_jax.gin_cli import UsageError, configured, split_flags
     from ff_jax.train import loop  # noqa: F401  (registers the configurables the training files bind)
 
     files, bindings, workdir, rest = split_flags(argv)
@@ -290,6 +290,6 @@ def eval_main(argv: Sequence[str]) -> int:
     if not workdir:
         raise UsageError("eval: --workdir=DIR is required (where `ff-jax embed` wrote its embeddings)")
     run_config = Path(workdir) / "config.gin"
-    parse(([str(run_config)] if run_config.exists() else []) + list(files), bindings)
-    evaluate_run(workdir=workdir)
+    with configured(([str(run_config)] if run_config.exists() else []) + list(files), bindings):
+        evaluate_run(workdir=workdir)
     return 0

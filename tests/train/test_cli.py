@@ -78,3 +78,16 @@ def test_every_experiment_file_parses_and_layers_one_model_and_one_run():
         parse([str(path)], ["DATA_DIR = '/tmp/none'"])
         assert gin.query_parameter("FeedData.data_dir") is not None, path.name
     gin.clear_config()
+
+
+def test_a_command_leaves_no_gin_bindings_behind(tmp_path, capsys):
+    """A run in a notebook or test must not change the defaults of what is constructed after it."""
+    import gin
+
+    from ff_jax.train.data_source import FeedData
+
+    code, _ = _run(capsys, "train", "--gin_file=experiments/tiny_smoke.gin", f"--gin.DATA_DIR={tmp_path}",
+                   "--gin.DATASET='elsewhere'", "--gin.train.no_such_setting=3", f"--workdir={tmp_path / 'w'}")
+    assert code == 2
+    assert gin.config_str().strip() == ""
+    assert FeedData(data_dir=str(tmp_path)).dataset == "feed_world"
