@@ -122,12 +122,13 @@ def embed_records(records: Sequence[dict], writer: ShardWriter, make_batches: Ca
 # ----------------------------------------------------------------------------- the model
 
 
-def train_arguments() -> dict:
-    """`train`'s parameters as the parsed gin config binds them (defaults where unbound)."""
+def train_arguments(**explicit) -> dict:
+    """`train`'s parameters: `explicit` ones, else as the parsed gin config binds them, else defaults."""
     from ff_jax.train import loop
 
     args = {n: p.default for n, p in inspect.signature(loop.train).parameters.items() if n != "workdir"}
     args.update(gin.get_bindings(loop.train))
+    args.update(explicit)
     if args["data"] is gin.REQUIRED:
         raise UsageError("no training data is bound (train.data): pass the training run's gin files, or the "
                          "--workdir of a training run (its config.gin is read)")
@@ -217,7 +218,7 @@ def embed_towers(workdir: str | Path, args: dict, config: EmbedConfig, progress:
     written = {}
     for tower in config.towers:
         name = "items" if tower == "item" else f"members_{config.split}"
-        sources, fmt, _ = data._open(f"{data.dataset}_corpus" if tower == "item" else data.dataset)
+        sources, fmt, _ = data.open_dataset(f"{data.dataset}_corpus" if tower == "item" else data.dataset)
         records = sources["corpus" if tower == "item" else config.split]
         count = len(records) if config.max_records is None else min(len(records), config.max_records)
         settings = {"records": count, "shard_size": config.shard_size, "width": width,

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from ff_jax.data.splits import EvalMember
 from ff_jax.retrieval import metrics
+from ff_jax.retrieval.baselines.simple import Popularity, RandomScores
 from ff_jax.retrieval.recommender import EmbeddingRecommender, Recommender, TrainingData, unit_rows
 
 DEFAULT_KS = (10, 50, 100, 1000)
@@ -205,15 +206,21 @@ def table_rows(reports: dict[str, dict], columns: Sequence[str] = TABLE_COLUMNS)
 
 
 def print_table(reports: dict[str, dict], columns: Sequence[str] = TABLE_COLUMNS, title: str = "") -> None:
-    """The reports as a table: rich when it is installed, plain text otherwise."""
+    """The reports as a table: rich on a terminal, plain aligned text in logs (rich would cut
+    cells to fit its 80-column default there)."""
     header = ["method", "cohort", "users", *columns]
     rows = table_rows(reports, columns)
     try:
         from rich.console import Console
         from rich.table import Table
+
+        console = Console()
     except ImportError:
+        console = None
+    if console is None or not console.is_terminal:
         widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-        print(title)
+        if title:
+            print(title)
         for row in [header, *rows]:
             print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)))
         return
@@ -222,7 +229,7 @@ def print_table(reports: dict[str, dict], columns: Sequence[str] = TABLE_COLUMNS
         table.add_column(name, justify="left" if i < 2 else "right")
     for row in rows:
         table.add_row(*row)
-    Console().print(table)
+    console.print(table)
 
 
 # ----------------------------------------------------------------------------- `ff-jax eval`
@@ -238,22 +245,29 @@ def _corpus_order(ids: np.ndarray, vectors: np.ndarray, corpus_ids: Sequence[str
     return vectors[rows]
 
 
+# Fitted in seconds, so `ff-jax eval` can show them beside the model on the same members.
+CHEAP_BASELINES = {"random": RandomScores, "popularity": Popularity}
+
+
 @gin.configurable(denylist=["workdir"])
 def evaluate_run(workdir: str, embeddings: str = "embeddings", split: str = "test", ks: Sequence[int] = DEFAULT_KS,
                  serving_k: int | None = SERVING_K, dims: Sequence[int] | None = None, ann: bool = True,
-                 exclude: str = "engaged", output: str = "eval", progress: bool = True) -> dict:
+                 exclude: str = "engaged", output: str = "eval", baselines: Sequence[str] = (),
+                 progress: bool = True, data=None) -> dict:
     """Evaluates the embeddings `ff-jax embed` wrote under `<workdir>/<embeddings>/` on `split` of the
     training run's dataset; writes `<workdir>/<output>/metrics_<split>.json` and prints a table.
-    dims: Matryoshka widths to report (default: those the embed job stored)."""
+    dims: Matryoshka widths to report (default: those the embed job stored). baselines: names from
+    CHEAP_BASELINES ranked for the same members and shown in the same table. data: the FeedData
+    (default: the one the gin config binds to `train.data`)."""
     from ff_jax.retrieval.embed_job import train_arguments
     from ff_jax.retrieval.embedding_store import read_tower, tower_settings
-    from ff_jax.retrieval.eval_data import prepared_eval_data
 
-    data = train_arguments()["data"]
+    unknown = sorted(set(baselines) - set(CHEAP_BASELINES))
+    if unknown:
+        raise ValueError(f"evaluate_run.baselines: unknown {unknown}; choose from {sorted(CHEAP_BASELINES)}")
+    data = data or train_arguments()["data"]
     root = Path(workdir) / embeddings
-    sources = data._open(data.dataset)[0]
-    corpus = data._open(f"{data.dataset}_corpus")[0]["corpus"]
-    training, members = prepared_eval_data(sources, corpus, split)
+    training, members = data.eval_data(split)
     item_ids, items = read_tower(root / "items")
     member_dir = root / f"members_{split}"
     member_ids, member_vectors = read_tower(member_dir)
@@ -267,10 +281,13 @@ def evaluate_run(workdir: str, embeddings: str = "embeddings", split: str = "tes
                                  progress=progress)
     report.update(split=split, members_in_split=len(members), members_evaluated=len(evaluated),
                   model=tower_settings(member_dir)["model"])
+    report["baselines"] = {name: evaluate_recommender(CHEAP_BASELINES[name]().fit(training), evaluated, training, ks,
+                                                      serving_k, exclude, progress) for name in baselines}
     out = Path(workdir) / output
     out.mkdir(parents=True, exist_ok=True)
     (out / f"metrics_{split}.json").write_text(json.dumps(report, indent=1, default=float))
-    print_table({f"d={d}": r for d, r in report["by_dim"].items()}, title=f"{split}: {len(evaluated)} members")
+    print_table({**{f"d={d}": r for d, r in report["by_dim"].items()}, **report["baselines"]},
+                title=f"{split}: {len(evaluated)} members")
     if "ann" in report:
         print_table({"ScaNN-served": {"metrics": report["ann"]["served"]}})
         print({k: round(v, 4) for k, v in report["ann"].items() if k.startswith("ann_recall")})

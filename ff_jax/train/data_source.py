@@ -57,7 +57,9 @@ class FeedData:
     def config_name(self) -> str:
         return f"{self.config}_{self.numbers}" if self.numbers else self.config
 
-    def _open(self, name: str):
+    def open_dataset(self, name: str):
+        """(split sources, PromptFormat, info) of builder `name` under data_dir, built first when
+        missing and `prepare` is set."""
         from ff_jax.data import tfds_builders
 
         root = Path(self.data_dir) / name / self.config_name
@@ -71,8 +73,15 @@ class FeedData:
             tfds_builders.build(name, config, self.data_dir)
         return tfds_builders.open_prepared(self.data_dir, name, self.config_name)
 
+    def eval_data(self, split: str = "test"):
+        """(TrainingData over the corpus, EvalMembers of `split`): what ff_jax.retrieval.evaluate ranks."""
+        from ff_jax.retrieval.eval_data import prepared_eval_data
+
+        corpus = self.open_dataset(f"{self.dataset}_corpus")[0]["corpus"]
+        return prepared_eval_data(self.open_dataset(self.dataset)[0], corpus, split)
+
     def prompt_format(self) -> PromptFormat:
-        return self._open(self.dataset)[1]
+        return self.open_dataset(self.dataset)[1]
 
     @property
     def segments(self) -> tuple[int, int]:
@@ -81,7 +90,7 @@ class FeedData:
         return s, s
 
     def train_iterator(self, tokenizer, num_shards: int):
-        sources, fmt, _ = self._open(self.dataset)
+        sources, fmt, _ = self.open_dataset(self.dataset)
         dataset = train_batches(sources["train"], tokenizer, fmt, self.batch, seed=self.seed,
                                 num_shards=num_shards, read_threads=self.read_threads)
         return iter(dataset)
@@ -89,8 +98,8 @@ class FeedData:
     def validation(self, tokenizer, num_shards: int) -> Optional[Validation]:
         if self.validation_members <= 0:
             return None
-        sources, fmt, _ = self._open(self.dataset)
-        corpus_source = self._open(f"{self.dataset}_corpus")[0]["corpus"]
+        sources, fmt, _ = self.open_dataset(self.dataset)
+        corpus_source = self.open_dataset(f"{self.dataset}_corpus")[0]["corpus"]
         corpus = [corpus_source[i] for i in range(len(corpus_source))]
         prompts = {_text(r["item_id"]): _text(r["item_prompt"]) for r in corpus}
         split = sources["validation"]

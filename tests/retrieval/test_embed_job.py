@@ -233,8 +233,8 @@ def test_embed_and_eval_commands_end_to_end(run_files):
     mesh, rules = make_mesh(), logical_axis_rules()
     model, tokenizer = loop.build_model(data, EncoderConfig(), InfoNCE(), presets.tiny(vocab_size=512), None, {},
                                         mesh, rules, 0)
-    sources, fmt, _ = data._open("embed_feed")
-    corpus = data._open("embed_feed_corpus")[0]["corpus"]
+    sources, fmt, _ = data.open_dataset("embed_feed")
+    corpus = data.open_dataset("embed_feed_corpus")[0]["corpus"]
     np.testing.assert_allclose(items[:5], single_prompt_embeddings(model, tokenizer, fmt, data.batch,
                                                                    [corpus[i] for i in range(5)], "item"), atol=2e-4)
     test = sources["test"]
@@ -252,8 +252,19 @@ def test_embed_and_eval_commands_end_to_end(run_files):
     assert restored_ids.tolist() == item_ids.tolist()
     np.testing.assert_allclose(restored, items, atol=1e-6)
 
-    assert eval_main([f"--gin_file={gin_file}", f"--workdir={workdir}", "--gin.evaluate_run.ks=(5, 10)"]) == 0
+    assert eval_main([f"--gin_file={gin_file}", f"--workdir={workdir}", "--gin.evaluate_run.ks=(5, 10)",
+                      "--gin.evaluate_run.baselines=('popularity',)"]) == 0
     report = json.loads((workdir / "eval" / "metrics_test.json").read_text())
+    # The baseline ranks the same members as the model: equal to Popularity evaluated on its own.
+    from ff_jax.retrieval.baselines import Popularity
+    from ff_jax.retrieval.evaluate import evaluate_recommender
+
+    training, members = data.eval_data("test")
+    evaluated = [m for m in members if m.targets]
+    alone = evaluate_recommender(Popularity().fit(training), evaluated, training, ks=(5, 10), progress=False)
+    assert report["baselines"]["popularity"]["metrics"]["all"] == pytest.approx(alone["metrics"]["all"])
+    with pytest.raises(ValueError, match="unknown \\['oracle'\\]"):
+        eval_main([f"--gin_file={gin_file}", f"--workdir={workdir}", "--gin.evaluate_run.baselines=('oracle',)"])
     assert set(report["by_dim"]) == {"16", "64"}
     assert report["ann"]["ann_recall@10"] == pytest.approx(1.0)  # a 40-item corpus is searched exactly
     assert -1 <= report["popularity_similarity"]["spearman"] <= 1
