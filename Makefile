@@ -28,8 +28,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -n $(WORKERS) --dist loadgroup tests
 
+# About 45 minutes on 2 cores; the other scripts in benchmarks/ run on their own.
 bench: $(STAMP)
-	$(PY) benchmarks/forward.py
+	$(PY) benchmarks/forward.py --out bench_out/forward.json
+	$(PY) benchmarks/ann.py --out bench_out/ann_1m
 
 clean:
 	rm -rf $(VENV) build *.egg-info

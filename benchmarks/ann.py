@@ -1,6 +1,6 @@
 """Side-by-side ANN benchmark: ScaNN vs exact (numpy, jitted JAX) vs FAISS (HNSW, IVF-PQ) vs hnswlib.
 
-    .venv/bin/python benchmarks/ann.py --out results/ann_1m             # 1M x 256-d (slow: ~1 h on 2 cores)
+    .venv/bin/python benchmarks/ann.py --out bench_out/ann_1m           # 1M x 256-d (~30 min on 2 cores)
     .venv/bin/python benchmarks/ann.py --n 100000 --out /tmp/ann_100k   # quick run
 
 Data: clustered synthetic unit vectors (no trained-model embeddings ship offline): lognormal-sized
