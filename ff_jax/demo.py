@@ -121,6 +121,9 @@ def main(argv=None):
     parser.add_argument("--workdir", default="workdirs/demo", help="where data, checkpoints and logs go")
     parser.add_argument("--steps", type=int, default=100, help="dual-encoder training steps")
     args = parser.parse_args(argv)
+    from absl import logging as absl_logging
+
+    absl_logging.set_verbosity(absl_logging.ERROR)  # TFDS warns about every custom builder config
     workdir = Path(args.workdir)
     if workdir.exists():
         shutil.rmtree(workdir)  # a fresh run each time: the demo shows the whole job
