@@ -421,6 +421,7 @@ def main(argv: list[str] | None = None) -> None:
     truth, gt_s = _timed(exact.search, queries, max(ks), None)
     print(f"ground truth: exact top-{max(ks)} in {gt_s:.1f} s", flush=True)
 
+    info = machine()
     results = []
     if args.reuse:
         rerun = {METHODS[name]().name for name in args.methods.split(",")}
@@ -429,19 +430,20 @@ def main(argv: list[str] | None = None) -> None:
     for name in tqdm(args.methods.split(","), desc="methods"):
         method = METHODS[name]()
         tqdm.write(f"-- {method.name}")
-        results.append(measure(method, corpus, queries, truth, ks, args.target, args.single_queries, args.repeats))
-        results.sort(key=lambda r: list(METHOD_ORDER).index(r.method) if r.method in METHOD_ORDER else 99)
-        tqdm.write(json.dumps(asdict(results[-1]), default=float))
+        result = measure(method, corpus, queries, truth, ks, args.target, args.single_queries, args.repeats)
+        tqdm.write(json.dumps(asdict(result), default=float))
+        results.append(result)
+        results.sort(key=lambda r: METHOD_ORDER.index(r.method) if r.method in METHOD_ORDER else 99)
         del method
         gc.collect()
-        payload = {"machine": machine(), "args": {k: str(v) for k, v in vars(args).items()},
+        payload = {"machine": info, "args": {k: str(v) for k, v in vars(args).items()},
                    "results": [asdict(r) for r in results]}
-        (args.out / "results.json").write_text(json.dumps(payload, indent=2, default=float))
+        (args.out / "results.json").write_text(json.dumps(payload, indent=2, default=float))  # after each method
 
     text = table(results, ks, args.target)
     (args.out / "table.md").write_text(text + "\n")
     plot(results, ks, args.out / "recall_vs_qps.png")
-    print(f"\nmachine: {machine()}\n{text}")
+    print(f"\nmachine: {info}\n{text}")
 
 
 if __name__ == "__main__":

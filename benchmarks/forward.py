@@ -38,18 +38,14 @@ from tqdm.auto import tqdm
 
 from ff_jax.data.packing import RowPacker, RowSpec
 from ff_jax.model import Llama, LlamaConfig, from_pretrained, presets
+from ff_jax.model.hf_checkpoint import config_to_hf
 
 
 # --------------------------------------------------------------------------- the two models
 
 
 def hf_config(cfg: LlamaConfig) -> transformers.LlamaConfig:
-    return transformers.LlamaConfig(
-        vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
-        num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
-        num_key_value_heads=cfg.num_kv_heads, head_dim=cfg.head_dim, rope_theta=cfg.rope_theta,
-        rms_norm_eps=cfg.rms_norm_eps, tie_word_embeddings=cfg.tie_embeddings,
-        max_position_embeddings=cfg.max_position_embeddings)
+    return transformers.LlamaConfig(**config_to_hf(cfg, "float32"))
 
 
 def matching_models(cfg: LlamaConfig, seed: int) -> tuple[transformers.LlamaForCausalLM, Llama]:

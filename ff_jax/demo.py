@@ -66,13 +66,7 @@ def backbone_stage():
 def dual_encoder_stage(workdir: Path, steps: int):
     """feed_world -> TFDS -> grain packed batches -> InfoNCE dual encoder -> held-out recall@K."""
     from ff_jax.data import compact_feed_world
-    from ff_jax.data.pipeline import BatchConfig
-    from ff_jax.model import make_mesh, presets
-    from ff_jax.train.checkpointing import CheckpointConfig
-    from ff_jax.train.data_source import FeedData
-    from ff_jax.train.losses import InfoNCE
     from ff_jax.train.loop import train
-    from ff_jax.train.optimizer import OptimizerConfig
 
     _banner("2. Feed data: feed_world 'tiny' with quantised counts, TFDS + grain")
     data_dir = workdir / "tfds"
@@ -80,15 +74,9 @@ def dual_encoder_stage(workdir: Path, steps: int):
     print(f"{len(prompts)} items; an item prompt: {prompts[0][:150]}")
 
     _banner(f"3. Dual encoder: tiny LLaMA from scratch, InfoNCE + hard negatives, {steps} steps")
-    batch = BatchConfig(examples_per_shard=32, length=128, member_budget=128, item_budget=48,
-                        num_hard_negatives=1, mode="packed", max_segments=4, member_rows=32, item_rows=24)
-    data = FeedData(str(data_dir), config=compact_feed_world.CONFIG_NAME, tokenizer=tokenizer, prepare=False,
-                    validation_members=98, batch=batch)
-    run = dict(data=data, model_config=presets.tiny(vocab_size=512), loss=InfoNCE(),
-               optimizer=OptimizerConfig(learning_rate=3e-3, warmup_steps=10, total_steps=steps),
-               mesh_factory=lambda: make_mesh(data=1, devices=jax.devices()[:1]))
-    result = train(str(workdir / "run"), **run, checkpoint=CheckpointConfig(save_every=10_000), num_steps=steps,
-                   eval_every=steps, recall_ks=(10, 50), progress=True, tensorboard=False)
+    run = compact_feed_world.run_arguments(data_dir, tokenizer, steps)
+    result = train(str(workdir / "run"), **run, eval_every=steps, recall_ks=(10, 50), progress=True,
+                   tensorboard=False)
     validation = result["validation"]
     print(f"held-out validation members ranked against the corpus ({workdir / 'run'}):")
     trained, chance = validation["recall@10"], validation["random_recall@10"]

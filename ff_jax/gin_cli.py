@@ -94,8 +94,10 @@ def parse(files: Sequence[str], bindings: Sequence[str]) -> None:
     """Parses the files then the bindings; raises UsageError on unknown names and unset REQUIRED macros."""
     _tolerant_file_readers()
     gin.clear_config()
-    gin.add_config_file_search_path(str(CONFIGS_DIR))
-    gin.add_config_file_search_path(str(CONFIGS_DIR.parent))
+    known = getattr(gin.config, "_LOCATION_PREFIXES", [])  # clear_config keeps it: add each path once
+    for path in (str(CONFIGS_DIR), str(CONFIGS_DIR.parent)):
+        if path not in known:
+            gin.add_config_file_search_path(path)
     try:
         gin.parse_config_files_and_bindings([resolve_file(f) for f in files], bindings, finalize_config=False)
     except (ValueError, IOError, SyntaxError) as err:
@@ -119,6 +121,21 @@ def configured(files: Sequence[str], bindings: Sequence[str]):
         yield
     finally:
         gin.clear_config()
+
+
+@contextlib.contextmanager
+def workdir_command(name: str, argv: Sequence[str], workdir_help: str):
+    """`ff-jax NAME [--gin_file=F ...] [--gin.X=Y ...] --workdir=DIR` for commands that work on a
+    training run's workdir: its config.gin is read first when present, then the files and flags;
+    the body of the `with` runs configured (see `configured`) and gets the workdir."""
+    files, bindings, workdir, rest = split_flags(argv)
+    if rest:
+        raise UsageError(f"{name}: unknown arguments {rest}")
+    if not workdir:
+        raise UsageError(f"{name}: --workdir=DIR is required ({workdir_help})")
+    run_config = Path(workdir) / "config.gin"
+    with configured(([str(run_config)] if run_config.exists() else []) + list(files), bindings):
+        yield workdir
 
 
 def required_macros_unset() -> list[str]:

@@ -174,12 +174,13 @@ def item_key(item_id: str) -> int:
     return (zlib.crc32(item_id.encode("utf-8")) & 0x7FFFFFFF) or 1
 
 
-def _text(value: Any) -> str:
+def as_text(value: Any) -> str:
+    """A TFDS string feature (bytes) or any value as str."""
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
 def _texts(values: Any) -> list[str]:
-    return [_text(v) for v in (values if values is not None else [])]
+    return [as_text(v) for v in (values if values is not None else [])]
 
 
 class PromptTokenizer:
@@ -195,8 +196,8 @@ class PromptTokenizer:
 
     def member(self, record: dict) -> np.ndarray:
         profile, history = _texts(record["member_profile"]), _texts(record["member_history"])
-        parts = self.tok.encode_batch([_text(record["member_prefix"]), *profile, *history,
-                                       _text(record["member_suffix"])])
+        parts = self.tok.encode_batch([as_text(record["member_prefix"]), *profile, *history,
+                                       as_text(record["member_suffix"])])
         prefix, suffix = self.start + parts[0], parts[-1] + self.end
         ids, _ = fit_member_tokens(prefix, parts[1:1 + len(profile)], parts[1 + len(profile):-1], suffix,
                                    self.config.member_tokens)
@@ -210,16 +211,16 @@ class PromptTokenizer:
     def dual(self, record: dict) -> dict:
         negatives = _texts(record["negative_prompts"])[: self.config.num_hard_negatives]
         negative_ids = _texts(record["negative_ids"])[: len(negatives)]
-        positive_id = _text(record["positive_id"])
-        return {"id": _text(record["user_id"]), "member": self.member(record),
-                "items": self.items([_text(record["positive_prompt"]), *negatives]),
+        positive_id = as_text(record["positive_id"])
+        return {"id": as_text(record["user_id"]), "member": self.member(record),
+                "items": self.items([as_text(record["positive_prompt"]), *negatives]),
                 "item_keys": np.asarray([item_key(i) for i in [positive_id, *negative_ids]], np.int32)}
 
     def member_only(self, record: dict) -> dict:
-        return {"id": _text(record["user_id"]), "tokens": self.member(record)}
+        return {"id": as_text(record["user_id"]), "tokens": self.member(record)}
 
     def item_only(self, record: dict) -> dict:
-        return {"id": _text(record["item_id"]), "tokens": self.items([_text(record["item_prompt"])])[0]}
+        return {"id": as_text(record["item_id"]), "tokens": self.items([as_text(record["item_prompt"])])[0]}
 
 
 def _process_slice(records, shard_index: int | None, shard_count: int | None) -> grain.MapDataset:

@@ -22,7 +22,6 @@ import functools
 import inspect
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
 
 import gin
 import jax
@@ -31,6 +30,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
+from ff_jax.data.pipeline import as_text
 from ff_jax.gin_cli import UsageError
 from ff_jax.retrieval.embedding_store import STORAGE_DTYPES, ShardWriter
 
@@ -83,9 +83,6 @@ class RecordSlice(Sequence):
         return self.records[self.start + index % len(self)]
 
 
-def _text(value: Any) -> str:
-    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
-
 
 def embed_records(records: Sequence[dict], writer: ShardWriter, make_batches: Callable[[Sequence], Iterable[dict]],
                   encode: Callable[[dict], np.ndarray], id_key: str, progress: bool = True, desc: str = "") -> int:
@@ -101,7 +98,7 @@ def embed_records(records: Sequence[dict], writer: ShardWriter, make_batches: Ca
         for shard in pending:
             start, stop = writer.shard_range(shard)
             part = RecordSlice(records, start, stop)
-            order = {_text(part[i][id_key]): i for i in range(len(part))}
+            order = {as_text(part[i][id_key]): i for i in range(len(part))}
             if len(order) != len(part):
                 raise ValueError(f"{desc}: records {start}..{stop} repeat an {id_key}")
             vectors = np.zeros((len(part), writer.settings["width"]), np.float32)
@@ -253,16 +250,10 @@ def embed(workdir: str, config: EmbedConfig | None = None, progress: bool = True
 
 def embed_main(argv: Sequence[str]) -> int:
     """`ff-jax embed [--gin_file=F ...] [--gin.NAME=VALUE ...] --workdir=DIR` (see the module docstring)."""
-    from ff_jax.gin_cli import configured, split_flags
+    from ff_jax.gin_cli import workdir_command
     from ff_jax.train import loop  # noqa: F401  (registers the configurables the training files bind)
 
-    files, bindings, workdir, rest = split_flags(argv)
-    if rest:
-        raise UsageError(f"embed: unknown arguments {rest}")
-    if not workdir:
-        raise UsageError("embed: --workdir=DIR is required (a training run's workdir, or where to write)")
-    run_config = Path(workdir) / "config.gin"
-    with configured(([str(run_config)] if run_config.exists() else []) + list(files), bindings):
+    with workdir_command("embed", argv, "a training run's workdir, or where to write") as workdir:
         folders = embed(workdir=workdir)
     for tower, folder in folders.items():
         print(f"{tower} embeddings: {folder}")

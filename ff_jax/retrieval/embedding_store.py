@@ -16,6 +16,7 @@ size or input) are refused with the differing field named, unless `overwrite` wi
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -35,17 +36,28 @@ class EmbeddingStoreError(ValueError):
     """A tower folder is missing, incomplete, corrupt, or holds embeddings made with other settings."""
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _atomic_save(path: Path, array: np.ndarray) -> None:
+def _atomic_save(path: Path, array: np.ndarray) -> str:
+    """Writes `array` as .npy under a temporary name, then renames; returns the bytes' sha256."""
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    data = buffer.getvalue()
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
-        np.save(f, array, allow_pickle=False)
+        f.write(data)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+    return hashlib.sha256(data).hexdigest()
+
+
+def _load_checked(file: Path, sha256: str | None) -> np.ndarray:
+    """The .npy at `file`, read once; its checksum must equal `sha256` unless that is None."""
+    if not file.exists():
+        raise EmbeddingStoreError(f"{file}: listed in the manifest but missing")
+    data = file.read_bytes()
+    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+        raise EmbeddingStoreError(f"{file}: checksum mismatch (corrupt or modified)")
+    return np.load(io.BytesIO(data), allow_pickle=False)
 
 
 def _atomic_text(path: Path, text: str) -> None:
@@ -143,10 +155,8 @@ class ShardWriter:
                 stored = stored.view(np.uint16)
             files[f"{stem}.d{dim}.npy"] = stored
         files[f"{stem}.ids.npy"] = np.asarray(list(ids), dtype=str)
-        for name, array in files.items():
-            _atomic_save(self.directory / name, array)
-        self.manifest["shards"][str(shard)] = {
-            "rows": stop - start, "files": {name: _sha256(self.directory / name) for name in files}}
+        checksums = {name: _atomic_save(self.directory / name, array) for name, array in files.items()}
+        self.manifest["shards"][str(shard)] = {"rows": stop - start, "files": checksums}
         self._flush()
 
 
@@ -169,16 +179,10 @@ def read_tower(directory: str | Path, dim: int | None = None, verify: bool = Tru
                                   f"(first missing: {missing[0]}); rerun ff-jax embed to finish")
     ids, vectors = [], []
     for s in range(shards):
-        entry = manifest["shards"][str(s)]
-        for kind in ("ids", f"d{dim}"):
-            name = f"shard-{s:05d}.{kind}.npy"
-            file = directory / name
-            if not file.exists():
-                raise EmbeddingStoreError(f"{file}: listed in the manifest but missing")
-            if verify and _sha256(file) != entry["files"][name]:
-                raise EmbeddingStoreError(f"{file}: checksum mismatch (corrupt or modified)")
-        ids.append(np.load(directory / f"shard-{s:05d}.ids.npy", allow_pickle=False))
-        stored = np.load(directory / f"shard-{s:05d}.d{dim}.npy", allow_pickle=False)
+        checksums = manifest["shards"][str(s)]["files"]
+        shard_id, stored = (_load_checked(directory / name, checksums[name] if verify else None)
+                            for name in (f"shard-{s:05d}.ids.npy", f"shard-{s:05d}.d{dim}.npy"))
+        ids.append(shard_id)
         if settings["dtype"] == "bfloat16":
             stored = stored.view(ml_dtypes.bfloat16)
         vectors.append(stored.astype(np.float32))

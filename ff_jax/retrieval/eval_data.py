@@ -14,14 +14,11 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 
+from ff_jax.data.pipeline import as_text
 from ff_jax.data.splits import EvalMember
-from ff_jax.retrieval.recommender import SPLITS, TrainingData
+from ff_jax.retrieval.recommender import SPLITS, TrainingData, binary_matrix
 
-
-def _text(value) -> str:
-    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
 def read_records(source: Sequence, chunk: int = 1024) -> Iterator[dict]:
@@ -36,9 +33,9 @@ def eval_members(records: Sequence[dict]) -> list[EvalMember]:
     """EvalMembers of evaluation records; the history is the engaged history (what is excluded)."""
     members = []
     for r in read_records(records):
-        history = [_text(i) for i in r["engaged_history_ids"]]
-        members.append(EvalMember(_text(r["user_id"]), history, [True] * len(history),
-                                  [_text(t) for t in r["target_ids"]], _text(r["cohort"]), int(r["timestamp"])))
+        history = [as_text(i) for i in r["engaged_history_ids"]]
+        members.append(EvalMember(as_text(r["user_id"]), history, [True] * len(history),
+                                  [as_text(t) for t in r["target_ids"]], as_text(r["cohort"]), int(r["timestamp"])))
     return members
 
 
@@ -49,20 +46,17 @@ def prepared_eval_data(sources: dict, corpus: Sequence[dict], split: str = "test
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     item_ids, texts = [], []
     for r in read_records(corpus):
-        item_ids.append(_text(r["item_id"]))
-        texts.append(_text(r["item_prompt"]))
-    pairs = [(_text(r["user_id"]), _text(r["positive_id"])) for r in read_records(sources["train"])]
+        item_ids.append(as_text(r["item_id"]))
+        texts.append(as_text(r["item_prompt"]))
+    pairs = [(as_text(r["user_id"]), as_text(r["positive_id"])) for r in read_records(sources["train"])]
     if split == "test":
-        pairs += [(_text(r["user_id"]), _text(t)) for r in read_records(sources["validation"]) for t in r["target_ids"]]
+        pairs += [(as_text(r["user_id"]), as_text(t)) for r in read_records(sources["validation"]) for t in r["target_ids"]]
     members = eval_members(sources[split])
     users = list(dict.fromkeys([u for u, _ in pairs] + [m.user_id for m in members]))
     user_codes = pd.Index(users).get_indexer([u for u, _ in pairs])
     item_codes = pd.Index(item_ids).get_indexer([i for _, i in pairs])
     if (item_codes < 0).any():
         raise ValueError(f"train records name item {pairs[int(np.argmin(item_codes))][1]!r}, missing from the corpus")
-    matrix = sp.csr_matrix((np.ones(len(pairs), np.float32), (user_codes, item_codes)),
-                           shape=(len(users), len(item_ids)))
-    matrix.sum_duplicates()
-    matrix.data[:] = 1.0
+    matrix = binary_matrix(user_codes, item_codes, (len(users), len(item_ids)))
     items = pd.DataFrame({"item_id": item_ids, "text": texts})
     return TrainingData(item_ids, items, users, matrix), members

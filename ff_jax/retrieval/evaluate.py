@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from ff_jax.data.splits import EvalMember
 from ff_jax.retrieval import metrics
 from ff_jax.retrieval.baselines.simple import Popularity, RandomScores
-from ff_jax.retrieval.recommender import EmbeddingRecommender, Recommender, TrainingData, unit_rows
+from ff_jax.retrieval.recommender import EmbeddingRecommender, Recommender, TrainingData, corpus_order, unit_rows
 
 DEFAULT_KS = (10, 50, 100, 1000)
 SERVING_K = 2000
@@ -178,10 +178,11 @@ def evaluate_embeddings(member_ids: Sequence[str], member_vectors: np.ndarray, i
     width = int(np.asarray(item_vectors).shape[1])
     dims = sorted(set(dims or [width]))
     report: dict = {"name": name, "width": width, "by_dim": {}}
+    recs = {}
     for dim in dims:
-        rec = EmbeddingRecommender(member_ids, member_vectors, item_vectors, dim=dim, name=f"{name}/{dim}").fit(data)
-        report["by_dim"][str(dim)] = evaluate_recommender(rec, members, data, ks, serving_k, exclude, progress)
-    full = EmbeddingRecommender(member_ids, member_vectors, item_vectors).fit(data)
+        recs[dim] = EmbeddingRecommender(member_ids, member_vectors, item_vectors, dim=dim, name=f"{name}/{dim}").fit(data)
+        report["by_dim"][str(dim)] = evaluate_recommender(recs[dim], members, data, ks, serving_k, exclude, progress)
+    full = recs.get(width) or EmbeddingRecommender(member_ids, member_vectors, item_vectors).fit(data)
     evaluated = full.members[full.member_rows(members)]
     report["popularity_similarity"] = popularity_similarity(evaluated, full.items, data.popularity())
     if ann:
@@ -235,14 +236,6 @@ def print_table(reports: dict[str, dict], columns: Sequence[str] = TABLE_COLUMNS
 # ----------------------------------------------------------------------------- `ff-jax eval`
 
 
-def _corpus_order(ids: np.ndarray, vectors: np.ndarray, corpus_ids: Sequence[str], where: str) -> np.ndarray:
-    """`vectors` re-ordered to the corpus order; every corpus item must have one."""
-    rows = pd.Index(ids).get_indexer(list(corpus_ids))
-    if (rows < 0).any():
-        missing = [c for c, r in zip(corpus_ids, rows) if r < 0]
-        raise ValueError(f"{where}: no embedding for {len(missing)} corpus items, e.g. {missing[:3]} "
-                         "(embed the whole corpus: EmbedConfig.max_records=None)")
-    return vectors[rows]
 
 
 # Fitted in seconds, so `ff-jax eval` can show them beside the model on the same members.
@@ -271,7 +264,7 @@ def evaluate_run(workdir: str, embeddings: str = "embeddings", split: str = "tes
     item_ids, items = read_tower(root / "items")
     member_dir = root / f"members_{split}"
     member_ids, member_vectors = read_tower(member_dir)
-    items = _corpus_order(item_ids, items, training.corpus_ids, str(root / "items"))
+    items = corpus_order(item_ids, items, training.corpus_ids, str(root / "items"))
     embedded = set(member_ids.tolist())
     evaluated = [m for m in members if m.user_id in embedded and m.targets]
     if not evaluated:
@@ -298,15 +291,9 @@ def evaluate_run(workdir: str, embeddings: str = "embeddings", split: str = "tes
 def eval_main(argv: Sequence[str]) -> int:
     """`ff-jax eval [--gin_file=F ...] [--gin.evaluate_run.X=Y ...] --workdir=DIR` (the workdir of
     `ff-jax embed`; its config.gin, the training run's, is read first when present)."""
-    from ff_jax.gin_cli import UsageError, configured, split_flags
+    from ff_jax.gin_cli import workdir_command
     from ff_jax.train import loop  # noqa: F401  (registers the configurables the training files bind)
 
-    files, bindings, workdir, rest = split_flags(argv)
-    if rest:
-        raise UsageError(f"eval: unknown arguments {rest}")
-    if not workdir:
-        raise UsageError("eval: --workdir=DIR is required (where `ff-jax embed` wrote its embeddings)")
-    run_config = Path(workdir) / "config.gin"
-    with configured(([str(run_config)] if run_config.exists() else []) + list(files), bindings):
+    with workdir_command("eval", argv, "where `ff-jax embed` wrote its embeddings") as workdir:
         evaluate_run(workdir=workdir)
     return 0

@@ -74,11 +74,7 @@ class TrainingData:
         histories = [self.positions(m.engaged_history) for m in members]
         rows = np.repeat(np.arange(len(members)), [len(h) for h in histories])
         cols = np.concatenate(histories) if histories else np.zeros(0, np.int64)
-        matrix = sp.csr_matrix((np.ones(len(cols), np.float32), (rows, cols)),
-                               shape=(len(members), self.num_items))
-        matrix.sum_duplicates()
-        matrix.data[:] = 1.0
-        return matrix
+        return binary_matrix(rows, cols, (len(members), self.num_items))
 
 
 def training_data(tables: FeedTables, splits: Splits, split: str = "test") -> TrainingData:
@@ -98,10 +94,7 @@ def training_data(tables: FeedTables, splits: Splits, split: str = "test") -> Tr
     item_codes = pd.Index(corpus).get_indexer(rows["item_id"])
     if (user_codes < 0).any() or (item_codes < 0).any():
         raise ValueError(f"{tables.name}: interactions name users or items missing from the tables")
-    matrix = sp.csr_matrix((np.ones(len(rows), np.float32), (user_codes, item_codes)),
-                           shape=(len(users), len(corpus)))
-    matrix.sum_duplicates()
-    matrix.data[:] = 1.0  # binary: repeated engagements count once
+    matrix = binary_matrix(user_codes, item_codes, (len(users), len(corpus)))
     return TrainingData(corpus, items, users, matrix)
 
 
@@ -165,3 +158,20 @@ class EmbeddingRecommender(Recommender):
 
     def score(self, members: Sequence[EvalMember]) -> np.ndarray:
         return self.members[self.member_rows(members)] @ self.items.T
+
+
+def corpus_order(ids: np.ndarray, vectors: np.ndarray, corpus_ids: Sequence[str], where: str) -> np.ndarray:
+    """`vectors` re-ordered to the corpus order; every corpus item must have one."""
+    rows = pd.Index(ids).get_indexer(list(corpus_ids))
+    if (rows < 0).any():
+        missing = [c for c, r in zip(corpus_ids, rows) if r < 0]
+        raise ValueError(f"{where}: no embedding for {len(missing)} corpus items, e.g. {missing[:3]} "
+                         "(embed the whole corpus: EmbedConfig.max_records=None)")
+    return vectors[rows]
+
+
+def binary_matrix(rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int]) -> sp.csr_matrix:
+    """A float32 CSR matrix with 1 at each (row, col): repeated engagements count once."""
+    matrix = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=shape)  # duplicates summed
+    matrix.data[:] = 1.0
+    return matrix

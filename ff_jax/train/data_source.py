@@ -16,7 +16,7 @@ from typing import Optional
 import gin
 import numpy as np
 
-from ff_jax.data.pipeline import BatchConfig, embedding_batches, train_batches
+from ff_jax.data.pipeline import BatchConfig, as_text, embedding_batches, train_batches
 from ff_jax.data.prompts import PromptFormat
 
 
@@ -28,9 +28,6 @@ class Validation:
     targets: dict  # user id -> set of held-out item ids
     exclude: dict  # user id -> set of item ids not to rank (engaged history)
 
-
-def _text(value) -> str:
-    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
 @gin.configurable
@@ -101,24 +98,24 @@ class FeedData:
         sources, fmt, _ = self.open_dataset(self.dataset)
         corpus_source = self.open_dataset(f"{self.dataset}_corpus")[0]["corpus"]
         corpus = [corpus_source[i] for i in range(len(corpus_source))]
-        prompts = {_text(r["item_id"]): _text(r["item_prompt"]) for r in corpus}
+        prompts = {as_text(r["item_id"]): as_text(r["item_prompt"]) for r in corpus}
         split = sources["validation"]
         members = [split[i] for i in range(min(self.validation_members, len(split)))]
         if self.validation_corpus:  # a fixed subset: every target, then the first items by id order
-            needed = {_text(t) for r in members for t in r["target_ids"]}
-            others = [r for r in corpus if _text(r["item_id"]) not in needed]
-            corpus = [r for r in corpus if _text(r["item_id"]) in needed] + others[
+            needed = {as_text(t) for r in members for t in r["target_ids"]}
+            others = [r for r in corpus if as_text(r["item_id"]) not in needed]
+            corpus = [r for r in corpus if as_text(r["item_id"]) in needed] + others[
                 : max(self.validation_corpus - len(needed), 0)]
         pairs = []
         for record in members:
-            target = _text(record["target_ids"][0])
+            target = as_text(record["target_ids"][0])
             pairs.append({**record, "positive_id": target, "positive_prompt": prompts[target]})
         whole = dict(shard_index=0, shard_count=1, num_shards=num_shards, read_threads=self.read_threads)
         pair_batches = list(train_batches(pairs, tokenizer, fmt, self.batch, seed=0, num_epochs=1, **whole))
         member_batches = list(embedding_batches(members, tokenizer, fmt, self.batch, tower="member", **whole))
         corpus_batches = list(embedding_batches(corpus, tokenizer, fmt, self.batch, tower="item", **whole))
-        targets = {_text(r["user_id"]): {_text(t) for t in r["target_ids"]} for r in members}
-        exclude = {_text(r["user_id"]): {_text(t) for t in r["engaged_history_ids"]} for r in members}
+        targets = {as_text(r["user_id"]): {as_text(t) for t in r["target_ids"]} for r in members}
+        exclude = {as_text(r["user_id"]): {as_text(t) for t in r["engaged_history_ids"]} for r in members}
         return Validation(pair_batches, member_batches, corpus_batches, targets, exclude)
 
 

@@ -23,7 +23,7 @@ from ff_jax.train.checkpointing import CheckpointConfig, Checkpointer
 from ff_jax.train.data_source import FeedData, collect_embeddings
 from ff_jax.train.dual_encoder import DualEncoder, EncoderConfig, Scoring
 from ff_jax.train.losses import InfoNCE, l2_normalize, matryoshka_dims
-from ff_jax.train.metrics_log import MetricsLog, recall_at_k
+from ff_jax.train.metrics_log import MetricsLog, recall_at_ks
 from ff_jax.train.optimizer import OptimizerConfig, learning_rate_schedule, make_optimizer
 from ff_jax.train.pca import PCA
 
@@ -201,7 +201,8 @@ class Validator:
         self.eval_step, self.mesh, self.rules = eval_step, mesh, rules
         self.recall_ks, self.pca_dims = tuple(recall_ks), tuple(pca_dims)
         self.embed_members = steps.jit_embed(graphdef, step_cfg.member_segments, shardings, mesh, rules)
-        self.embed_items = steps.jit_embed(graphdef, step_cfg.item_segments, shardings, mesh, rules)
+        self.embed_items = (self.embed_members if step_cfg.item_segments == step_cfg.member_segments  # one compile
+                            else steps.jit_embed(graphdef, step_cfg.item_segments, shardings, mesh, rules))
 
     def _embed(self, fn, state, batches):
         sharding = steps.batch_shardings(batches[0], self.mesh, self.rules)
@@ -227,14 +228,16 @@ class Validator:
         views = {"": (None, None)}
         for dim in matryoshka_dims(members.shape[1])[1:]:
             views[f"/dim{dim}"] = (dim, None)
-        for dim in self.pca_dims:
-            views[f"/pca{dim}"] = (None, PCA.fit(items, dim))
+        if self.pca_dims:  # one SVD; smaller fits are its leading components
+            widest = PCA.fit(items, max(self.pca_dims))
+            for dim in self.pca_dims:
+                views[f"/pca{dim}"] = (None, widest.truncated(dim))
         for suffix, (dim, pca) in views.items():
             if pca is not None:
                 m, c = pca.transform(members), pca.transform(items)
             else:
                 m, c = (np.asarray(l2_normalize(x[:, :dim] if dim else x)) for x in (members, items))
-            for k in self.recall_ks:
-                out[f"recall@{k}{suffix}"] = recall_at_k(m, c, targets, k, exclude)
+            for k, recall in recall_at_ks(m, c, targets, self.recall_ks, exclude).items():
+                out[f"recall@{k}{suffix}"] = recall
         out["random_recall@10"] = 10.0 / max(len(item_ids), 1)
         return out

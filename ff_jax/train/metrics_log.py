@@ -9,7 +9,7 @@ import json
 import time
 import warnings
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import jax
 import numpy as np
@@ -87,9 +87,10 @@ def read_jsonl(path: str | Path, split: str = "train") -> list[dict]:
         return [r for r in map(json.loads, f) if r.get("split") == split]
 
 
-def recall_at_k(member: np.ndarray, corpus: np.ndarray, targets: list[set[int]], k: int,
-                exclude: Optional[list[set[int]]] = None) -> float:
-    """Mean over members of |top-k ∩ targets| / |targets|, by dot product (embeddings normalised).
+def recall_at_ks(member: np.ndarray, corpus: np.ndarray, targets: list[set[int]], ks: Sequence[int],
+                 exclude: Optional[list[set[int]]] = None) -> dict[int, float]:
+    """{k: mean over members of |top-k ∩ targets| / |targets|}, by dot product (embeddings
+    normalised), the scores computed once for every k.
 
     exclude: corpus indices not to rank per member (its history), as the evaluation protocol says.
     """
@@ -98,6 +99,15 @@ def recall_at_k(member: np.ndarray, corpus: np.ndarray, targets: list[set[int]],
         for row, skip in enumerate(exclude):
             if skip:
                 scores[row, list(skip)] = -np.inf
-    top = np.argpartition(-scores, min(k, scores.shape[1] - 1), axis=1)[:, :k]
-    hits = [len(set(top[i].tolist()) & t) / len(t) for i, t in enumerate(targets) if t]
-    return float(np.mean(hits)) if hits else 0.0
+    out = {}
+    for k in ks:
+        top = np.argpartition(-scores, min(k, scores.shape[1] - 1), axis=1)[:, :k]
+        hits = [len(set(top[i].tolist()) & t) / len(t) for i, t in enumerate(targets) if t]
+        out[k] = float(np.mean(hits)) if hits else 0.0
+    return out
+
+
+def recall_at_k(member: np.ndarray, corpus: np.ndarray, targets: list[set[int]], k: int,
+                exclude: Optional[list[set[int]]] = None) -> float:
+    """recall_at_ks for one k."""
+    return recall_at_ks(member, corpus, targets, (k,), exclude)[k]

@@ -25,6 +25,10 @@ class PCA:
         return cls(mean.astype(np.float32), vt[:dim].astype(np.float32),
                    (variance[:dim] / variance.sum()).astype(np.float32))
 
+    def truncated(self, dim: int) -> "PCA":
+        """The fit for `dim` <= this one's components (SVD components are nested)."""
+        return PCA(self.mean, self.components[:dim], self.explained_variance_ratio[:dim])
+
     def transform(self, embeddings: np.ndarray) -> np.ndarray:
         """Projected onto the top components and L2-normalised."""
         projected = (np.asarray(embeddings, np.float32) - self.mean) @ self.components.T

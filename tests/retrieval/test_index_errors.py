@@ -136,11 +136,8 @@ def test_create_index_takes_kind_and_knobs_from_gin():
 
     with gin.unlock_config():
         gin.parse_config(["create_index.kind = 'exact'", "ExactConfig.dtype = 'bfloat16'"])
-    try:
-        index = create_index()
-        assert isinstance(index, ExactIndex) and index.config.dtype == "bfloat16"
-        assert isinstance(create_index("scann"), ScannIndex)
-        with pytest.raises(IndexFormatError, match="unknown index kind 'faiss'"):
-            create_index("faiss")
-    finally:
-        gin.clear_config()
+    index = create_index()  # tests/conftest.py clears gin afterwards
+    assert isinstance(index, ExactIndex) and index.config.dtype == "bfloat16"
+    assert isinstance(create_index("scann"), ScannIndex)
+    with pytest.raises(IndexFormatError, match="unknown index kind 'faiss'"):
+        create_index("faiss")

@@ -77,7 +77,6 @@ def test_every_experiment_file_parses_and_layers_one_model_and_one_run():
         assert text.count("include 'model/") == 1 and text.count("include 'runs/") == 1, path.name
         parse([str(path)], ["DATA_DIR = '/tmp/none'"])
         assert gin.query_parameter("FeedData.data_dir") is not None, path.name
-    gin.clear_config()
 
 
 def test_a_command_leaves_no_gin_bindings_behind(tmp_path, capsys):

@@ -5,8 +5,6 @@ of its positive item, so a model can learn to match them (and losses fall when i
 """
 
 import numpy as np
-from flax import nnx
-import jax
 
 from ff_jax.data.packing import DualTowerBatcher, RowSpec, stack_shards
 
@@ -44,8 +42,3 @@ def toy_batches(num_batches: int, num_shards: int, per_shard: int = 4, hard_nega
         batches.append(stack_shards(shards))
     return batches
 
-
-def jit_init(factory):
-    """Builds a module inside one jit (eager init dispatches hundreds of tiny ops)."""
-    graphdef, _ = nnx.split(nnx.eval_shape(factory))
-    return nnx.merge(graphdef, jax.jit(lambda: nnx.state(factory()))())

@@ -14,20 +14,18 @@ from pathlib import Path
 import numpy as np
 
 from ff_jax.data.splits import EvalMember
-from ff_jax.retrieval.recommender import EmbeddingRecommender, Recommender, TrainingData
+from ff_jax.retrieval.recommender import EmbeddingRecommender, Recommender, TrainingData, corpus_order
 
 
 def zero_shot_arguments(data, pretrained: str | Path | None = None, overrides: dict | None = None) -> dict:
     """`train`-style arguments (see embed_job.train_arguments) for the untuned pretrained model."""
     from ff_jax import assets
-    from ff_jax.model.sharding import make_mesh
+    from ff_jax.retrieval.embed_job import train_arguments
     from ff_jax.train.dual_encoder import EncoderConfig
-    from ff_jax.train.losses import InfoNCE
-    from ff_jax.train.optimizer import OptimizerConfig
 
-    return {"data": data, "model_config": None, "pretrained": str(pretrained or assets.smollm2_gguf()),
-            "model_overrides": {"scan_layers": True, **(overrides or {})}, "encoder": EncoderConfig(pooling="mean"),
-            "loss": InfoNCE(), "optimizer": OptimizerConfig(), "mesh_factory": make_mesh, "seed": 0}
+    return train_arguments(data=data, model_config=None, pretrained=str(pretrained or assets.smollm2_gguf()),
+                           model_overrides={"scan_layers": True, **(overrides or {})},
+                           encoder=EncoderConfig(pooling="mean"))
 
 
 class BackboneZeroShot(Recommender):
@@ -51,11 +49,7 @@ class BackboneZeroShot(Recommender):
         folders = embed_towers(self.workdir, args, config, self.progress)
         item_ids, items = read_tower(folders["item"])
         member_ids, members = read_tower(folders["member"])
-        rows = {item: i for i, item in enumerate(item_ids.tolist())}
-        missing = [i for i in data.corpus_ids if i not in rows]
-        if missing:
-            raise ValueError(f"{folders['item']}: no embedding for corpus items {missing[:3]}")
-        items = items[[rows[i] for i in data.corpus_ids]]
+        items = corpus_order(item_ids, items, data.corpus_ids, str(folders["item"]))
         self.inner = EmbeddingRecommender(member_ids.tolist(), members, items, name=self.name).fit(data)
         return self
 
