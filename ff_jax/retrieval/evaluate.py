@@ -236,8 +236,6 @@ def print_table(reports: dict[str, dict], columns: Sequence[str] = TABLE_COLUMNS
 # ----------------------------------------------------------------------------- `ff-jax eval`
 
 
-
-
 # Fitted in seconds, so `ff-jax eval` can show them beside the model on the same members.
 CHEAP_BASELINES = {"random": RandomScores, "popularity": Popularity}
 
