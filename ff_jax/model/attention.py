@@ -51,12 +51,24 @@ def attention_mask(query_slots, key_slots, query_segments, key_segments) -> jax.
     return causal & same & (key_segments[:, None, :] != 0)
 
 
+def query_tiles(length: int, key_length: int, chunk: int) -> list[tuple[int, int, int]]:
+    """(first query, end query, end key) per tile of `chunk` queries; one tile when chunk is 0.
+
+    With causal self-attention (chunk > 0, keys = queries) a tile's queries never look past its
+    last slot, so the key tiles beyond it, the upper triangle of the score matrix, are skipped.
+    """
+    if not chunk or length <= chunk:
+        return [(0, length, key_length)]
+    return [(lo, min(lo + chunk, length), min(lo + chunk, length)) for lo in range(0, length, chunk)]
+
+
 class Attention(nnx.Module):
     def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs):
         d, h, kv, hd = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         self.num_groups = h // kv
         self.head_dim = hd
         self.dtype = cfg.jnp_dtype
+        self.query_chunk = cfg.attention_chunk
         self.rope = (hd, cfg.rope_theta, cfg.rope_scaling)  # hashable: module attributes stay static
         self.q = Projection((d,), (h, hd), ("embed",), ("heads", "head_dim"), cfg, rngs=rngs)
         self.k = Projection((d,), (kv, hd), ("embed",), ("kv_heads", "head_dim"), cfg, rngs=rngs)
@@ -81,16 +93,32 @@ class Attention(nnx.Module):
             values = jax.lax.dynamic_update_slice(cache_kv[1], v.astype(cache_kv[1].dtype), (zero, start, zero, zero))
             key_slots = jnp.arange(keys.shape[1])
             query_slots = query_slots + start
-        mask = attention_mask(query_slots, key_slots, segment_ids, key_segments)
+        # Heads lead while scores are computed (queries [B, kv, groups, T, hd], keys [B, kv, S, hd]),
+        # so both products are plain batched matmuls over contiguous blocks.
+        q = q.reshape(batch, length, -1, self.num_groups, self.head_dim).transpose(0, 2, 3, 1, 4)
+        heads_first = (0, 2, 1, 3)
+        keys_h, values_h = (t.astype(self.dtype).transpose(heads_first) for t in (keys, values))
+        # Self-attention without a cache is causal over the row itself: query tiles then only
+        # visit the key tiles at or before them. With a cache every query sees all slots.
+        chunk = self.query_chunk if cache_kv is None else 0
+        out = jnp.concatenate([
+            self._attend(q[:, :, :, lo:hi], keys_h[:, :, :end], values_h[:, :, :end],
+                         attention_mask(query_slots[lo:hi], key_slots[:end], segment_ids[:, lo:hi],
+                                        key_segments[:, :end]))
+            for lo, hi, end in query_tiles(length, keys.shape[1], chunk)], axis=3)
+        out = out.transpose(0, 3, 1, 2, 4).reshape(batch, length, -1, self.head_dim)
+        new_cache = None if cache_kv is None else (keys, values)
+        return self.o(out), new_cache
 
-        grouped = q.reshape(batch, length, -1, self.num_groups, self.head_dim)
-        logits = jnp.einsum("btkgd,bskd->bkgts", grouped, keys.astype(self.dtype),
-                            preferred_element_type=jnp.float32) / jnp.sqrt(self.head_dim).astype(jnp.float32)
+    def _attend(self, q, keys, values, mask):
+        """q [B, kv, groups, T, hd], keys/values [B, kv, S, hd], mask [B, T, S] → [B, kv, groups, T, hd]."""
+        batch, kv, groups, length, hd = q.shape
+        logits = jnp.einsum("bkqd,bksd->bkqs", q.reshape(batch, kv, groups * length, hd), keys,
+                            preferred_element_type=jnp.float32)
+        logits = logits.reshape(batch, kv, groups, length, -1) / jnp.sqrt(hd).astype(jnp.float32)
         # A finite floor rather than -inf: a fully masked (padding) query then gets a harmless
         # uniform average instead of NaNs that would poison gradients.
         logits = jnp.where(mask[:, None, None], logits, jnp.finfo(jnp.float32).min)
         weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
-        out = jnp.einsum("bkgts,bskd->btkgd", weights, values.astype(self.dtype))
-        out = out.reshape(batch, length, -1, self.head_dim)
-        new_cache = None if cache_kv is None else (keys, values)
-        return self.o(out), new_cache
+        out = jnp.einsum("bkqs,bksd->bkqd", weights.reshape(batch, kv, groups * length, -1), values)
+        return out.reshape(batch, kv, groups, length, hd)

@@ -35,6 +35,9 @@ class LlamaConfig:
     dtype: str = "float32"
     remat: bool = False  # recompute each block's activations in the backward pass
     scan_layers: bool = False  # one compiled block scanned over stacked weights
+    # Causal attention runs in tiles of this many queries, each against the keys up to its end:
+    # the upper triangle is skipped and each tile's scores stay cache-sized. 0 = one dense tile.
+    attention_chunk: int = 128
     lora_rank: int = 0  # > 0 adds LoRA adapters to every attention and MLP projection
     lora_alpha: float = 16.0
 

@@ -52,6 +52,45 @@ def test_packed_segments_match_running_each_prompt_alone(model):
         start += n
 
 
+def _packed_padded_batch(length: int, seed: int):
+    """Two rows: one packing prompts of 45, 50 and 17 tokens, one a single prompt; both right-padded."""
+    rng = np.random.default_rng(seed)
+    segments = np.zeros((2, length), np.int32)
+    positions = np.zeros((2, length), np.int32)
+    start = 0
+    for i, n in enumerate([45, 50, 17]):
+        segments[0, start:start + n], positions[0, start:start + n] = i + 1, np.arange(n)
+        start += n
+    segments[1, :90], positions[1, :90] = 1, np.arange(90)
+    tokens = rng.integers(0, 512, (2, length)) * (segments > 0)
+    return jnp.asarray(tokens, jnp.int32), jnp.asarray(segments), jnp.asarray(positions)
+
+
+@pytest.mark.parametrize("chunk", [16, 48])
+def test_query_tiles_change_neither_outputs_nor_gradients(chunk):
+    """Tiled attention skips the key tiles above the diagonal; it must equal one dense tile.
+
+    122 slots: the last tile is partial, and tiles cut through prompts and padding."""
+    dense = Llama(presets.tiny(attention_chunk=0), rngs=nnx.Rngs(0))
+    tiled = Llama(presets.tiny(attention_chunk=chunk), rngs=nnx.Rngs(0))
+    tokens, segments, positions = _packed_padded_batch(122, seed=5)
+    real = np.asarray(segments > 0)
+
+    def loss(net):
+        hidden = net(tokens, segment_ids=segments, positions=positions, compute_logits=False).hidden
+        return jnp.sum(jnp.where(segments[..., None] > 0, hidden, 0.0) ** 2)
+
+    grad = nnx.jit(nnx.value_and_grad(loss))
+    (dense_loss, dense_grads), (tiled_loss, tiled_grads) = grad(dense), grad(tiled)
+    np.testing.assert_allclose(tiled_loss, dense_loss, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(tiled_grads), jax.tree.leaves(dense_grads)):
+        # Summation order differs between tiles: compare against each gradient's own scale.
+        assert np.abs(a - b).max() <= 1e-5 * np.abs(b).max(), np.abs(a - b).max() / np.abs(b).max()
+    out_dense = run(dense, tokens, segment_ids=segments, positions=positions)
+    out_tiled = run(tiled, tokens, segment_ids=segments, positions=positions)
+    np.testing.assert_allclose(np.asarray(out_tiled.logits)[real], np.asarray(out_dense.logits)[real], atol=2e-5)
+
+
 @pytest.mark.parametrize("scan_layers", [False, True])
 def test_prefill_then_extend_equals_one_pass(model, scan_layers):
     net = _stacked_copy(model) if scan_layers else model
