@@ -18,9 +18,6 @@ import argparse
 import gc
 import json
 import os
-import platform
-import shutil
-import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -29,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without install
+from machine import describe
 
 
 # ----------------------------------------------------------------------------- data
@@ -341,15 +338,6 @@ def measure(method: Method, corpus, queries, truth, ks, target, single_queries, 
     return result
 
 
-def machine() -> dict:
-    import importlib.metadata as md
-
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    versions = {p: md.version(p) for p in ("scann", "faiss-cpu", "hnswlib", "jax", "numpy")}
-    cpu = platform.processor() or platform.machine()
-    return {"cpus": os.cpu_count(), "memory_gb": round(mem, 1), "cpu": cpu, "python": platform.python_version(), **versions}
-
-
 def table(results: list[Result], ks: list[int], target: float) -> str:
     """Markdown: per method, the fastest setting reaching recall >= target at k=100 and k=max."""
     big = str(max(ks))
@@ -421,7 +409,7 @@ def main(argv: list[str] | None = None) -> None:
     truth, gt_s = _timed(exact.search, queries, max(ks), None)
     print(f"ground truth: exact top-{max(ks)} in {gt_s:.1f} s", flush=True)
 
-    info = machine()
+    info = describe("scann", "faiss-cpu", "hnswlib", "jax", "numpy")
     results = []
     if args.reuse:
         rerun = {METHODS[name]().name for name in args.methods.split(",")}

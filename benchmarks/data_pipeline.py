@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import time
 
@@ -33,6 +32,7 @@ from ff_jax.data.pipeline import (BatchConfig, BucketBatchIterDataset, PromptTok
 from ff_jax.data.prompts import PromptRenderer, PromptTemplate
 from ff_jax.data.quantizer import Quantizer
 from ff_jax.model.tokenizer import load_tokenizer
+from machine import describe
 
 CHUNK = 20_000
 
@@ -168,8 +168,9 @@ def main(argv=None) -> None:
     if args.movielens_examples:
         movielens_benchmark(args.movielens_examples, tokenizer, rows)
 
-    print(f"\nMachine: {platform.machine()} {os.cpu_count()}-core CPU, Python {platform.python_version()}, "
-          f"{platform.system()}; load average at the end {os.getloadavg()[0]:.1f}\n")
+    info = describe()
+    print(f"\nMachine: {info['cpu']}, {info['cores']} cores, Python {info['python']}; load average at the "
+          f"end {info['load_average']:.1f}\n")
     print("| data | batches | prompts+quant. items/CPU-s | tokenise items/CPU-s | pack items/CPU-s "
           "| all stages items/CPU-s (grain: items/s wall) | padding waste | batches |")
     print("|---|---|---|---|---|---|---|---|")

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -39,6 +38,7 @@ from tqdm.auto import tqdm
 from ff_jax.data.packing import RowPacker, RowSpec
 from ff_jax.model import Llama, LlamaConfig, from_pretrained, presets
 from ff_jax.model.hf_checkpoint import config_to_hf
+from machine import describe
 
 
 # --------------------------------------------------------------------------- the two models
@@ -168,19 +168,6 @@ def summary(seconds: list[float], tokens: int) -> dict:
             "tokens": tokens, "tokens_per_s": round(tokens / median, 1)}
 
 
-def machine() -> dict:
-    cpu = platform.processor()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return {"cpu": cpu, "cores": len(os.sched_getaffinity(0)), "memory_gb": round(mem_gb, 1),
-            "python": platform.python_version(), "jax": jax.__version__, "torch": torch.__version__,
-            "transformers": transformers.__version__, "xla_flags": os.environ.get("XLA_FLAGS", ""),
-            "load_average_start": os.getloadavg()}
-
-
 # --------------------------------------------------------------------------- main
 
 
@@ -214,7 +201,8 @@ def main() -> None:
     hf, model = matching_models(presets.smollm2_135m(), args.seed)
     cfg = model.config
     ours = JaxForward(model)
-    info = machine() | {"threads": threads, "hf_attention": hf.config._attn_implementation}
+    info = describe("jax", "torch", "transformers") | {"threads": threads,
+                                                        "hf_attention": hf.config._attn_implementation}
     print(f"{info['cpu']}, {threads} cores, {info['memory_gb']} GB; python {info['python']}, jax "
           f"{info['jax']}, torch {info['torch']}, transformers {info['transformers']}")
 
@@ -280,7 +268,7 @@ def main() -> None:
         for name, s in secs.items()}
     results["variable_lengths"] = {"median": float(np.median(lengths)), "mean": float(lengths.mean()),
                                    "max": int(lengths.max()), "total_tokens": real}
-    results["machine"]["load_average_end"] = os.getloadavg()
+    results["machine"]["load_average_end"] = os.getloadavg()[0]
 
     fx, var = results["fixed"], results["variable"]
     results["ratios"] = {

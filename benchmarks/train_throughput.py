@@ -16,17 +16,17 @@ from pathlib import Path
 
 import jax
 import numpy as np
-from flax import nnx
 
 from ff_jax.data.pipeline import BatchConfig
-from ff_jax.model import Llama, make_mesh, presets
-from ff_jax.model.sharding import create_sharded
-from ff_jax.model.tokenizer import byte_tokenizer
+from ff_jax.model import make_mesh, presets
+from ff_jax.model.sharding import logical_axis_rules
 from ff_jax.train import step as steps
 from ff_jax.train.data_source import FeedData
-from ff_jax.train.dual_encoder import DualEncoder, EncoderConfig, Scoring
+from ff_jax.train.dual_encoder import EncoderConfig
+from ff_jax.train.loop import build_model
 from ff_jax.train.losses import InfoNCE
 from ff_jax.train.optimizer import OptimizerConfig, make_optimizer
+from machine import describe
 
 SHAPES = {  # per preset: examples per batch and token budgets (bytes: an item's fields before its text ~500)
     "tiny": dict(examples_per_shard=8, member_budget=1024, item_budget=640),
@@ -56,13 +56,10 @@ def measure(preset: str, mode: str, data_dir: str, num_steps: int) -> dict:
     cfg = presets.get(preset, vocab_size=512) if preset == "tiny" else presets.get(preset, scan_layers=True, remat=True)
     config = batch_config(preset, mode)
     data = FeedData(data_dir, batch=config, tokenizer="byte", validation_members=0)
-    tokenizer = byte_tokenizer()
-    tokenizer.add_special_tokens(list(data.prompt_format().markers))
-    batches = list(itertools.islice(data.train_iterator(tokenizer, 1), num_steps + 1))
     mesh = make_mesh(data=1, devices=jax.devices()[:1])
     loss = InfoNCE()
-    model = create_sharded(lambda: DualEncoder(Llama(cfg, rngs=nnx.Rngs(0)), EncoderConfig(), Scoring.for_loss(loss),
-                                               rngs=nnx.Rngs(1)), mesh)
+    model, tokenizer = build_model(data, EncoderConfig(), loss, cfg, None, {}, mesh, logical_axis_rules(), seed=0)
+    batches = list(itertools.islice(data.train_iterator(tokenizer, 1), num_steps + 1))
     optimizer = OptimizerConfig(learning_rate=1e-4, warmup_steps=1, total_steps=100)
     tx = make_optimizer(optimizer)
     graphdef, state, shardings = steps.init_train_state(model, tx, 0, 0, mesh)
@@ -92,7 +89,8 @@ def main() -> None:
     parser.add_argument("--data_dir", default="/tmp/ff_jax_bench_tfds")
     parser.add_argument("--out", default=None, help="also write the rows as JSON here")
     args = parser.parse_args()
-    print(f"devices: {jax.devices()}; jax {jax.__version__}")
+    info = describe("jax", "flax")
+    print(f"devices: {jax.devices()}; {info}")
     rows = []
     for preset in args.presets:
         for mode in ("padded", "packed"):
@@ -113,7 +111,7 @@ def main() -> None:
             print(f"{args.presets[0]} / {preset} tokens/s (packed) = "
                   f"{base['packed']['tokens_per_s'] / other['packed']['tokens_per_s']:.1f}x")
     if args.out:
-        Path(args.out).write_text(json.dumps(rows, indent=2))
+        Path(args.out).write_text(json.dumps({"machine": info, "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":
