@@ -6,6 +6,8 @@ directory and loaded into ff_jax with from_pretrained (checked: the two hidden s
 
   (a) a fixed batch of 8 x 512 tokens, last hidden state only (what the dual encoder needs: it
       pools hidden states and never projects to the vocabulary), and again with vocabulary logits;
+      ff_jax once more with one dense attention tile (attention_chunk=0), to show what the causal
+      query tiles are worth;
   (b) 256 prompts of lognormal length (median ~150, max 1,024 tokens). HF runs them padded, 8
       prompts per batch, both in arrival order and sorted by length (HF's best simple option);
       ff_jax packs them into rows (segment ids + positions that restart per prompt), first fit
@@ -56,6 +58,13 @@ def matching_models(cfg: LlamaConfig, seed: int) -> tuple[transformers.LlamaForC
         hf.save_pretrained(tmp)
         model = from_pretrained(tmp).model
     return hf, model
+
+
+def with_config(model: Llama, **changes) -> Llama:
+    """The same weights in a model built with some config fields changed (for an ablation)."""
+    other = nnx.eval_shape(lambda: Llama(model.config.replace(**changes), rngs=nnx.Rngs(0)))
+    nnx.update(other, nnx.state(model))
+    return other
 
 
 class JaxForward:
@@ -201,6 +210,7 @@ def main() -> None:
     hf, model = matching_models(presets.smollm2_135m(), args.seed)
     cfg = model.config
     ours = JaxForward(model)
+    dense = JaxForward(with_config(model, attention_chunk=0))  # ablation: one dense attention tile
     info = describe("jax", "torch", "transformers") | {"threads": threads,
                                                         "hf_attention": hf.config._attn_implementation}
     print(f"{info['cpu']}, {threads} cores, {info['memory_gb']} GB; python {info['python']}, jax "
@@ -214,6 +224,7 @@ def main() -> None:
     start = time.perf_counter()
     hidden = np.asarray(ours(fixed))
     ours(fixed, compute_logits=True)
+    results["max_abs_diff_dense_attention"] = float(np.abs(np.asarray(dense(fixed)) - hidden).max())
     results["compile_s"] = {"fixed": round(time.perf_counter() - start, 1)}
     ref = hf_forward(hf, fixed).numpy()
     hf_forward(hf, fixed, logits=True)  # torch warm-up
@@ -223,6 +234,7 @@ def main() -> None:
         raise RuntimeError("ff_jax and HF disagree: the weight copy or the model is wrong; timing would be meaningless")
     secs = interleaved({
         "ff_jax hidden": lambda: ours(fixed),
+        "ff_jax hidden, dense attention": lambda: dense(fixed),
         "hf hidden": lambda: hf_forward(hf, fixed),
         "ff_jax logits": lambda: ours(fixed, compute_logits=True),
         "hf logits": lambda: hf_forward(hf, fixed, logits=True),
@@ -273,6 +285,8 @@ def main() -> None:
     fx, var = results["fixed"], results["variable"]
     results["ratios"] = {
         "fixed_hidden": round(fx["ff_jax hidden"]["tokens_per_s"] / fx["hf hidden"]["tokens_per_s"], 2),
+        "query_tiles_vs_dense_attention": round(
+            fx["ff_jax hidden"]["tokens_per_s"] / fx["ff_jax hidden, dense attention"]["tokens_per_s"], 2),
         "fixed_logits": round(fx["ff_jax logits"]["tokens_per_s"] / fx["hf logits"]["tokens_per_s"], 2),
         "variable_vs_hf_sorted": round(var["ff_jax packed"]["tokens_per_s"] / var["hf sorted"]["tokens_per_s"], 2),
         "variable_vs_hf_arrival": round(
