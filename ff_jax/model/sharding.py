@@ -97,6 +97,13 @@ def logical_to_spec(logical_axes: Sequence[Optional[str]], mesh_shape: dict[str,
     return PartitionSpec(*spec)
 
 
+def batch_shards(mesh: jax.sharding.Mesh, rules: Rules = DEFAULT_RULES) -> int:
+    """How many ways the mesh splits the logical batch axis (the N of a global batch)."""
+    entry = logical_to_spec(("batch",), dict(mesh.shape), rules)[0]
+    axes = () if entry is None else (entry,) if isinstance(entry, str) else entry
+    return math.prod(mesh.shape[a] for a in axes)
+
+
 def constrain(x: jax.Array, logical_axes: Sequence[Optional[str]]) -> jax.Array:
     """Pins an activation's sharding by logical names; a no-op outside a mesh."""
     mesh = jax.sharding.get_abstract_mesh()

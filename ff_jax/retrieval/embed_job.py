@@ -132,15 +132,6 @@ def train_arguments(**explicit) -> dict:
     return args
 
 
-def _batch_shards(mesh, rules) -> int:
-    """N of a global batch: the mesh size of the logical batch axis."""
-    from ff_jax.model.sharding import logical_to_spec
-
-    entry = logical_to_spec(("batch",), dict(mesh.shape), rules)[0]
-    axes = () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
-    return int(np.prod([mesh.shape[a] for a in axes])) if axes else 1
-
-
 def load_model(workdir: Path, args: dict, zero_shot: bool, step: int | None, mesh, rules):
     """(DualEncoder with sharded params, tokenizer, fingerprint of where the weights came from)."""
     from flax import nnx
@@ -198,7 +189,7 @@ def embed_towers(workdir: str | Path, args: dict, config: EmbedConfig, progress:
     """Embeds `config.towers` of the dataset `args["data"]` with the model `args` describe (`train`'s
     parameters, see `train_arguments`) into `<workdir>/<config.output>/`; returns tower -> folder."""
     from ff_jax.data.pipeline import embedding_batches
-    from ff_jax.model.sharding import logical_axis_rules
+    from ff_jax.model.sharding import batch_shards, logical_axis_rules
 
     workdir = Path(workdir)
     data, rules = args["data"], logical_axis_rules()
@@ -208,7 +199,7 @@ def embed_towers(workdir: str | Path, args: dict, config: EmbedConfig, progress:
     bad = [d for d in config.dims if not 0 < d <= width]
     if bad:
         raise UsageError(f"EmbedConfig.dims {bad} outside 1..{width} (the model's embedding width)")
-    num_shards = _batch_shards(mesh, rules)
+    num_shards = batch_shards(mesh, rules)
     member_segments, item_segments = data.segments
     out_root = workdir / config.output
     out_root.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,7 @@ from flax import nnx
 from ff_jax import assets
 from ff_jax.gin_cli import UsageError
 from ff_jax.model import Llama, LlamaConfig
-from ff_jax.model.sharding import create_sharded, logical_axis_rules, make_mesh, state_shardings
+from ff_jax.model.sharding import batch_shards, create_sharded, logical_axis_rules, make_mesh, state_shardings
 from ff_jax.train import step as steps
 from ff_jax.train.checkpointing import CheckpointConfig, Checkpointer
 from ff_jax.train.data_source import FeedData, collect_embeddings
@@ -185,9 +185,7 @@ def train(workdir: str, data: FeedData = gin.REQUIRED, model_config: Optional[Ll
 
 def _local_shards(mesh, rules) -> int:
     """N this process feeds: the batch axis's mesh size over processes."""
-    spec = steps.logical_to_spec(("batch",), dict(mesh.shape), rules)
-    axes = spec[0] if isinstance(spec[0], tuple) else (spec[0],) if spec[0] else ()
-    total = int(np.prod([mesh.shape[a] for a in axes])) if axes else 1
+    total = batch_shards(mesh, rules)
     if total % jax.process_count():
         raise ValueError(f"{total} batch shards do not split over {jax.process_count()} processes")
     return total // jax.process_count()
@@ -214,7 +212,7 @@ class Validator:
             sharding = steps.batch_shardings(validation.pair_batches[0], self.mesh, self.rules)
             totals, weight = {"loss": 0.0, "in_batch_accuracy": 0.0}, 0.0
             for batch in validation.pair_batches:
-                metrics, _ = self.eval_step(state, steps.device_batch(batch, sharding, process_local=False))
+                metrics = self.eval_step(state, steps.device_batch(batch, sharding, process_local=False))
                 n = float(np.sum(batch["example_mask"]))
                 for key in totals:
                     totals[key] += float(metrics[key]) * n

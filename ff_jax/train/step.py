@@ -20,9 +20,8 @@ import optax
 from flax import nnx, struct
 from jax.sharding import NamedSharding, PartitionSpec
 
-from ff_jax.model.sharding import DEFAULT_RULES, Rules, logical_to_spec, state_shardings, use_rules
+from ff_jax.model.sharding import DEFAULT_RULES, Rules, batch_shards, logical_to_spec, state_shardings, use_rules
 from ff_jax.train.dual_encoder import DualEncoder
-from ff_jax.train.losses import l2_normalize
 from ff_jax.train.optimizer import trainable_filter
 
 
@@ -80,22 +79,17 @@ def train_state_shardings(tx, params, frozen, mesh, rules: Rules = DEFAULT_RULES
 
 def batch_shardings(batch: dict, mesh: jax.sharding.Mesh, rules: Rules = DEFAULT_RULES) -> dict:
     """The shard axis N of every array over the logical "batch" axis; host-side lists are dropped."""
-    out = {}
+    out, size = {}, batch_shards(mesh, rules)
     for key, value in batch.items():
         if isinstance(value, list):
             continue
         shape = np.shape(value)
         spec = logical_to_spec(("batch",) + (None,) * (len(shape) - 1), dict(mesh.shape), rules)
-        size = int(np.prod([mesh.shape[a] for a in _axes(spec[0])]))
         if shape[0] % size:
             raise ValueError(f"batch[{key!r}] has {shape[0]} shards on its leading axis; the mesh splits the batch "
                              f"{size} ways ({spec[0]}): make the pipeline's num_shards a multiple of {size}")
         out[key] = NamedSharding(mesh, spec)
     return out
-
-
-def _axes(entry) -> tuple:
-    return () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
 
 
 def device_batch(batch: dict, shardings: dict, process_local: bool = True) -> dict:
@@ -142,14 +136,10 @@ def train_step(graphdef, cfg: StepConfig, state: TrainState, batch: dict) -> tup
     return new_state, metrics
 
 
-def eval_step(graphdef, cfg: StepConfig, state: TrainState, batch: dict) -> tuple[dict, dict]:
-    """Loss and metrics of a batch without updating, plus the normalised embeddings for recall@K."""
-    loss, (metrics, towers) = _loss_and_metrics(graphdef, cfg, state.params, state.frozen, batch)
-    embeddings = dict(member=l2_normalize(towers.member), positive=l2_normalize(towers.positive),
-                      example_mask=towers.example_mask)
-    if towers.positive_key is not None:
-        embeddings["positive_key"] = towers.positive_key
-    return dict(metrics, loss=loss), embeddings
+def eval_step(graphdef, cfg: StepConfig, state: TrainState, batch: dict) -> dict:
+    """Loss and metrics of a batch without updating (recall@K embeds the corpus separately)."""
+    loss, (metrics, _) = _loss_and_metrics(graphdef, cfg, state.params, state.frozen, batch)
+    return dict(metrics, loss=loss)
 
 
 def embed_step(graphdef, segments: int, state: TrainState, batch: dict) -> jax.Array:
@@ -176,7 +166,7 @@ def jit_steps(graphdef, cfg: StepConfig, shardings: TrainState, batch_sharding: 
     train = jax.jit(functools.partial(train_step, graphdef, cfg), in_shardings=(shardings, batch_sharding),
                     out_shardings=(shardings, replicated), donate_argnums=(0,))
     evaluate = jax.jit(functools.partial(eval_step, graphdef, cfg), in_shardings=(shardings, batch_sharding),
-                       out_shardings=(replicated, replicated))
+                       out_shardings=replicated)
 
     def in_context(fn):
         @functools.wraps(fn)
