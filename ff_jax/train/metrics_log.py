@@ -1,13 +1,11 @@
 """Where training metrics go: a tqdm bar, TensorBoard event files, and a JSONL log in the workdir.
 
-TensorBoard files are written with tensorboardX (no TensorFlow needed); without it installed the
-event files are skipped with one warning and the JSONL log still has everything. Only process 0
-writes, so a multi-host run logs once.
+TensorBoard files are written with tensorboardX (a core dependency; no TensorFlow needed). Only
+process 0 writes, so a multi-host run logs once.
 """
 
 import json
 import time
-import warnings
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -17,7 +15,8 @@ from tqdm.auto import tqdm
 
 
 def _scalars(metrics: dict) -> dict:
-    return {k: float(np.asarray(v)) for k, v in metrics.items() if np.ndim(v) == 0}
+    metrics = jax.device_get(metrics)  # one transfer for all of them, not one per metric
+    return {k: float(v) for k, v in metrics.items() if np.ndim(v) == 0}
 
 
 class MetricsLog:
@@ -32,18 +31,14 @@ class MetricsLog:
         self.is_writer = jax.process_index() == 0
         self.workdir = Path(workdir)
         self._jsonl = open(self.workdir / "metrics.jsonl", "a") if self.is_writer else None
-        self._tb = self._open_tensorboard() if (tensorboard and self.is_writer) else None
+        self._tb = None
+        if tensorboard and self.is_writer:
+            from tensorboardX import SummaryWriter  # imported when used: it pulls in protobuf
+
+            self._tb = SummaryWriter(logdir=str(self.workdir / "tensorboard"))
         self._bar = tqdm(total=total_steps, initial=initial_step, desc="train", unit="step",
                          disable=not (progress and self.is_writer), dynamic_ncols=True)
         self._last_time: Optional[float] = None
-
-    def _open_tensorboard(self):
-        try:
-            from tensorboardX import SummaryWriter
-        except ImportError:
-            warnings.warn("tensorboardX is not installed: no TensorBoard event files (metrics.jsonl has all)")
-            return None
-        return SummaryWriter(logdir=str(self.workdir / "tensorboard"))
 
     def log(self, step: int, metrics: dict, split: str = "train") -> dict:
         """Writes one record; returns the scalars written (with rates added for training)."""
