@@ -8,6 +8,7 @@ Bindings follow gin syntax; a value that is not a gin literal or reference is ta
 
 import ast
 import contextlib
+import logging
 import re
 from pathlib import Path
 from typing import Optional, Sequence
@@ -70,9 +71,11 @@ def resolve_file(name: str) -> str:
 
 
 def _tolerant_file_readers() -> None:
-    """gin also looks `include 'model/x.gin'` up as a resource of a Python package `model`; a
+    """gin also looks `include 'model/x.gin'` up as a resource of a Python package `model`. A
     namespace package of that name (e.g. tests/model under pytest) makes that lookup raise
-    TypeError instead of answering "no". Treat such a lookup as "not there"."""
+    TypeError instead of answering "no", and a missing package makes it log "ERROR Path not found"
+    on the root logger before gin finds the file on its search path. Treat such a lookup as
+    "not there", quietly."""
     readers = getattr(gin.config, "_FILE_READERS", None)
     if not readers:
         return
@@ -81,10 +84,14 @@ def _tolerant_file_readers() -> None:
             continue
 
         def tolerant(path, _exists=exists):
+            previous = logging.root.manager.disable
+            logging.disable(max(previous, logging.ERROR))
             try:
                 return _exists(path)
             except TypeError:
                 return False
+            finally:
+                logging.disable(previous)
 
         tolerant._ff_jax_tolerant = True
         readers[i] = (reader, tolerant)
