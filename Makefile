@@ -31,6 +31,7 @@ test: $(STAMP)
 # About 45 minutes on 2 cores; the other scripts in benchmarks/ run on their own.
 bench: $(STAMP)
 	$(PY) benchmarks/forward.py --out bench_out/forward.json
+	$(PY) benchmarks/layer_pieces.py
 	$(PY) benchmarks/ann.py --out bench_out/ann_1m
 
 clean:

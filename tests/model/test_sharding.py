@@ -10,7 +10,8 @@ from jax.sharding import NamedSharding, PartitionSpec
 from ff_jax.model import DEFAULT_RULES, Llama, create_sharded_model, make_mesh, presets
 from ff_jax.model.sharding import logical_to_spec
 
-CFG = presets.tiny(num_heads=4, num_kv_heads=2, vocab_size=512)
+# Tiles of 16 queries: the 40-token rows then cross attention tiles on every mesh too.
+CFG = presets.tiny(num_heads=4, num_kv_heads=2, vocab_size=512, attention_chunk=16)
 
 
 @pytest.fixture(scope="module")
