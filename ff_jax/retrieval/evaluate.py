@@ -134,15 +134,17 @@ def popularity_similarity(member_vectors: np.ndarray, item_vectors: np.ndarray, 
                           max_members: int = 256, max_items: int = 20_000, seed: int = 0) -> dict:
     """The paper's check: correlation of item popularity with member-item cosine over (member, item)
     pairs, on a seeded sample of members x items. Spearman, and Pearson of log(1 + popularity)."""
-    members = unit_rows(member_vectors, "member vectors")
-    items = unit_rows(item_vectors, "item vectors")
+    # Sample first, normalise the sample: a corpus of 100M vectors is never copied whole.
+    member_vectors, item_vectors = np.asarray(member_vectors), np.asarray(item_vectors)
     popularity = np.asarray(popularity, np.float64)
-    if popularity.shape != (items.shape[0],):
-        raise ValueError(f"popularity has shape {popularity.shape}; expected one count per item ({items.shape[0]})")
+    if popularity.shape != (len(item_vectors),):
+        raise ValueError(f"popularity has shape {popularity.shape}; expected one count per item ({len(item_vectors)})")
     rng = np.random.default_rng(seed)
-    m = rng.choice(len(members), min(max_members, len(members)), replace=False)
-    i = rng.choice(len(items), min(max_items, len(items)), replace=False)
-    cosine = (members[m] @ items[i].T).ravel()
+    m = rng.choice(len(member_vectors), min(max_members, len(member_vectors)), replace=False)
+    i = rng.choice(len(item_vectors), min(max_items, len(item_vectors)), replace=False)
+    members = unit_rows(member_vectors[m], "member vectors", m)
+    items = unit_rows(item_vectors[i], "item vectors", i)
+    cosine = (members @ items.T).ravel()
     pop = np.broadcast_to(popularity[i], (len(m), len(i))).ravel()
     return {"spearman": metrics.correlation(pop, cosine, "spearman"),
             "pearson_log": metrics.correlation(np.log1p(pop), cosine, "pearson"),

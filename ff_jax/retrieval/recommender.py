@@ -112,14 +112,16 @@ class Recommender(abc.ABC):
         """float32 [len(members), corpus items], higher = better; history exclusion is done by the caller."""
 
 
-def unit_rows(x: np.ndarray, what: str) -> np.ndarray:
-    """float32 rows scaled to unit L2 norm; a zero row is an error naming its position."""
+def unit_rows(x: np.ndarray, what: str, row_numbers: np.ndarray | None = None) -> np.ndarray:
+    """float32 rows scaled to unit L2 norm; a zero row is an error naming its position (its number
+    in `row_numbers` when x is a sample of a larger array)."""
     x = np.asarray(x, np.float32)
     if x.ndim != 2:
         raise ValueError(f"{what} must be a 2-D [rows, dim] array, got shape {x.shape}")
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     if x.shape[0] and (norms == 0).any():
-        raise ValueError(f"{what} row {int(np.argmin(norms[:, 0]))} has zero norm")
+        zero = int(np.argmin(norms[:, 0]))
+        raise ValueError(f"{what} row {zero if row_numbers is None else int(row_numbers[zero])} has zero norm")
     return x / norms
 
 

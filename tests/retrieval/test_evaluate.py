@@ -164,3 +164,12 @@ def test_popularity_similarity_matches_scipy():
     assert out["spearman"] == pytest.approx(stats.spearmanr(pop, cosine).statistic, abs=1e-6)
     assert out["pearson_log"] == pytest.approx(stats.pearsonr(np.log1p(pop), cosine).statistic, abs=1e-6)
     assert out["spearman"] > 0.5 and out["pairs"] == 12000
+
+
+def test_popularity_similarity_names_a_zero_vector_by_its_corpus_row():
+    """Only a sample is normalised, but the error must point at the row in the caller's array."""
+    rng = np.random.default_rng(2)
+    items = rng.normal(size=(300, 8))
+    items[250] = 0.0
+    with pytest.raises(ValueError, match="item vectors row 250 has zero norm"):
+        popularity_similarity(rng.normal(size=(10, 8)), items, np.ones(300), max_items=300)
