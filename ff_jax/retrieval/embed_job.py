@@ -138,7 +138,6 @@ def load_model(workdir: Path, args: dict, zero_shot: bool, step: int | None, mes
 
     from ff_jax.train import loop, step as steps
     from ff_jax.train.checkpointing import CheckpointConfig, Checkpointer
-    from ff_jax.train.optimizer import make_optimizer
 
     model, tokenizer = loop.build_model(args["data"], args["encoder"], args["loss"], args["model_config"],
                                         args["pretrained"], dict(args["model_overrides"] or {}), mesh, rules,
@@ -147,20 +146,18 @@ def load_model(workdir: Path, args: dict, zero_shot: bool, step: int | None, mes
         origin = {"source": "zero_shot", "pretrained": str(args["pretrained"]) if args["pretrained"] else None,
                   "model_config": None if args["pretrained"] else repr(args["model_config"]), "seed": args["seed"]}
         return model, tokenizer, origin
-    tx = make_optimizer(args["optimizer"])
-    graphdef, state, shardings = steps.init_train_state(model, tx, model.backbone.config.lora_rank, args["seed"],
-                                                        mesh, rules)
+    graphdef, params, frozen = steps.split_model(model, model.backbone.config.lora_rank)
     del model
     ckpt = Checkpointer(workdir / "checkpoints", CheckpointConfig(async_save=False))
     try:
         if ckpt.latest_step() is None:
             raise UsageError(f"{workdir / 'checkpoints'}: no checkpoint; train first, or set "
                              "--gin.EmbedConfig.zero_shot=True to embed with the untrained model")
-        step, state = ckpt.restore(state, shardings, step=step)
+        step, weights = ckpt.restore_fields({"params": params, "frozen": frozen}, step=step)
     finally:
         ckpt.close()
     origin = {"source": "checkpoint", "checkpoints": str((workdir / "checkpoints").absolute()), "step": int(step)}
-    return nnx.merge(graphdef, state.params, state.frozen), tokenizer, origin
+    return nnx.merge(graphdef, weights["params"], weights["frozen"]), tokenizer, origin
 
 
 def jit_encoder(model, mesh, rules, segments: int) -> Callable[[dict], np.ndarray]:

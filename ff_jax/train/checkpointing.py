@@ -90,13 +90,28 @@ class Checkpointer:
     def restore(self, state_template, shardings, data_iterator=None, step: Optional[int] = None):
         """The TrainState saved at `step` (default: latest), laid out with `shardings`; the data
         iterator (when given) is moved to where it was. Returns (step, state)."""
+        abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                                state_template, shardings)
+        return self._restore(abstract, data_iterator, step)
+
+    def restore_fields(self, fields: dict, step: Optional[int] = None):
+        """Only some TrainState fields, e.g. {"params": ..., "frozen": ...} for inference: the
+        optimiser state (twice the weights, with Adam) is neither allocated nor read. Each array is
+        restored with the shape, dtype and sharding of the one given. Returns (step, fields)."""
+        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), fields)
+        return self._restore(abstract, None, step, partial=True)
+
+    def _restore(self, abstract, data_iterator, step: Optional[int], partial: bool = False):
         step = self.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"{self.directory}: no checkpoint to restore")
-        abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                                state_template, shardings)
         flat_abstract, treedef = _flatten(abstract)
-        items = {"state": ocp.args.StandardRestore(flat_abstract)}
+        if partial:  # the leaves named, the rest of the checkpoint left on disk
+            items = {"state": ocp.args.PyTreeRestore(
+                flat_abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(flat_abstract),
+                partial_restore=True)}
+        else:
+            items = {"state": ocp.args.StandardRestore(flat_abstract)}
         if data_iterator is not None:
             items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
         try:
@@ -108,8 +123,7 @@ class Checkpointer:
         missing = set(flat_abstract) - set(flat)
         if missing:
             raise ValueError(f"{self.directory}: checkpoint {step} lacks {sorted(missing)[:3]}...")
-        state = jax.tree_util.tree_unflatten(treedef, [flat[k] for k in flat_abstract])
-        return step, state
+        return step, jax.tree_util.tree_unflatten(treedef, [flat[k] for k in flat_abstract])
 
     # -------------------------------------------------------------- preemption
 

@@ -102,3 +102,23 @@ def test_sigkill_and_sigterm_resume_reproduce_the_uninterrupted_losses(tmp_path)
     for record in records:  # every logged loss, replayed or not, is the uninterrupted one
         np.testing.assert_allclose(record["loss"], reference[record["step"]], rtol=1e-6,
                                    err_msg=f"step {record['step']}")
+
+
+def test_restore_fields_reads_the_weights_and_leaves_the_optimiser_state_on_disk(tmp_path):
+    """What `ff-jax embed` restores: params and frozen as saved, with no optimiser state built."""
+    import jax.numpy as jnp
+
+    from ff_jax.train.checkpointing import CheckpointConfig, Checkpointer
+
+    saved = {"params": {"w": jnp.arange(6.0).reshape(2, 3)}, "frozen": {"scale": jnp.full((3,), 2.5)},
+             "opt_state": {"mu": jnp.ones((2, 3)), "nu": jnp.ones((2, 3))}, "step": jnp.asarray(7)}
+    ckpt = Checkpointer(tmp_path / "checkpoints", CheckpointConfig(async_save=False))
+    ckpt.save(7, saved, force=True)
+    ckpt.close()
+    ckpt = Checkpointer(tmp_path / "checkpoints", CheckpointConfig(async_save=False))
+    template = {"params": {"w": jnp.zeros((2, 3))}, "frozen": {"scale": jnp.zeros((3,))}}
+    step, restored = ckpt.restore_fields(template)
+    ckpt.close()
+    assert step == 7 and set(restored) == {"params", "frozen"}
+    np.testing.assert_array_equal(restored["params"]["w"], saved["params"]["w"])
+    np.testing.assert_array_equal(restored["frozen"]["scale"], saved["frozen"]["scale"])
