@@ -49,16 +49,7 @@ def run_gin_command(name: str, target: str, argv: Sequence[str]):
         workdir_path = Path(workdir)
         workdir_path.mkdir(parents=True, exist_ok=True)
         (workdir_path / "config.gin").write_text(gin.config_str())
-        try:
-            return fn(workdir=workdir)
-        except RuntimeError as err:
-            if "Required bindings" in str(err):  # a gin.REQUIRED parameter nobody bound
-                raise UsageError(f"missing gin binding: {err}") from None
-            raise
-        except ValueError as err:
-            if "In call to configurable" in str(err):  # a config class refused its values
-                raise UsageError(f"bad gin value: {err}") from None
-            raise
+        return fn(workdir=workdir)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -122,10 +122,19 @@ def parse(files: Sequence[str], bindings: Sequence[str]) -> None:
 @contextlib.contextmanager
 def configured(files: Sequence[str], bindings: Sequence[str]):
     """Parses like `parse` for the body of a `with`, then clears gin, so a command run in a notebook
-    or test leaves no bindings behind to change the defaults of the next thing constructed there."""
+    or test leaves no bindings behind to change the defaults of the next thing constructed there.
+    gin's errors from the body about what the config bound become UsageErrors."""
     try:
         parse(files, bindings)
         yield
+    except RuntimeError as err:
+        if "Required bindings" in str(err):  # a gin.REQUIRED parameter nobody bound
+            raise UsageError(f"missing gin binding: {err}") from None
+        raise
+    except ValueError as err:
+        if "In call to configurable" in str(err):  # a config class refused its values
+            raise UsageError(f"bad gin value: {err}") from None
+        raise
     finally:
         gin.clear_config()
 

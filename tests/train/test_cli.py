@@ -35,6 +35,13 @@ def test_missing_required_macro_is_named(tmp_path, capsys):
     assert "missing required gin macro" in err and "DATA_DIR" in err and "--gin.DATA_DIR=" in err
 
 
+def test_a_refused_gin_value_is_named_by_embed_as_by_train(tmp_path, capsys):
+    code, err = _run(capsys, "embed", "--gin_file=experiments/tiny_smoke.gin", f"--gin.DATA_DIR={tmp_path}",
+                     "--gin.EmbedConfig.dtype='int8'", f"--workdir={tmp_path / 'w'}")
+    assert code == 2
+    assert "bad gin value" in err and "EmbedConfig.dtype" in err
+
+
 def test_workdir_of_an_incompatible_run_is_refused(tmp_path, capsys):
     workdir = tmp_path / "w"
     workdir.mkdir()
