@@ -94,15 +94,12 @@ def recall_at_ks(member: np.ndarray, corpus: np.ndarray, targets: list[set[int]]
         for row, skip in enumerate(exclude):
             if skip:
                 scores[row, list(skip)] = -np.inf
+    # One partition at the largest k, its top sorted: every smaller top-k is a prefix of it.
+    widest = min(max(ks), scores.shape[1])
+    top = np.argpartition(-scores, widest - 1, axis=1)[:, :widest]
+    top = np.take_along_axis(top, np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1), axis=1)
     out = {}
     for k in ks:
-        top = np.argpartition(-scores, min(k, scores.shape[1] - 1), axis=1)[:, :k]
-        hits = [len(set(top[i].tolist()) & t) / len(t) for i, t in enumerate(targets) if t]
+        hits = [len(set(top[i, :k].tolist()) & t) / len(t) for i, t in enumerate(targets) if t]
         out[k] = float(np.mean(hits)) if hits else 0.0
     return out
-
-
-def recall_at_k(member: np.ndarray, corpus: np.ndarray, targets: list[set[int]], k: int,
-                exclude: Optional[list[set[int]]] = None) -> float:
-    """recall_at_ks for one k."""
-    return recall_at_ks(member, corpus, targets, (k,), exclude)[k]

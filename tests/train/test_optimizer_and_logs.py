@@ -11,7 +11,7 @@ from flax import nnx
 
 from ff_jax.model import Llama, presets
 from ff_jax.train.dual_encoder import Constant, DualEncoder, EncoderConfig, HeadParam, Scoring
-from ff_jax.train.metrics_log import MetricsLog, read_jsonl, recall_at_k
+from ff_jax.train.metrics_log import MetricsLog, read_jsonl, recall_at_ks
 from ff_jax.train.optimizer import OptimizerConfig, learning_rate_schedule, make_optimizer
 from ff_jax.train.pca import PCA
 from ff_jax.train.step import split_model
@@ -105,11 +105,13 @@ def test_recall_at_k_matches_a_brute_force_count():
     members, corpus = rng.normal(size=(20, 8)), rng.normal(size=(50, 8))
     targets = [set(rng.choice(50, size=rng.integers(1, 4), replace=False).tolist()) for _ in range(20)]
     exclude = [set(rng.choice(50, size=3, replace=False).tolist()) - t for t in targets]
-    expected = []
-    for m, t, skip in zip(members, targets, exclude):
-        ranked = [i for i in np.argsort(-(corpus @ m)) if i not in skip][:5]
-        expected.append(len(t & set(ranked)) / len(t))
-    assert recall_at_k(members, corpus, targets, 5, exclude) == pytest.approx(np.mean(expected))
+    recalls = recall_at_ks(members, corpus, targets, (1, 5, 50), exclude)
+    for k in (1, 5, 50):
+        expected = []
+        for m, t, skip in zip(members, targets, exclude):
+            ranked = [i for i in np.argsort(-(corpus @ m)) if i not in skip][:k]
+            expected.append(len(t & set(ranked)) / len(t))
+        assert recalls[k] == pytest.approx(np.mean(expected))
 
 
 def test_pca_keeps_the_top_variance_directions():
