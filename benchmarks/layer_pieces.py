@@ -16,13 +16,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import torch
-import transformers
 from flax import nnx
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRotaryEmbedding
 
 from ff_jax.model import presets
-from ff_jax.model.hf_checkpoint import config_to_hf
 from ff_jax.model.llama import Block
+from forward import hf_config
 from machine import describe
 
 
@@ -55,7 +54,7 @@ def ff_jax_pieces(batch: int, length: int, chunk: int) -> dict:
 
 
 def hf_pieces(batch: int, length: int) -> dict:
-    cfg = transformers.LlamaConfig(**config_to_hf(presets.smollm2_135m(), "float32"))
+    cfg = hf_config(presets.smollm2_135m())
     cfg._attn_implementation = "sdpa"
     layer = LlamaDecoderLayer(cfg, 0).eval()
     x = torch.randn(batch, length, cfg.hidden_size)

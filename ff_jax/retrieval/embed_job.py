@@ -83,7 +83,6 @@ class RecordSlice(Sequence):
         return self.records[self.start + index % len(self)]
 
 
-
 def embed_records(records: Sequence[dict], writer: ShardWriter, make_batches: Callable[[Sequence], Iterable[dict]],
                   encode: Callable[[dict], np.ndarray], id_key: str, progress: bool = True, desc: str = "") -> int:
     """Embeds the shards `writer` still lacks; returns how many were computed.

@@ -20,7 +20,6 @@ from ff_jax.data.splits import EvalMember
 from ff_jax.retrieval.recommender import SPLITS, TrainingData, binary_matrix
 
 
-
 def read_records(source: Sequence, chunk: int = 1024) -> Iterator[dict]:
     """Every record of a data source, fetched `chunk` at a time when it supports batched reads."""
     for start in range(0, len(source), chunk):

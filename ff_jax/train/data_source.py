@@ -29,7 +29,6 @@ class Validation:
     exclude: dict  # user id -> set of item ids not to rank (engaged history)
 
 
-
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
 class FeedData:
