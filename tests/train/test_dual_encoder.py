@@ -103,14 +103,63 @@ def test_projection_head_and_matryoshka_slices(backbone):
     np.testing.assert_allclose(eighth, raw[:, :4] / np.linalg.norm(raw[:, :4], axis=1, keepdims=True), rtol=1e-5)
 
 
+def _numpy_info_nce(member, positive, negatives, positive_key, negative_key, temperature):
+    """InfoNCE over [every in-batch positive + every hard negative], in float64, row by row; a
+    candidate that is the same item as the row's positive (other than the positive itself) is left out."""
+    unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)
+    member, positive, negatives = unit(member), unit(positive), unit(negatives)
+    losses = []
+    for b in range(len(member)):
+        candidates = [positive[b]] + [positive[j] for j in range(len(member))
+                                      if j != b and positive_key[j] != positive_key[b]]
+        candidates += [negatives[j, h] for j in range(len(member)) for h in range(negatives.shape[1])
+                       if negative_key[j, h] != positive_key[b]]
+        logits = np.stack(candidates) @ member[b] / temperature
+        losses.append(np.log(np.sum(np.exp(logits - logits.max()))) + logits.max() - logits[0])
+    return float(np.mean(losses))
+
+
 @pytest.mark.parametrize("hard", [0, 2])
 def test_towers_of_a_training_batch_with_and_without_hard_negatives(backbone, hard):
+    """Every tower row is `embed` of that example's prompt run alone (one prompt per row, unpacked),
+    and the loss on the towers is a numpy InfoNCE over those alone-embeddings."""
     from ff_jax.train.losses import InfoNCE
-    from train_fakes import toy_batches
+    from train_fakes import toy_batches, toy_examples
 
     batch = {k: jnp.asarray(v) for k, v in toy_batches(1, num_shards=2, per_shard=3, hard_negatives=hard)[0].items()}
+    examples = toy_examples(6, seed=0, hard_negatives=hard)  # the six examples toy_batches packed, in order
+    assert int(batch["member_segment_ids"].max()) >= 2  # really packed
     encoder = DualEncoder(backbone, rngs=nnx.Rngs(3))
     towers, loss = nnx.jit(lambda e, b: (t := e.towers(b, 3, 3), InfoNCE()(t, e.scoring.log_scale[...],
                                                                              e.scoring.bias[...])[0]))(encoder, batch)
     assert towers.member.shape == (6, 64) and towers.negatives.shape == (6, hard, 64)
     assert towers.positive_key.shape == (6,) and np.isfinite(float(loss))
+
+    # Alone: each prompt in its own row of a [1, P, L] batch, one segment per row, padded with segment 0.
+    prompts = [e["member"] for e in examples] + [t for e in examples for t in e["items"]]
+    length = max(len(t) for t in prompts)
+    tokens, segments = np.zeros((1, len(prompts), length), np.int32), np.zeros((1, len(prompts), length), np.int32)
+    for i, t in enumerate(prompts):
+        tokens[0, i, : len(t)], segments[0, i, : len(t)] = t, 1
+    positions = np.broadcast_to(np.arange(length, dtype=np.int32), tokens.shape)
+    slot = np.arange(len(prompts), dtype=np.int32)[None]
+    alone = np.asarray(nnx.jit(lambda e: e.embed(jnp.asarray(tokens), jnp.asarray(segments), jnp.asarray(positions),
+                                                 jnp.asarray(slot), 1))(encoder))
+    alone_raw = np.asarray(_encode(encoder, jnp.asarray(tokens), jnp.asarray(segments), jnp.asarray(positions),
+                                   jnp.asarray(slot), 1))
+    member_alone = alone[:6]
+    item_alone = alone[6:].reshape(6, 1 + hard, -1)
+    unit = lambda x: np.asarray(x) / np.linalg.norm(np.asarray(x), axis=-1, keepdims=True)
+    np.testing.assert_allclose(unit(towers.member), member_alone, atol=2e-5)
+    np.testing.assert_allclose(np.asarray(towers.member), alone_raw[:6], atol=2e-5)  # un-normalised too
+    np.testing.assert_allclose(unit(towers.positive), item_alone[:, 0], atol=2e-5)
+    np.testing.assert_allclose(unit(towers.negatives), item_alone[:, 1:], atol=2e-5)
+    assert np.asarray(towers.negative_mask).all() and np.asarray(towers.example_mask).tolist() == [1.0] * 6
+    keys = np.stack([e["item_keys"] for e in examples])
+    np.testing.assert_array_equal(np.asarray(towers.positive_key), keys[:, 0])
+    np.testing.assert_array_equal(np.asarray(towers.negative_key), keys[:, 1:])
+
+    # The loss on those towers, against numpy on the alone-embeddings (default temperature 0.05).
+    expected = _numpy_info_nce(alone_raw[:6].astype(np.float64), item_alone[:, 0].astype(np.float64),
+                               item_alone[:, 1:].astype(np.float64), keys[:, 0], keys[:, 1:], 0.05)
+    np.testing.assert_allclose(float(loss), expected, rtol=1e-4, atol=1e-4)
