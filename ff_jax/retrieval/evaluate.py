@@ -3,10 +3,11 @@
     report = evaluate_recommender(Popularity().fit(data), splits.test, data)
     report = evaluate_embeddings(member_ids, members, items, splits.test, data, dims=(64, 128))
 
-Protocol (../shared/REFERENCE.md): every corpus item is ranked for every evaluated member except the
-items removed by `exclude` ("engaged": the member's engaged history, the default; "history": every
-item in the history; "none"); the held-out targets are the relevant items. Metrics (definitions in
-ff_jax.retrieval.metrics) are recall@K and NDCG@K for K in `ks` and the serving candidate count
+Protocol (docs/reference.md, "Evaluation protocol"): every corpus item is ranked for every
+evaluated member except the items removed by `exclude` ("engaged": the member's engaged history,
+the default; "history": every item in the history; "none"); the held-out targets are the relevant
+items. Ranking and metrics come from ff_jax.data.ranking_metrics (`top_k`, `ranking_metrics`), as
+training's validation does: recall@K and NDCG@K for K in `ks` and the serving candidate count
 (2,000 in the paper, capped at the corpus size), hit rate and MRR, averaged over members, overall
 and per cohort ("new" / "established"). Embeddings add: one report per Matryoshka prefix size,
 ScaNN's recall against exact search (and the metrics of the ScaNN-served lists), and the paper's
@@ -24,6 +25,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from ff_jax.data.ranking_metrics import ranking_metrics, top_k
 from ff_jax.data.splits import EvalMember
 from ff_jax.retrieval import metrics
 from ff_jax.retrieval.baselines.simple import Popularity, RandomScores
@@ -43,42 +45,6 @@ def excluded_items(members: Sequence[EvalMember], mode: str) -> list[list[str]]:
     if mode == "none":
         return [[] for _ in members]
     raise ValueError(f"exclude must be one of {EXCLUDE_MODES}, got {mode!r}")
-
-
-def top_k(scores: np.ndarray, excluded: Sequence[np.ndarray], k: int) -> np.ndarray:
-    """Positions [U, k] of each row's k best scores, best first; ties go to the lower position.
-
-    `excluded[u]` holds positions row u must not return; slots beyond the rankable items are -1.
-    """
-    scores = np.array(scores, dtype=np.float32)  # a copy: excluded entries are overwritten
-    if scores.ndim != 2:
-        raise ValueError(f"scores must be [members, items], got shape {scores.shape}")
-    if len(excluded) != scores.shape[0]:
-        raise ValueError(f"{len(excluded)} exclusion lists for {scores.shape[0]} score rows")
-    if np.isnan(scores).any():
-        raise ValueError(f"scores row {int(np.argwhere(np.isnan(scores))[0, 0])} contains NaN")
-    users, n = scores.shape
-    if not 0 < k:
-        raise ValueError(f"k must be positive, got {k}")
-    rows = np.repeat(np.arange(users), [len(e) for e in excluded])
-    if rows.size:
-        scores[rows, np.concatenate([np.asarray(e, np.int64) for e in excluded])] = -np.inf
-    k = min(k, n)
-    if k < n:
-        # The k-th best score per row; keep everything above it and, among the ties at it, the
-        # lowest positions, so results do not depend on argpartition's internal order.
-        kth = -np.partition(-scores, k - 1, axis=1)[:, k - 1 : k]
-        above = scores > kth
-        ties = scores == kth
-        room = k - above.sum(axis=1, keepdims=True)
-        keep = above | (ties & (np.cumsum(ties, axis=1) <= room))
-        candidates = np.nonzero(keep)[1].reshape(users, k)
-    else:
-        candidates = np.broadcast_to(np.arange(n), (users, n))
-    values = np.take_along_axis(scores, candidates, axis=1)
-    order = np.lexsort((candidates, -values), axis=-1)
-    ranked = np.take_along_axis(candidates, order, axis=1)
-    return np.where(np.take_along_axis(values, order, axis=1) == -np.inf, -1, ranked)
 
 
 def rank(recommender: Recommender, members: Sequence[EvalMember], data: TrainingData, k: int,
@@ -116,7 +82,7 @@ def metrics_of_ranking(ranked: np.ndarray, members: Sequence[EvalMember], data: 
     if not keep:
         raise ValueError("no evaluated member has a target")
     targets = [data.positions(members[i].targets) for i in keep]
-    return metrics.ranking_metrics(ranked[keep], targets, ks, cohorts=[members[i].cohort for i in keep])
+    return ranking_metrics(ranked[keep], targets, ks, cohorts=[members[i].cohort for i in keep])
 
 
 def evaluate_recommender(recommender: Recommender, members: Sequence[EvalMember], data: TrainingData,

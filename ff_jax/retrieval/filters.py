@@ -13,6 +13,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from ff_jax.data.ranking_metrics import row_membership  # also scores hits; one membership test
+
 
 class Searchable(Protocol):
     """What the filters need from an index (see ff_jax.retrieval.index.Index)."""
@@ -36,37 +38,6 @@ def per_query_lists(
     if len(out) != queries:
         raise ValueError(f"{what} has {len(out)} entries for {queries} queries")
     return out
-
-
-def row_membership(values: np.ndarray, sets: Sequence[Collection[Any]] | np.ndarray) -> np.ndarray:
-    """bool [Q, F]: True where values[q, f] is in sets[q]. One vectorised pass over all rows.
-
-    `sets` is one collection per row, or a 2-D array (row q = the members of set q).
-    """
-    values = np.asarray(values)
-    if isinstance(sets, np.ndarray) and sets.ndim == 2:
-        flat, lengths = sets.ravel(), np.full(sets.shape[0], sets.shape[1], dtype=np.int64)
-    else:
-        lists = per_query_lists(sets, values.shape[0], "exclude")
-        lengths = np.array([len(x) for x in lists], dtype=np.int64)
-        flat = np.asarray([x for row in lists for x in row])
-    if lengths.shape[0] != values.shape[0]:
-        raise ValueError(f"{lengths.shape[0]} sets for {values.shape[0]} rows")
-    if lengths.sum() == 0:
-        return np.zeros(values.shape, dtype=bool)
-    if values.dtype.kind == "U":
-        flat = flat.astype(str)
-    elif flat.dtype.kind not in "iu" or values.dtype.kind not in "iu":
-        raise ValueError(f"cannot compare {flat.dtype} ids with {values.dtype} ids")
-    # Joint integer codes turn (row, id) pairs into single int64 keys for one np.isin call.
-    _, codes = np.unique(np.concatenate([values.ravel(), flat]), return_inverse=True)
-    codes = codes.ravel()
-    n_codes = int(codes.max()) + 1
-    value_keys = np.repeat(np.arange(values.shape[0], dtype=np.int64), values.shape[1]) * n_codes
-    set_keys = np.repeat(np.arange(lengths.shape[0], dtype=np.int64), lengths) * n_codes
-    value_keys += codes[: values.size]
-    set_keys += codes[values.size :]
-    return np.isin(value_keys, set_keys).reshape(values.shape)
 
 
 def blocked_author_mask(

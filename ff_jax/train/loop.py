@@ -15,6 +15,7 @@ import numpy as np
 from flax import nnx
 
 from ff_jax import assets
+from ff_jax.data.ranking_metrics import ranking_metrics, top_k
 from ff_jax.gin_cli import UsageError
 from ff_jax.model import Llama, LlamaConfig
 from ff_jax.model.sharding import batch_shards, create_sharded, logical_axis_rules, make_mesh, state_shardings
@@ -23,7 +24,7 @@ from ff_jax.train.checkpointing import CheckpointConfig, Checkpointer
 from ff_jax.train.data_source import FeedData, collect_embeddings
 from ff_jax.train.dual_encoder import DualEncoder, EncoderConfig, Scoring
 from ff_jax.train.losses import InfoNCE, l2_normalize, matryoshka_dims
-from ff_jax.train.metrics_log import MetricsLog, recall_at_ks
+from ff_jax.train.metrics_log import MetricsLog
 from ff_jax.train.optimizer import OptimizerConfig, learning_rate_schedule, make_optimizer
 from ff_jax.train.pca import PCA
 
@@ -189,6 +190,22 @@ def _local_shards(mesh, rules) -> int:
     if total % jax.process_count():
         raise ValueError(f"{total} batch shards do not split over {jax.process_count()} processes")
     return total // jax.process_count()
+
+
+def recall_at_ks(members: np.ndarray, corpus: np.ndarray, targets: Sequence[set], ks: Sequence[int],
+                 exclude: Optional[Sequence[set]] = None) -> dict[int, float]:
+    """{k: recall@k} of corpus positions ranked by dot product, through `top_k` and `ranking_metrics`
+    (ff_jax.data.ranking_metrics), the code ff_jax.retrieval's test reports use. Members without a
+    target are left out; a k beyond the corpus counts the whole corpus. exclude: positions not to
+    rank per member (its engaged history, as the evaluation protocol says)."""
+    keep = [i for i, t in enumerate(targets) if t]
+    if not keep:
+        return {k: 0.0 for k in ks}
+    excluded = [sorted(exclude[i]) if exclude is not None else [] for i in keep]
+    ranked = top_k(members[keep] @ corpus.T, excluded, max(ks))
+    cut = {k: min(k, ranked.shape[1]) for k in ks}
+    figures = ranking_metrics(ranked, [targets[i] for i in keep], sorted(set(cut.values())))["all"]
+    return {k: figures[f"recall@{c}"] for k, c in cut.items()}
 
 
 class Validator:

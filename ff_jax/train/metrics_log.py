@@ -7,7 +7,7 @@ process 0 writes, so a multi-host run logs once.
 import json
 import time
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 import jax
 import numpy as np
@@ -80,26 +80,3 @@ def read_jsonl(path: str | Path, split: str = "train") -> list[dict]:
     """The records of one split, in file order (a resumed run appends after the old lines)."""
     with open(path) as f:
         return [r for r in map(json.loads, f) if r.get("split") == split]
-
-
-def recall_at_ks(member: np.ndarray, corpus: np.ndarray, targets: list[set[int]], ks: Sequence[int],
-                 exclude: Optional[list[set[int]]] = None) -> dict[int, float]:
-    """{k: mean over members of |top-k ∩ targets| / |targets|}, by dot product (embeddings
-    normalised), the scores computed once for every k.
-
-    exclude: corpus indices not to rank per member (its history), as the evaluation protocol says.
-    """
-    scores = member @ corpus.T
-    if exclude is not None:
-        for row, skip in enumerate(exclude):
-            if skip:
-                scores[row, list(skip)] = -np.inf
-    # One partition at the largest k, its top sorted: every smaller top-k is a prefix of it.
-    widest = min(max(ks), scores.shape[1])
-    top = np.argpartition(-scores, widest - 1, axis=1)[:, :widest]
-    top = np.take_along_axis(top, np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1), axis=1)
-    out = {}
-    for k in ks:
-        hits = [len(set(top[i, :k].tolist()) & t) / len(t) for i, t in enumerate(targets) if t]
-        out[k] = float(np.mean(hits)) if hits else 0.0
-    return out
