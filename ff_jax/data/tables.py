@@ -8,16 +8,20 @@ rule that the `LoadSummary` counts (docs/data_tables.md lists the rules).
 
 from __future__ import annotations
 
+import codecs
+import dataclasses
 import gzip
 import io
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from ff_jax.data import tables_checks as checks
-from ff_jax.data.schema import TableSchema, infer_schema
+from ff_jax.data.schema import Column, TableSchema, infer_schema
+from ff_jax.data.tables_options import TablesOptions
 
 
 class LoadError(ValueError):
@@ -82,7 +86,7 @@ class LoadSummary:
 
 @dataclass
 class FeedTables:
-    """A dataset in the generic shape (see CONTRACTS.md, "Data tables").
+    """A dataset in the generic shape (docs/data_tables.md, "The generic schema").
 
     users:        'user_id' (str, unique) + profile columns
     items:        'item_id' (str, unique), 'text' (str), optional 'created_at' (int64 unix s), ...
@@ -105,14 +109,15 @@ class FeedTables:
                 f"{len(self.interactions):,} interactions of which {n_pos:,} engaged)")
 
 
-def _decode(data: bytes, source: str, encoding_errors: str, report: TableReport) -> str:
-    """UTF-8 decode; a bad byte is an error naming line and field, or (with "replace") U+FFFD."""
+def _decode(data: bytes, source: str, encoding_errors: str, report: TableReport, encoding: str = "utf-8") -> str:
+    """Decode with `encoding`; a bad byte is an error naming line and field, or (with "replace") U+FFFD.
+    A leading UTF-8 byte-order mark (Excel writes one) is dropped so the first header stays readable."""
     if encoding_errors not in ("strict", "replace"):
         raise ValueError(f"encoding_errors must be 'strict' or 'replace', not {encoding_errors!r}")
     pieces, start, bad_lines = [], 0, set()
     while True:
         try:
-            pieces.append(data[start:].decode("utf-8"))
+            pieces.append(data[start:].decode(encoding))
             break
         except UnicodeDecodeError as err:
             at = start + err.start
@@ -123,18 +128,27 @@ def _decode(data: bytes, source: str, encoding_errors: str, report: TableReport)
                 col = data.count(checks.delimiter(source).encode(), line_start, at)
                 name = header[col] if col < len(header) else f"#{col + 1}"
                 raise LoadError(f"{source} line {line_no} (row {line_no - 1}), field '{name}': "
-                                f"bytes that are not UTF-8 at byte offset {at} "
-                                "(re-encode the file as UTF-8, or load with encoding_errors='replace')") from None
-            pieces.append(data[start:at].decode("utf-8"))
+                                f"bytes that are not {_codec_name(encoding)} at byte offset {at} (re-encode the "
+                                "file, set TablesOptions.encoding to its codec, or load with "
+                                "encoding_errors='replace')") from None
+            pieces.append(data[start:at].decode(encoding))
             pieces.append("\ufffd")
             bad_lines.add(line_no)
             start = at + (err.end - err.start)
     if bad_lines:
-        report.change("non-UTF-8 bytes replaced by U+FFFD", len(bad_lines), f"line {min(bad_lines)}")
-    return "".join(pieces)
+        report.change(f"non-{_codec_name(encoding)} bytes replaced by U+FFFD", len(bad_lines),
+                      f"line {min(bad_lines)}")
+    text = "".join(pieces)
+    return text[1:] if text.startswith("\ufeff") else text
 
 
-def read_table_file(path: str | Path, report: TableReport, encoding_errors: str = "strict") -> pd.DataFrame:
+def _codec_name(encoding: str) -> str:
+    name = codecs.lookup(encoding).name  # "utf-8", "iso8859-1", ...
+    return "UTF-8" if name == "utf-8" else name
+
+
+def read_table_file(path: str | Path, report: TableReport, encoding_errors: str = "strict",
+                    encoding: str = "utf-8") -> pd.DataFrame:
     """Read one CSV / TSV (optionally .gz) or Parquet file. CSV cells are read as text and typed later."""
     path = Path(path)
     name = path.name.lower()
@@ -146,7 +160,7 @@ def read_table_file(path: str | Path, report: TableReport, encoding_errors: str 
         raw = path.read_bytes()
         if name.endswith(".gz"):
             raw = gzip.decompress(raw)
-        text = _decode(raw, str(path), encoding_errors, report)
+        text = _decode(raw, str(path), encoding_errors, report, encoding)
         try:
             frame = pd.read_csv(io.StringIO(text), sep=checks.delimiter(name), dtype=str,
                                 keep_default_na=False, na_filter=False)
@@ -161,14 +175,24 @@ def read_table_file(path: str | Path, report: TableReport, encoding_errors: str 
 def validate_tables(users: pd.DataFrame, items: pd.DataFrame, interactions: pd.DataFrame,
                     schema: TableSchema | None = None, name: str = "dataset",
                     sources: dict[str, str] | None = None, summary: LoadSummary | None = None,
-                    encoding_errors: str = "strict") -> FeedTables:
+                    encoding_errors: str = "strict", options: TablesOptions | None = None) -> FeedTables:
     """Type, check and repair three frames by the documented rules; the one gate into FeedTables.
 
     schema=None infers the kinds of undeclared columns (see schema.infer_column). With a
-    schema, columns it does not declare are ignored (noted in the summary).
+    schema, columns it does not declare are ignored (noted in the summary). options: the rules
+    for shapes outside the schema (ratings instead of `engaged`, ids as numbers; TablesOptions).
+    Interactions without a `timestamp` column are in time order as written (rule: timestamp =
+    row number).
     """
+    options = options or TablesOptions()
     sources = sources or {t: f"{name}:{t}" for t in ("users", "items", "interactions")}
     summary = summary or LoadSummary(name)
+    timestamp_note = None
+    if "timestamp" not in interactions.columns:  # file order is time order; only order matters to splits
+        interactions = interactions.assign(timestamp=np.arange(1, len(interactions) + 1, dtype=np.int64))
+        timestamp_note = ("no 'timestamp' column: rows are taken to be in time order as written "
+                          "(timestamp = row number, in seconds after 1970-01-01)")
+    schema = _with_rating(schema, interactions, options, sources["interactions"])
     frames = {"users": users, "items": items, "interactions": interactions}
     for table, frame in frames.items():
         report = summary.tables.setdefault(table, TableReport(table, sources[table]))
@@ -179,6 +203,8 @@ def validate_tables(users: pd.DataFrame, items: pd.DataFrame, interactions: pd.D
             raise LoadError(f"{sources[table]}: missing required column(s) {missing} "
                             f"(found: {list(frame.columns)})")
     schema = schema or infer_schema(users, items, interactions)
+    if timestamp_note:
+        summary["interactions"].notes.append(timestamp_note)
 
     typed = {}
     for table, frame in frames.items():
@@ -189,7 +215,10 @@ def validate_tables(users: pd.DataFrame, items: pd.DataFrame, interactions: pd.D
         absent = [c for c in schema.names(table) if c not in frame.columns]
         for col in absent:
             if (table, col) == ("interactions", "engaged"):
-                report.notes.append("no 'engaged' column: every interaction counts as an engagement")
+                if options.rating_threshold is None:  # with a threshold: noted where that rule applies
+                    hint = (f"; its '{options.rating_column}' column is unused (see TablesOptions.rating_threshold)"
+                            if options.rating_column in frame.columns else "")
+                    report.notes.append(f"no 'engaged' column: every interaction counts as an engagement{hint}")
             else:
                 report.notes.append(f"optional column '{col}' absent")
             schema = schema.without_columns(table, col)
@@ -198,10 +227,23 @@ def validate_tables(users: pd.DataFrame, items: pd.DataFrame, interactions: pd.D
         typed[table] = checks.coerce_columns(frame, schema.table(table), report, sources[table],
                                               encoding_errors)
 
+    if options.rating_threshold is not None:
+        typed["interactions"] = checks.engaged_from_rating(
+            typed["interactions"], options.rating_column, options.rating_threshold, summary["interactions"],
+            sources["interactions"])
+        summary["interactions"].notes.append(f"no 'engaged' column: engaged = {options.rating_column} >= "
+                                             f"{options.rating_threshold:g} (TablesOptions.rating_threshold)")
     if "engaged" not in typed["interactions"].columns:
         typed["interactions"]["engaged"] = True
+    if "engaged" not in schema.names("interactions"):
         schema = schema.with_columns("interactions", *[c for c in TableSchema().interactions
                                                        if c.name == "engaged"])
+    if options.numeric_ids:
+        for table, id_cols in (("users", ["user_id"]), ("items", ["item_id"]),
+                               ("interactions", ["user_id", "item_id"])):
+            for col in id_cols:
+                typed[table][col] = checks.numeric_ids(typed[table][col], typed[table], col, summary[table],
+                                                       sources[table])
 
     users = checks.dedupe_ids(typed["users"], "user_id", summary["users"], sources["users"])
     items = checks.dedupe_ids(typed["items"], "item_id", summary["items"], sources["items"])
@@ -214,6 +256,11 @@ def validate_tables(users: pd.DataFrame, items: pd.DataFrame, interactions: pd.D
     dropped_ids = {"user_id": lost(typed["users"]["user_id"], users["user_id"]),
                    "item_id": lost(typed["items"]["item_id"], items["item_id"])}
     known = {"user_id": users["user_id"], "item_id": items["item_id"]}
+    if not options.numeric_ids:  # ids compare as text; say so when numbers would have matched
+        for key in known:
+            hint = checks.numeric_id_hint(typed["interactions"][key], known[key], key)
+            if hint:
+                summary["interactions"].notes.append(hint)
     inter = checks.check_interactions(typed["interactions"], known, dropped_ids, summary["interactions"],
                                       sources["interactions"])
 
@@ -231,16 +278,41 @@ def validate_tables(users: pd.DataFrame, items: pd.DataFrame, interactions: pd.D
                       inter.reset_index(drop=True), schema, summary)
 
 
+def _with_rating(schema: TableSchema | None, interactions: pd.DataFrame, options: TablesOptions,
+                 source: str) -> TableSchema | None:
+    """Checks the rating rule applies, and declares the rating column numeric when a schema omits it."""
+    if options.rating_threshold is None:
+        return schema
+    column = options.rating_column
+    if "engaged" in interactions.columns:
+        raise LoadError(f"{source}: has an 'engaged' column and TablesOptions.rating_threshold="
+                        f"{options.rating_threshold:g} is set; use one of them")
+    if column not in interactions.columns:
+        raise LoadError(f"{source}: TablesOptions.rating_threshold needs a '{column}' column "
+                        f"(found: {list(interactions.columns)}; TablesOptions.rating_column names it)")
+    if schema is None or column not in schema.names("interactions"):
+        return schema and schema.with_columns("interactions", Column(column, "numeric"))
+    if schema.column("interactions", column).kind != "numeric":
+        raise LoadError(f"{source}: the schema declares '{column}' as "
+                        f"{schema.column('interactions', column).kind}; a rating must be numeric")
+    return schema
+
+
 def load_tables(users_path: str | Path, items_path: str | Path, interactions_path: str | Path,
                 schema: TableSchema | str | Path | None = None, name: str | None = None,
-                encoding_errors: str = "strict") -> FeedTables:
+                encoding_errors: str | None = None, options: TablesOptions | None = None) -> FeedTables:
     """Load a dataset in the generic schema from CSV / TSV / Parquet files (any mix).
 
     schema: the columns and their kinds (a TableSchema or the path of its JSON); None keeps
         every column and infers its kind.
-    encoding_errors: "strict" (default) rejects non-UTF-8 bytes naming line and field;
-        "replace" turns them into U+FFFD and counts the lines in the summary.
+    encoding_errors: "strict" (default) rejects bytes the codec cannot read, naming line and
+        field; "replace" turns them into U+FFFD and counts the lines in the summary. Overrides
+        options.encoding_errors when given.
+    options: encoding, rating threshold, ids as numbers (TablesOptions; docs/data_tables.md).
     """
+    options = options or TablesOptions()
+    if encoding_errors is not None:
+        options = dataclasses.replace(options, encoding_errors=encoding_errors)
     if isinstance(schema, (str, Path)):
         schema = TableSchema.from_json(Path(schema).read_text())
     paths = {"users": users_path, "items": items_path, "interactions": interactions_path}
@@ -248,6 +320,7 @@ def load_tables(users_path: str | Path, items_path: str | Path, interactions_pat
     frames = {}
     for table, path in paths.items():
         report = summary.tables.setdefault(table, TableReport(table, str(path)))
-        frames[table] = read_table_file(path, report, encoding_errors)
+        frames[table] = read_table_file(path, report, options.encoding_errors, options.encoding)
     return validate_tables(frames["users"], frames["items"], frames["interactions"], schema,
-                           summary.name, {t: str(p) for t, p in paths.items()}, summary, encoding_errors)
+                           summary.name, {t: str(p) for t, p in paths.items()}, summary,
+                           options.encoding_errors, options)

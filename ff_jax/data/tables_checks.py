@@ -262,3 +262,49 @@ def check_interactions(frame: pd.DataFrame, known: dict[str, pd.Series], dropped
     frame["timestamp"] = frame["timestamp"].astype(np.int64)
     frame["engaged"] = frame["engaged"].astype(bool)
     return frame
+
+
+def engaged_from_rating(frame: pd.DataFrame, column: str, threshold: float, report: TableReport,
+                        source: str) -> pd.DataFrame:
+    """engaged = rating >= threshold (TablesOptions.rating_threshold); a row without a rating says
+    nothing about engagement and is dropped, counted."""
+    rating = _numbers(frame[column], frame, column, source)
+    frame = drop_rows(frame, rating.isna(), f"missing {column} (needed by rating_threshold)", column, report,
+                      source)
+    frame["engaged"] = (rating.loc[frame.index] >= threshold).to_numpy()
+    return frame
+
+
+_WHOLE_NUMBER = r"\s*\+?\d+(?:\.0*)?\s*"
+
+
+def _as_number_text(ids: pd.Series) -> pd.Series:
+    """'007', '7.0', '+7' -> '7'; other ids unchanged."""
+    text = as_text(ids)
+    whole = text.str.fullmatch(_WHOLE_NUMBER)
+    digits = text[whole].str.strip().str.lstrip("+").str.split(".").str[0].str.lstrip("0").replace("", "0")
+    return text.mask(whole, digits)
+
+
+def numeric_ids(ids: pd.Series, frame: pd.DataFrame, field: str, report: TableReport, source: str) -> pd.Series:
+    """TablesOptions.numeric_ids: ids written as whole numbers compare as numbers (counted when rewritten)."""
+    out = _as_number_text(ids)
+    changed = (out != ids).to_numpy()
+    if changed.any():
+        report.change(f"'{field}' written as a number, compared as one (TablesOptions.numeric_ids)",
+                      int(changed.sum()), _example(source, frame, changed, field))
+    return out
+
+
+def numeric_id_hint(ids: pd.Series, known: pd.Series, field: str) -> str | None:
+    """A note when ids unknown as written would match as numbers ('007' vs 7): ids compare as text."""
+    unknown = ids[index_in(ids, known) < 0]
+    if unknown.empty:
+        return None
+    matches = index_in(_as_number_text(unknown), _as_number_text(known)) >= 0
+    if not matches.any():
+        return None
+    first = unknown[matches].iloc[0]
+    return (f"{int(matches.sum()):,} rows have a {field} unknown as written that matches as a number "
+            f"(first: {first!r}); ids compare as text: write them alike in every file, or set "
+            "TablesOptions.numeric_ids = True")

@@ -72,8 +72,8 @@ def test_any_dataset_in_the_shape_loads_without_code_changes(tmp_path):
 
 
 def test_missing_required_column_names_file_and_column(tmp_path):
-    paths = _write(tmp_path, interactions="user_id,item_id,engaged\nu1,i1,true\n")
-    with pytest.raises(LoadError, match=r"interactions\.csv: missing required column\(s\) \['timestamp'\]"):
+    paths = _write(tmp_path, interactions="user_id,timestamp,engaged\nu1,1700000500,true\n")
+    with pytest.raises(LoadError, match=r"interactions\.csv: missing required column\(s\) \['item_id'\]"):
         load_tables(*paths, SCHEMA)
 
 
