@@ -129,20 +129,51 @@ def test_scan_over_layers_matches_python_loop(model):
     np.testing.assert_allclose(run(_stacked_copy(model), tokens).logits, run(model, tokens).logits, atol=1e-5)
 
 
-def test_remat_changes_memory_not_gradients(model):
-    tokens = _tokens(2, 16, seed=6)
-    remat = Llama(model.config.replace(remat=True), rngs=nnx.Rngs(0))
+def _primitive_names(jaxpr, out=None) -> set:
+    """Every primitive in a jaxpr, nested jaxprs (jit, scan, remat bodies) included."""
+    out = set() if out is None else out
+    for eqn in jaxpr.eqns:
+        out.add(eqn.primitive.name)
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, (list, tuple)) else [value]:
+                if isinstance(sub, jax.extend.core.ClosedJaxpr):
+                    _primitive_names(sub.jaxpr, out)
+                elif isinstance(sub, jax.extend.core.Jaxpr):
+                    _primitive_names(sub, out)
+    return out
 
-    def loss(net):
-        return jnp.mean(net(tokens).logits ** 2)
 
-    g_plain = nnx.grad(loss)(model)
-    g_remat = nnx.grad(loss)(remat)
-    flat_plain = jax.tree.leaves(nnx.state(g_plain))
-    flat_remat = jax.tree.leaves(nnx.state(g_remat))
-    assert len(flat_plain) == len(flat_remat) > 0
-    for a, b in zip(flat_plain, flat_remat):
+def _compiled_gradient(net, tokens):
+    """(gradient leaves, primitive names of the gradient's jaxpr, compiled temp bytes)."""
+    graphdef, state = nnx.split(net)
+
+    def loss(state):
+        return jnp.mean(nnx.merge(graphdef, state)(tokens).logits ** 2)
+
+    grad = jax.grad(loss)
+    names = _primitive_names(jax.make_jaxpr(grad)(state).jaxpr)
+    compiled = jax.jit(grad).lower(state).compile()
+    return jax.tree.leaves(compiled(state)), names, compiled.memory_analysis().temp_size_in_bytes
+
+
+@pytest.mark.parametrize("scan_layers", [False, True])
+def test_remat_changes_memory_not_gradients(model, scan_layers):
+    tokens = _tokens(2, 64, seed=6)
+    cfg = model.config.replace(scan_layers=scan_layers)
+    plain = model if not scan_layers else Llama(cfg, rngs=nnx.Rngs(0))
+    remat = Llama(cfg.replace(remat=True), rngs=nnx.Rngs(0))
+    g_plain, names_plain, bytes_plain = _compiled_gradient(plain, tokens)
+    g_remat, names_remat, bytes_remat = _compiled_gradient(remat, tokens)
+    assert len(g_plain) == len(g_remat) > 0
+    for a, b in zip(g_plain, g_remat):
         np.testing.assert_allclose(a, b, atol=1e-6)
+    # The blocks really are rematerialised: a remat (checkpoint) primitive in the gradient's jaxpr.
+    is_remat = lambda name: "remat" in name or "checkpoint" in name
+    assert any(map(is_remat, names_remat)) and not any(map(is_remat, names_plain)), sorted(names_remat)
+    if scan_layers:
+        # Measured on XLA:CPU (2x64 tokens, tiny preset): 1.35 MB of temporaries with remat against
+        # 3.03 MB without. Unrolled layers leave XLA free to reschedule, so only the scan is checked.
+        assert bytes_remat < 0.75 * bytes_plain, (bytes_remat, bytes_plain)
 
 
 def test_lora_starts_as_identity_and_trains_only_adapters(model):
