@@ -169,10 +169,26 @@ class _FeedBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         records = PromptRecords(prepared, progress=True)
         if self.CORPUS:
             return {"corpus": records.corpus()}
+        _check_splits(prepared, self.builder_config)
         return {split: records.examples(split) for split in ("train", "validation", "test")}
 
     def _generate_examples(self):  # the generators come from _split_generators
         raise NotImplementedError
+
+
+def _check_splits(prepared: Prepared, config: FeedConfig) -> None:
+    """TFDS cannot write an empty split; say which one and why instead of its bare assertion."""
+    positives = prepared.tables.interactions.loc[prepared.tables.interactions["engaged"]]
+    most = int(positives.drop_duplicates(["user_id", "item_id"])["user_id"].value_counts().max()) if len(
+        positives) else 0
+    for split, fraction in (("train", None), ("validation", config.validation_fraction),
+                            ("test", config.test_fraction)):
+        if not len(getattr(prepared.splits, split)):
+            need = f"at least {int(np.ceil(1 / fraction))} engaged items for one {split} target" if fraction else \
+                "engaged items before their held-out ones"
+            raise ValueError(f"{prepared.tables.name}: the {split} split is empty: a member needs {need} "
+                             f"(the most any member has is {most}); add interactions, or change "
+                             "test_fraction / validation_fraction")
 
 
 _CACHE: dict[tuple, Prepared] = {}
@@ -266,3 +282,7 @@ def open_prepared(data_dir: str | Path, name: str, config: str) -> tuple[dict, P
     builder = tfds.builder_from_directory(str(versions[-1]))
     metadata = dict(builder.info.metadata)
     return builder.as_data_source(), PromptFormat.from_dict(metadata["prompt_format"]), metadata
+
+
+# `tables` / `tables_corpus` (your own files) subclass _FeedBuilder and add themselves to BUILDERS.
+from ff_jax.data import tables_builder  # noqa: E402,F401

@@ -18,6 +18,7 @@ import numpy as np
 
 from ff_jax.data.pipeline import BatchConfig, as_text, embedding_batches, train_batches
 from ff_jax.data.prompts import PromptFormat
+from ff_jax.data.tables_options import TablesOptions
 
 
 @dataclasses.dataclass
@@ -35,7 +36,8 @@ class FeedData:
     """A dataset prepared by ff_jax.data.tfds_builders under `data_dir` (built there first when
     missing and `prepare` is true). `dataset` names the member-example builder; its corpus is the
     sibling builder `<dataset>_corpus`. `tokenizer`: "byte" (tests), a tokenizer path, or
-    "checkpoint" (the pretrained model's own)."""
+    "checkpoint" (the pretrained model's own). dataset="tables": your own files in the folder
+    `tables`, read with `tables_options`; the config is named by their content (`config` unused)."""
 
     data_dir: str
     dataset: str = "feed_world"
@@ -48,9 +50,20 @@ class FeedData:
     validation_corpus: int = 0  # items ranked in validation (0: the whole corpus); targets always kept
     read_threads: int = 2
     numbers: Optional[str] = None  # "raw" / "absent": the builder config's variant for that ablation
+    tables: Optional[str] = None  # dataset="tables": the folder of users / items / interactions files
+    tables_options: Optional[TablesOptions] = None  # None: TablesOptions() with its gin bindings
+
+    def _tables_config(self):
+        from ff_jax.data.tables_builder import tables_config
+
+        if not self.tables:
+            raise ValueError("DATASET='tables' needs the folder of your files: --gin.TABLES=/path/to/folder")
+        return tables_config(self.tables, self.tables_options, self.numbers)
 
     @property
     def config_name(self) -> str:
+        if self.dataset == "tables":
+            return self._tables_config().name
         return f"{self.config}_{self.numbers}" if self.numbers else self.config
 
     def open_dataset(self, name: str):
@@ -58,6 +71,10 @@ class FeedData:
         missing and `prepare` is set."""
         from ff_jax.data import tfds_builders
 
+        if self.dataset == "tables":  # `tables` or `tables_corpus`, keyed by the files' content
+            from ff_jax.data.tables_builder import open_tables
+
+            return open_tables(name, self._tables_config(), self.data_dir, self.prepare)
         root = Path(self.data_dir) / name / self.config_name
         if self.prepare and not any(root.glob("*/dataset_info.json")):
             config = self.config
