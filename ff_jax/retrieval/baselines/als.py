@@ -1,16 +1,16 @@
-"""Implicit-feedback ALS (Hu, Koren & Volinsky, "Collaborative Filtering for Implicit Feedback
-Datasets", ICDM 2008), solved exactly with batched normal equations in numpy.
+"""Implicit-feedback ALS (Hu, Koren & Volinsky, ICDM 2008) through the `implicit` library (CPU).
 
-Every (member, item) cell is a preference p = 1 if engaged else 0, weighted by a confidence
-c = 1 + alpha * r (r = 1 on engagements). Minimising
+`implicit.cpu.als.AlternatingLeastSquares` minimises
     sum_ui c_ui (p_ui - x_u . y_i)^2 + reg (|X|^2 + |Y|^2)
-alternates closed-form steps; the member step is
-    x_u = (Y'Y + alpha * sum_{i in u} y_i y_i' + reg I)^-1 (1 + alpha) sum_{i in u} y_i
-(the item step is the same with roles swapped). Y'Y is shared by all members, so each step costs
-one small [f, f] solve per row, done in batches.
+with p_ui = 1 on engagements, 0 elsewhere, and confidence c_ui = alpha on engagements, 1 elsewhere
+(implicit multiplies the input matrix by `alpha`; the paper's c = 1 + alpha' r is implicit's
+alpha = 1 + alpha'). alpha = 1 weights every cell alike. Training uses implicit's conjugate-gradient
+half-steps (3 CG steps from the previous factors) unless `use_cg=False`.
 
-Members are scored by folding in: the member step above on their engaged history, against the
-final item factors — the same step training ends with, and it works for any member.
+Members are scored by folding in: `recalculate_user` solves the member half-step above exactly
+(Cholesky) on their engaged history against the trained item factors, so it works for any member,
+seen in training or not. implicit wants single-threaded BLAS (it parallelises over rows itself);
+fit and fold-in run under threadpoolctl's limit of 1 BLAS thread.
 """
 
 from __future__ import annotations
@@ -18,74 +18,50 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-import scipy.sparse as sp
-from tqdm.auto import tqdm
+from threadpoolctl import threadpool_limits
 
 from ff_jax.data.splits import EvalMember
 from ff_jax.retrieval.recommender import Recommender, TrainingData
 
 
-def _row_grams(matrix: sp.csr_matrix, factors: np.ndarray, chunk: int = 4096) -> np.ndarray:
-    """[rows, f, f]: sum over row r's non-zero columns i of factors[i] factors[i]'."""
-    f = factors.shape[1]
-    out = np.zeros((matrix.shape[0], f * f), np.float64)
-    for start in range(0, matrix.shape[1], chunk):  # column chunks bound the [chunk, f*f] outer block
-        block = factors[start : start + chunk]
-        outer = np.einsum("if,ig->ifg", block, block).reshape(-1, f * f)
-        out += matrix[:, start : start + chunk] @ outer
-    return out.reshape(-1, f, f)
-
-
-def solve_side(matrix: sp.csr_matrix, fixed: np.ndarray, alpha: float, reg: float,
-               batch: int = 8192) -> np.ndarray:
-    """One ALS half-step: the factors of `matrix`'s rows given the other side's `fixed` factors."""
-    f = fixed.shape[1]
-    shared = fixed.T @ fixed + reg * np.eye(f)
-    out = np.empty((matrix.shape[0], f), np.float64)
-    for start in range(0, matrix.shape[0], batch):
-        rows = matrix[start : start + batch]
-        lhs = shared + alpha * _row_grams(rows, fixed)
-        rhs = (1.0 + alpha) * (rows @ fixed)
-        out[start : start + batch] = np.linalg.solve(lhs, rhs[..., None])[..., 0]
-    return out
-
-
-def weighted_loss(matrix: sp.csr_matrix, users: np.ndarray, items: np.ndarray, alpha: float, reg: float) -> float:
-    """The objective above, computed densely (for tests and small data)."""
-    prediction = users @ items.T
-    preference = matrix.toarray()
-    confidence = 1.0 + alpha * preference
-    return float((confidence * (preference - prediction) ** 2).sum() + reg * ((users**2).sum() + (items**2).sum()))
-
-
 class ALS(Recommender):
-    """`factors` latent dimensions, L2 `reg`, confidence weight `alpha`, `iterations` full sweeps."""
+    """`factors` latent dimensions, L2 `reg`, confidence `alpha` (implicit's), `iterations` sweeps.
+
+    Defaults are the values chosen on MovieLens-100k's validation split (experiments/baselines.py).
+    `num_threads=1` keeps runs identical for a seed (implicit's threads split rows, 0 = all cores).
+    """
 
     name = "ALS"
 
-    def __init__(self, factors: int = 64, reg: float = 10.0, alpha: float = 10.0, iterations: int = 15,
-                 seed: int = 0, progress: bool = False):
-        if factors < 1 or reg < 0 or alpha < 0 or iterations < 1:
-            raise ValueError(f"ALS needs factors >= 1, reg >= 0, alpha >= 0, iterations >= 1; got "
+    def __init__(self, factors: int = 64, reg: float = 10.0, alpha: float = 1.0, iterations: int = 50,
+                 use_cg: bool = True, seed: int = 0, num_threads: int = 1, progress: bool = False):
+        if factors < 1 or reg < 0 or alpha <= 0 or iterations < 1:
+            raise ValueError(f"ALS needs factors >= 1, reg >= 0, alpha > 0, iterations >= 1; got "
                              f"factors={factors}, reg={reg}, alpha={alpha}, iterations={iterations}")
         self.factors, self.reg, self.alpha, self.iterations = factors, reg, alpha, iterations
-        self.seed, self.progress = seed, progress
+        self.use_cg, self.seed, self.num_threads, self.progress = use_cg, seed, num_threads, progress
 
     def fit(self, data: TrainingData) -> ALS:
+        from implicit.cpu.als import AlternatingLeastSquares
+
         super().fit(data)
-        by_user = sp.csr_matrix(data.engagements, dtype=np.float64)
-        by_item = by_user.T.tocsr()
-        rng = np.random.default_rng(self.seed)
-        self.user_factors = rng.normal(0, 0.01, (by_user.shape[0], self.factors))
-        self.item_factors = rng.normal(0, 0.01, (by_user.shape[1], self.factors))
-        for _ in tqdm(range(self.iterations), desc="ALS sweeps", disable=not self.progress):
-            self.user_factors = solve_side(by_user, self.item_factors, self.alpha, self.reg)
-            self.item_factors = solve_side(by_item, self.user_factors, self.alpha, self.reg)
+        with threadpool_limits(1, "blas"):  # implicit checks the BLAS threads when built and fitted
+            self.model = AlternatingLeastSquares(
+                factors=self.factors, regularization=self.reg, alpha=self.alpha, iterations=self.iterations,
+                use_cg=self.use_cg, calculate_training_loss=False, num_threads=self.num_threads,
+                random_state=self.seed)
+            self.model.fit(data.engagements.astype(np.float32).tocsr(), show_progress=self.progress)
+        self.item_factors = np.asarray(self.model.item_factors)
+        self.user_factors = np.asarray(self.model.user_factors)
         return self
 
     def member_factors(self, members: Sequence[EvalMember]) -> np.ndarray:
-        return solve_side(self.data.history_matrix(members).astype(np.float64), self.item_factors,
-                          self.alpha, self.reg)
+        """[members, factors]: the exact member half-step on each member's engaged history."""
+        if not members:
+            return np.zeros((0, self.factors), np.float32)
+        history = self.data.history_matrix(members).astype(np.float32).tocsr()
+        with threadpool_limits(1, "blas"):
+            return np.asarray(self.model.recalculate_user(np.arange(len(members)), history))
 
     def score(self, members: Sequence[EvalMember]) -> np.ndarray:
         return (self.member_factors(members) @ self.item_factors.T).astype(np.float32)

@@ -1,101 +1,67 @@
-"""BPR: Bayesian Personalized Ranking (Rendle et al., UAI 2009) with matrix factorisation, in JAX.
+"""BPR: Bayesian Personalized Ranking (Rendle et al., UAI 2009) with matrix factorisation, through the
+`implicit` library (CPU, `implicit.cpu.bpr.BayesianPersonalizedRanking`).
 
-For sampled triples (member u, engaged item i, item j the member did not engage with) it minimises
+For sampled triples (member u, engaged item i, item j the member did not engage with; implicit
+redraws j when u engaged with it) implicit runs SGD on
     -log sigmoid(s_ui - s_uj) + reg (|p_u|^2 + |q_i|^2 + |q_j|^2),   s_ui = p_u . q_i + b_i
-with Adam on minibatches. One epoch = as many triples as there are engagements; an epoch's
-triples are drawn on the host and run through one jitted `lax.scan`.
+for `iterations` epochs of one triple per engagement. The item bias b_i is implicit's extra factor
+column (the member's is fixed at 1), so both factor tables are `factors + 1` wide.
 
-Members are scored with their trained factors, looked up by user id; a member unseen in training
-gets zero factors (items then rank by their bias).
+BPR has no fold-in: members are scored with their trained factors, looked up by user id; a member
+unseen in training ranks items by their bias alone. `num_threads=1` (the default) makes the SGD
+order, and so the result, fixed for a seed; more threads update factors without locks (hogwild).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
-from tqdm.auto import tqdm
+from threadpoolctl import threadpool_limits
 
 from ff_jax.data.splits import EvalMember
 from ff_jax.retrieval.recommender import Recommender, TrainingData
 
 
-def bpr_loss(params: dict, users: jax.Array, positives: jax.Array, negatives: jax.Array, reg: float) -> jax.Array:
-    p, q, bias = params["users"][users], params["items"], params["bias"]
-    qi, qj = q[positives], q[negatives]
-    margin = jnp.sum(p * (qi - qj), axis=-1) + bias[positives] - bias[negatives]
-    penalty = reg * (jnp.sum(p**2) + jnp.sum(qi**2) + jnp.sum(qj**2)) / users.shape[0]
-    return -jnp.mean(jax.nn.log_sigmoid(margin)) + penalty
-
-
-def sample_negatives(users: np.ndarray, engaged_keys: np.ndarray, num_items: int, rng: np.random.Generator,
-                     tries: int = 5) -> np.ndarray:
-    """Uniform items per user, redrawn (up to `tries` times) where the user engaged with them.
-    `engaged_keys` is sorted user * num_items + item of every engagement."""
-    items = rng.integers(0, num_items, users.size)
-    for _ in range(tries):
-        clash = np.isin(users.astype(np.int64) * num_items + items, engaged_keys, assume_unique=False)
-        if not clash.any():
-            break
-        items[clash] = rng.integers(0, num_items, int(clash.sum()))
-    return items
-
-
 class BPR(Recommender):
+    """`factors` latent dimensions (+ an item bias), SGD `learning_rate`, L2 `reg`, `iterations` epochs.
+
+    Defaults are the values chosen on MovieLens-100k's validation split (experiments/baselines.py).
+    """
+
     name = "BPR"
 
-    def __init__(self, factors: int = 64, reg: float = 1e-4, learning_rate: float = 0.01, epochs: int = 60,
-                 batch_size: int = 1024, seed: int = 0, progress: bool = False):
-        if factors < 1 or epochs < 1 or batch_size < 1 or reg < 0:
-            raise ValueError(f"BPR needs factors, epochs, batch_size >= 1 and reg >= 0; got factors={factors}, "
-                             f"epochs={epochs}, batch_size={batch_size}, reg={reg}")
-        self.factors, self.reg, self.learning_rate, self.epochs = factors, reg, learning_rate, epochs
-        self.batch_size, self.seed, self.progress = batch_size, seed, progress
+    def __init__(self, factors: int = 64, reg: float = 0.001, learning_rate: float = 0.01, iterations: int = 100,
+                 seed: int = 0, num_threads: int = 1, progress: bool = False):
+        if factors < 1 or iterations < 1 or reg < 0 or learning_rate <= 0:
+            raise ValueError(f"BPR needs factors, iterations >= 1, reg >= 0 and learning_rate > 0; got "
+                             f"factors={factors}, iterations={iterations}, reg={reg}, learning_rate={learning_rate}")
+        self.factors, self.reg, self.learning_rate, self.iterations = factors, reg, learning_rate, iterations
+        self.seed, self.num_threads, self.progress = seed, num_threads, progress
 
     def fit(self, data: TrainingData) -> BPR:
+        from implicit.cpu.bpr import BayesianPersonalizedRanking
+
         super().fit(data)
-        coo = data.engagements.tocoo()
-        if coo.nnz == 0:
+        if data.engagements.nnz == 0:
             raise ValueError("BPR needs at least one engagement in the training data")
-        n_users, n_items = data.engagements.shape
-        keys = np.sort(coo.row.astype(np.int64) * n_items + coo.col)
-        rng = np.random.default_rng(self.seed)
-        init = jax.random.split(jax.random.key(self.seed), 2)
-        params = {"users": 0.1 * jax.random.normal(init[0], (n_users, self.factors)),
-                  "items": 0.1 * jax.random.normal(init[1], (n_items, self.factors)),
-                  "bias": jnp.zeros((n_items,))}
-        tx = optax.adam(self.learning_rate)
-        opt_state = tx.init(params)
-        reg = self.reg
-
-        @jax.jit
-        def epoch(params, opt_state, users, positives, negatives):
-            def step(carry, batch):
-                params, opt_state = carry
-                loss, grads = jax.value_and_grad(bpr_loss)(params, *batch, reg)
-                updates, opt_state = tx.update(grads, opt_state, params)
-                return (optax.apply_updates(params, updates), opt_state), loss
-            (params, opt_state), losses = jax.lax.scan(step, (params, opt_state), (users, positives, negatives))
-            return params, opt_state, losses.mean()
-
-        steps = max(1, coo.nnz // self.batch_size)
-        self.losses = []
-        for _ in tqdm(range(self.epochs), desc="BPR epochs", disable=not self.progress):
-            pick = rng.integers(0, coo.nnz, (steps, self.batch_size))
-            users, positives = coo.row[pick], coo.col[pick]
-            negatives = sample_negatives(users.ravel(), keys, n_items, rng).reshape(users.shape)
-            params, opt_state, loss = epoch(params, opt_state, users, positives, negatives)
-            self.losses.append(float(loss))
-        self.user_factors = np.asarray(params["users"])
-        self.item_factors = np.asarray(params["items"])
-        self.item_bias = np.asarray(params["bias"])
+        with threadpool_limits(1, "blas"):  # implicit checks the BLAS threads when built and fitted
+            self.model = BayesianPersonalizedRanking(
+                factors=self.factors, learning_rate=self.learning_rate, regularization=self.reg,
+                iterations=self.iterations, num_threads=self.num_threads, verify_negative_samples=True,
+                random_state=self.seed)
+            self.model.fit(data.engagements.astype(np.float32).tocsr(), show_progress=self.progress)
+        self.user_factors = np.asarray(self.model.user_factors)  # [users, factors + 1], last column 1
+        self.item_factors = np.asarray(self.model.item_factors)  # [items, factors + 1], last column bias
         return self
 
-    def score(self, members: Sequence[EvalMember]) -> np.ndarray:
+    def member_factors(self, members: Sequence[EvalMember]) -> np.ndarray:
+        """[members, factors + 1]: trained rows; an unseen member gets only the bias column."""
+        unseen = np.zeros(self.item_factors.shape[1], np.float32)
+        unseen[-1] = 1.0
         rows = [self.data.user_row(m.user_id) for m in members]
-        factors = np.stack([self.user_factors[r] if r is not None else np.zeros(self.factors, np.float32)
-                            for r in rows]) if rows else np.zeros((0, self.factors), np.float32)
-        return (factors @ self.item_factors.T + self.item_bias).astype(np.float32)
+        return np.stack([self.user_factors[r] if r is not None else unseen for r in rows]) if rows \
+            else np.zeros((0, self.item_factors.shape[1]), np.float32)
+
+    def score(self, members: Sequence[EvalMember]) -> np.ndarray:
+        return (self.member_factors(members) @ self.item_factors.T).astype(np.float32)
