@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 from pathlib import Path
 from typing import Optional, Protocol
 
@@ -204,6 +205,16 @@ def _read_ours(source: TensorSource, name: str, layout: str, index: tuple[Range,
     return x.T.reshape(h1 - h0, head_dim, e1 - e0)[:, d0:d1, :]
 
 
+_LAYER_INDEX = re.compile(r"^model\.layers\.(\d+)\.")
+
+
+def _deeper_layers(names, num_layers: int) -> set:
+    """Tensors of blocks at index >= num_layers. A config asking for fewer layers than the checkpoint
+    holds (`num_layers=4` as an override) is a truncated stack: the first blocks, the embedding and
+    the final norm load; the deeper blocks are left unread."""
+    return {n for n in names if (m := _LAYER_INDEX.match(n)) and int(m.group(1)) >= num_layers}
+
+
 def load_into_model(cfg: LlamaConfig, source: TensorSource, *, mesh=None, rules: Rules = DEFAULT_RULES,
                     ignore: tuple[str, ...] = ()) -> Llama:
     """A Llama whose params are read from `source`, each born in its shard on `mesh` (or on the
@@ -232,6 +243,7 @@ def load_into_model(cfg: LlamaConfig, source: TensorSource, *, mesh=None, rules:
         wanted.update(names)
         plan.append((path, variable, names, layout, stacked))
     ignorable = {"lm_head.weight"} if cfg.tie_embeddings else set()
+    ignorable |= _deeper_layers(source.names, cfg.num_layers)  # a truncated stack keeps the first blocks
     extra = sorted(n for n in source.names - wanted - ignorable
                    if not n.endswith("rotary_emb.inv_freq") and n not in ignore)
     if extra:

@@ -30,7 +30,8 @@ def from_pretrained(path: str | Path, *, mesh=None, rules: Optional[Rules] = Non
 
     `dtype` / `param_dtype` ("float32", "bfloat16", or a jnp dtype) set compute and storage
     precision (default float32); `config_overrides` set other LlamaConfig fields that do not
-    change the weights' shapes (scan_layers, remat, lora_rank, max_position_embeddings, ...).
+    change the weights' shapes (scan_layers, remat, lora_rank, max_position_embeddings, ...);
+    `num_layers` below the checkpoint's own keeps only the first blocks (a truncated stack).
     The tokenizer comes from the GGUF metadata, or from tokenizer.json / tokenizer.model in the
     directory.
     """

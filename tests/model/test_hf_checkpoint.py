@@ -151,3 +151,17 @@ def test_export_merges_lora_and_saves_tokenizer(hf_dir, tmp_path):
     np.testing.assert_allclose(np.asarray(_logits(again, jnp.asarray(tokens))), ours, atol=1e-4)
     assert restored.markers == tokenizer.markers
     assert restored.vocab_size == again.config.vocab_size == tokenizer.vocab_size
+
+
+def test_num_layers_override_loads_a_truncated_stack_equal_to_transformers_cut_the_same_way(tmp_path):
+    """`from_pretrained(dir, num_layers=2)` on a 3-layer checkpoint keeps the first two blocks, the
+    embedding and the final norm: the same logits as transformers' model with its last block removed."""
+    torch.manual_seed(1)
+    reference = LlamaForCausalLM(HFConfig(**CONFIGS["tied_sharded"])).eval()
+    reference.save_pretrained(tmp_path)
+    reference.model.layers = reference.model.layers[:2]
+    reference.config.num_hidden_layers = 2
+    tokens = _tokens(reference.config.vocab_size, seed=3)
+    model, _ = from_pretrained(tmp_path, num_layers=2)
+    assert model.config.num_layers == 2
+    np.testing.assert_allclose(np.asarray(_logits(model, tokens)), _hf_logits(reference, tokens), atol=1e-4)
