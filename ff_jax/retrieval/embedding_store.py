@@ -15,62 +15,28 @@ size or input) are refused with the differing field named, unless `overwrite` wi
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
-import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import ml_dtypes
 import numpy as np
 
-MANIFEST = "manifest.json"
+from ff_jax import files
+from ff_jax.files import MANIFEST, STORAGE_DTYPES
+from ff_jax.rows import unit_rows
+
 FORMAT_VERSION = 1
-STORAGE_DTYPES = {"float32": np.float32, "float16": np.float16, "bfloat16": ml_dtypes.bfloat16}
 
 
 class EmbeddingStoreError(ValueError):
     """A tower folder is missing, incomplete, corrupt, or holds embeddings made with other settings."""
 
 
-def _atomic_save(path: Path, array: np.ndarray) -> str:
-    """Writes `array` as .npy under a temporary name, then renames; returns the bytes' sha256."""
-    buffer = io.BytesIO()
-    np.save(buffer, array, allow_pickle=False)
-    data = buffer.getvalue()
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return hashlib.sha256(data).hexdigest()
-
-
-def _load_checked(file: Path, sha256: str | None) -> np.ndarray:
-    """The .npy at `file`, read once; its checksum must equal `sha256` unless that is None."""
-    if not file.exists():
-        raise EmbeddingStoreError(f"{file}: listed in the manifest but missing")
-    data = file.read_bytes()
-    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
-        raise EmbeddingStoreError(f"{file}: checksum mismatch (corrupt or modified)")
-    return np.load(io.BytesIO(data), allow_pickle=False)
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def truncate_normalise(vectors: np.ndarray, dim: int) -> np.ndarray:
     """The first `dim` components of each row, scaled back to unit length (float32)."""
-    cut = np.asarray(vectors, np.float32)[:, :dim]
-    norms = np.linalg.norm(cut, axis=1, keepdims=True)
-    return cut / np.maximum(norms, 1e-12)
+    return unit_rows(np.asarray(vectors)[:, :dim], f"embeddings cut to {dim} dims")
 
 
 class ShardWriter:
@@ -120,7 +86,7 @@ class ShardWriter:
             raise EmbeddingStoreError(f"{path}: not valid JSON (line {err.lineno}: {err.msg})") from None
 
     def _flush(self) -> None:
-        _atomic_text(self.directory / MANIFEST, json.dumps(self.manifest, indent=1, sort_keys=True))
+        files.write_manifest(self.directory / MANIFEST, self.manifest)
 
     @property
     def num_shards(self) -> int:
@@ -148,14 +114,9 @@ class ShardWriter:
             return
         dtype = STORAGE_DTYPES[self.settings["dtype"]]
         stem = f"shard-{shard:05d}"
-        files = {}
-        for dim in self.settings["dims"]:
-            stored = truncate_normalise(vectors, dim).astype(dtype)
-            if dtype is ml_dtypes.bfloat16:
-                stored = stored.view(np.uint16)
-            files[f"{stem}.d{dim}.npy"] = stored
-        files[f"{stem}.ids.npy"] = np.asarray(list(ids), dtype=str)
-        checksums = {name: _atomic_save(self.directory / name, array) for name, array in files.items()}
+        arrays = {f"{stem}.d{dim}.npy": truncate_normalise(vectors, dim).astype(dtype) for dim in self.settings["dims"]}
+        arrays[f"{stem}.ids.npy"] = np.asarray(list(ids), dtype=str)
+        checksums = {name: files.save_npy(self.directory / name, array) for name, array in arrays.items()}
         self.manifest["shards"][str(shard)] = {"rows": stop - start, "files": checksums}
         self._flush()
 
@@ -180,11 +141,11 @@ def read_tower(directory: str | Path, dim: int | None = None, verify: bool = Tru
     ids, vectors = [], []
     for s in range(shards):
         checksums = manifest["shards"][str(s)]["files"]
-        shard_id, stored = (_load_checked(directory / name, checksums[name] if verify else None)
+        shard_id, stored = (files.load_npy(directory / name, checksums[name] if verify else None,
+                                           bfloat16=name.endswith(f".d{dim}.npy") and settings["dtype"] == "bfloat16",
+                                           error=EmbeddingStoreError)
                             for name in (f"shard-{s:05d}.ids.npy", f"shard-{s:05d}.d{dim}.npy"))
         ids.append(shard_id)
-        if settings["dtype"] == "bfloat16":
-            stored = stored.view(ml_dtypes.bfloat16)
         vectors.append(stored.astype(np.float32))
     return np.concatenate(ids), np.concatenate(vectors)
 

@@ -18,14 +18,14 @@ from typing import Any
 import gin
 import jax
 import jax.numpy as jnp
-import ml_dtypes
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from ff_jax import files
+from ff_jax.files import STORAGE_DTYPES
 from ff_jax.retrieval.index import Index, IndexFormatError
 
-STORAGE_DTYPES = {"float32": np.float32, "float16": np.float16, "bfloat16": ml_dtypes.bfloat16}
 CORPUS_FILE = "corpus.npy"
 
 
@@ -237,10 +237,7 @@ class ExactIndex(Index):
     # -- persistence ------------------------------------------------------------------------
 
     def _save(self, path: Path) -> dict[str, Any]:
-        corpus = self._host[: self._rows]
-        if self._dtype is ml_dtypes.bfloat16:  # .npy has no bfloat16: store the raw bits
-            corpus = corpus.view(np.uint16)
-        np.save(path / CORPUS_FILE, corpus, allow_pickle=False)
+        files.save_npy(path / CORPUS_FILE, self._host[: self._rows])
         return dataclasses.asdict(self.config)
 
     @classmethod
@@ -249,9 +246,7 @@ class ExactIndex(Index):
             config = ExactConfig(**manifest["config"])
         except TypeError as err:
             raise IndexFormatError(f"{path / 'manifest.json'}: bad exact config ({err})") from None
-        corpus = np.load(path / CORPUS_FILE, allow_pickle=False)
-        if config.dtype == "bfloat16":
-            corpus = corpus.view(ml_dtypes.bfloat16)
+        corpus = files.load_npy(path / CORPUS_FILE, bfloat16=config.dtype == "bfloat16", error=IndexFormatError)
         if corpus.shape != (manifest["count"], manifest["dim"]):
             raise IndexFormatError(
                 f"{path / CORPUS_FILE}: shape {corpus.shape} does not match the manifest "

@@ -10,7 +10,6 @@ silently wrong neighbours.
 from __future__ import annotations
 
 import abc
-import hashlib
 import importlib
 import json
 from collections.abc import Collection, Sequence
@@ -20,10 +19,12 @@ from typing import Any, ClassVar
 import gin
 import numpy as np
 
+from ff_jax import files
+from ff_jax.files import MANIFEST
 from ff_jax.retrieval import filters
+from ff_jax.rows import unit_rows
 
 FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
 METRIC = "cosine"
 IDS_FILE = "ids.npy"
 
@@ -65,25 +66,14 @@ def as_id_array(ids: Sequence[Any] | np.ndarray, expected: int, what: str = "ids
 
 
 def normalize_rows(x: Any, what: str, dim: int | None = None) -> np.ndarray:
-    """float32 [N, D] with unit rows; rejects wrong rank/width, NaN/inf and zero rows by name."""
+    """ff_jax.rows.unit_rows of vectors for this index, which must be `dim` wide when given."""
     arr = np.asarray(x)
-    if arr.ndim != 2:
-        raise ValueError(f"{what} must be a 2-D [rows, dim] array, got shape {arr.shape}")
-    if arr.dtype.kind not in "fiu" and arr.dtype.name != "bfloat16":
-        raise ValueError(f"{what} must be numeric, got dtype {arr.dtype}")
-    if dim is not None and arr.shape[1] != dim:
+    if dim is not None and arr.ndim == 2 and arr.shape[1] != dim:
         raise ValueError(
             f"dimension mismatch: {what} have dimension {arr.shape[1]} but the index holds "
             f"{dim}-d embeddings"
         )
-    arr = arr.astype(np.float32, copy=False)
-    if not np.isfinite(arr).all():
-        bad = int(np.argwhere(~np.isfinite(arr))[0, 0])
-        raise ValueError(f"{what} row {bad} contains NaN or inf")
-    norms = np.linalg.norm(arr, axis=1, keepdims=True)
-    if arr.shape[0] and (norms == 0).any():
-        raise ValueError(f"{what} row {int(np.argmin(norms[:, 0]))} has zero norm (cannot be normalised)")
-    return arr / norms
+    return unit_rows(arr, what)
 
 
 # ----------------------------------------------------------------------------- the interface
@@ -183,9 +173,9 @@ class Index(abc.ABC):
             "metric": METRIC,
             "ids_dtype": str(self._ids.dtype),  # type: ignore[union-attr]
             "config": extra,
-            "checksums": {name: _sha256(path / name) for name in _payload_files(path)},
+            "checksums": files.checksums(path),
         }
-        (path / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+        files.write_manifest(path / MANIFEST, manifest)
         return path
 
     @classmethod
@@ -260,20 +250,6 @@ class Index(abc.ABC):
 # ----------------------------------------------------------------------------- manifest
 
 
-def _payload_files(path: Path) -> list[str]:
-    return sorted(
-        str(p.relative_to(path)) for p in path.rglob("*") if p.is_file() and p.name != MANIFEST
-    )
-
-
-def _sha256(file: Path) -> str:
-    digest = hashlib.sha256()
-    with open(file, "rb") as f:
-        for block in iter(lambda: f.read(1 << 24), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 _REQUIRED = {"kind": str, "version": int, "dim": int, "count": int, "metric": str, "checksums": dict}
 
 
@@ -305,11 +281,7 @@ def read_manifest(path: Path, verify: bool = True) -> dict[str, Any]:
         raise IndexFormatError(f"{file}: metric '{manifest['metric']}' is not '{METRIC}'")
     if verify:
         for name, expected in manifest["checksums"].items():
-            target = path / name
-            if not target.is_file():
-                raise IndexFormatError(f"{target}: listed in the manifest but missing")
-            if _sha256(target) != expected:
-                raise IndexFormatError(f"{target}: checksum mismatch (corrupt or modified)")
+            files.verify(path / name, expected, IndexFormatError)
         if IDS_FILE not in manifest["checksums"]:
             raise IndexFormatError(f"{file}: checksums do not cover {IDS_FILE}")
     return manifest

@@ -22,6 +22,7 @@ import scipy.sparse as sp
 
 from ff_jax.data.splits import TEST, TRAIN, EvalMember, Splits
 from ff_jax.data.tables import FeedTables
+from ff_jax.rows import unit_rows  # noqa: F401  (re-exported: baselines normalise with it)
 
 SPLITS = ("validation", "test")
 
@@ -110,19 +111,6 @@ class Recommender(abc.ABC):
     @abc.abstractmethod
     def score(self, members: Sequence[EvalMember]) -> np.ndarray:
         """float32 [len(members), corpus items], higher = better; history exclusion is done by the caller."""
-
-
-def unit_rows(x: np.ndarray, what: str, row_numbers: np.ndarray | None = None) -> np.ndarray:
-    """float32 rows scaled to unit L2 norm; a zero row is an error naming its position (its number
-    in `row_numbers` when x is a sample of a larger array)."""
-    x = np.asarray(x, np.float32)
-    if x.ndim != 2:
-        raise ValueError(f"{what} must be a 2-D [rows, dim] array, got shape {x.shape}")
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    if x.shape[0] and (norms == 0).any():
-        zero = int(np.argmin(norms[:, 0]))
-        raise ValueError(f"{what} row {zero if row_numbers is None else int(row_numbers[zero])} has zero norm")
-    return x / norms
 
 
 class EmbeddingRecommender(Recommender):
