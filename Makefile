@@ -25,7 +25,9 @@ $(STAMP): pyproject.toml Makefile
 demo: $(STAMP)
 	$(VENV)/bin/ff-jax demo
 
+# The package layering (pyproject.toml, [tool.importlinter]) first: a broken contract fails the target.
 test: $(STAMP)
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -n $(WORKERS) --dist loadgroup tests
 
 # About 45 minutes on 2 cores; the other scripts in benchmarks/ run on their own.

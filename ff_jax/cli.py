@@ -1,76 +1,237 @@
-"""`ff-jax SUBCOMMAND --gin_file=... --gin.NAME=VALUE --workdir=DIR`: the one entry point.
+"""`ff-jax SUBCOMMAND --gin_file=FILE --gin.NAME=VALUE --workdir=DIR`: the one entry point.
 
-Each subcommand is a thin gin-configured function `run(workdir)`; adding one is one line in
-SUBCOMMANDS ("module:function" of a `main(argv)` or, for gin entries, of the configurable).
+    ff-jax train --gin_file=experiments/tiny_smoke.gin --gin.DATA_DIR=/tmp/tfds --workdir=/tmp/run
+    ff-jax embed --workdir=/tmp/run        # the training run's config.gin is read first
+    ff-jax eval  --workdir=/tmp/run
+    ff-jax demo  [--steps=100] [--workdir=workdirs/demo]
+    ff-jax SUBCOMMAND --help               # its flags and the gin macros its run file requires
+
+One absl flag parser for every subcommand: `--gin.NAME=VALUE` is rewritten to
+`--gin_bindings=NAME=VALUE` (as t5x does) and ff_jax.gin_cli parses the bindings with gin
+itself. A subcommand is a thin function over a gin-configured entry (train.loop.train,
+retrieval.embed_job.embed, retrieval.evaluate.evaluate_run, demo.run).
+
+Library code raises ordinary exceptions. Here, and only here, an error in what the user gave
+(flags, gin, files, data: flag errors, GinError, ValueError, OSError) becomes one line on stderr,
+`ff-jax NAME: <what failed>: <message>`, and exit status 2; any other exception is a bug and keeps
+its traceback, as does every error under `--verbosity=1`.
 """
 
+import dataclasses
 import importlib
+import re
 import sys
+import textwrap
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
-from ff_jax.gin_cli import UsageError, configured, split_flags
+import gin
+from absl import flags
 
-# name -> (module:function, takes gin flags). Gin entries are called as fn(workdir=...) after the
-# config is parsed; plain entries get the raw argv.
-SUBCOMMANDS = {
-    "train": ("ff_jax.train.loop:train", True),
-    "embed": ("ff_jax.retrieval.embed_job:embed_main", False),
-    "eval": ("ff_jax.retrieval.evaluate:eval_main", False),
-    "demo": ("ff_jax.demo:main", False),
+from ff_jax import gin_cli, verbosity
+
+
+class CommandLineError(ValueError):
+    """A flag the command cannot run with (missing or contradictory)."""
+
+    label = "bad flag"
+
+
+def _module(name: str):
+    """A subcommand's module, imported only when it runs: they import jax and TFDS (seconds), which
+    `ff-jax --help` and `ff-jax SUBCOMMAND --help` should not wait for."""
+    return importlib.import_module(name)
+
+
+def _write_config(workdir: str) -> None:
+    path = Path(workdir)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "config.gin").write_text(gin.config_str())
+
+
+def _files_with_workdir_config(args) -> list[str]:
+    """The workdir's config.gin (a training run's, when there is one), then --gin_file."""
+    run_config = Path(args.workdir) / "config.gin"
+    return ([str(run_config)] if run_config.exists() else []) + list(args.gin_file or [])
+
+
+def _train(args) -> None:
+    if not args.gin_file:
+        raise CommandLineError("give at least one --gin_file (e.g. --gin_file=experiments/tiny_smoke.gin)")
+    if args.distributed:  # one process per host: coordinator and ids from the environment
+        _module("jax").distributed.initialize()
+    loop = _module("ff_jax.train.loop")  # importing registers the configurables the files bind
+    with gin_cli.configured(args.gin_file, args.gin_bindings):
+        _write_config(args.workdir)
+        result = loop.train(workdir=args.workdir)
+    for split, values in result.items():
+        if values:
+            print(f"{split}: " + ", ".join(f"{k} {v:.4g}" for k, v in values.items() if isinstance(v, float)))
+
+
+def _embed(args) -> None:
+    embed_job = _module("ff_jax.retrieval.embed_job")
+    with gin_cli.configured(_files_with_workdir_config(args), args.gin_bindings):
+        folders = embed_job.embed(workdir=args.workdir)
+    for tower, folder in folders.items():
+        print(f"{tower} embeddings: {folder}")
+
+
+def _eval(args) -> None:
+    evaluate = _module("ff_jax.retrieval.evaluate")  # prints its own table
+    with gin_cli.configured(_files_with_workdir_config(args), args.gin_bindings):
+        evaluate.evaluate_run(workdir=args.workdir)
+
+
+def _demo(args) -> None:
+    _module("ff_jax.demo").run(Path(args.workdir), args.steps, args.gin_bindings)
+
+
+def _distributed_flag(fv: flags.FlagValues) -> None:
+    flags.DEFINE_boolean("distributed", False, "one process per host: jax.distributed.initialize() with the "
+                         "coordinator and process ids from the environment", flag_values=fv)
+
+
+def _steps_flag(fv: flags.FlagValues) -> None:
+    flags.DEFINE_integer("steps", 100, "dual-encoder training steps (the STEPS macro)", lower_bound=1, flag_values=fv)
+
+
+@dataclasses.dataclass(frozen=True)
+class Command:
+    run: Callable
+    summary: str
+    run_file: str  # the gin file whose macros --help lists
+    workdir_help: str
+    workdir_default: Optional[str] = None  # None: --workdir is required
+    gin_files: bool = True  # takes --gin_file
+    extra_flags: Callable[[flags.FlagValues], None] = lambda fv: None
+    macros_note: str = ""
+
+
+COMMANDS = {
+    "train": Command(_train, "Trains a dual encoder into --workdir; the same command again resumes from its newest "
+                     "checkpoint.", "runs/train.gin", "where checkpoints, metrics and config.gin go",
+                     extra_flags=_distributed_flag),
+    "embed": Command(_embed, "Embeds the corpus and the members of a split with a training run's newest checkpoint "
+                     "(resumable shards under --workdir/embeddings).", "runs/train.gin",
+                     "a training run's workdir (its config.gin is read first), or where to write",
+                     macros_note="already set when --workdir holds a training run's config.gin"),
+    "eval": Command(_eval, "Ranks the corpus for the embedded members: recall@K, NDCG, MRR, cohorts, Matryoshka "
+                    "widths, ScaNN against exact.", "runs/train.gin",
+                    "where `ff-jax embed` wrote its embeddings (its config.gin is read first)",
+                    macros_note="already set when --workdir holds a training run's config.gin"),
+    "demo": Command(_demo, "The whole job end to end on a CPU: a pretrained backbone, feed data, a tiny dual encoder "
+                    "trained, then embedded and evaluated against baselines.", "experiments/compact_feed_world.gin",
+                    "where data, checkpoints and logs go (emptied first)", workdir_default="workdirs/demo",
+                    gin_files=False, extra_flags=_steps_flag, macros_note="the demo sets them itself"),
 }
 
-USAGE = ("usage: ff-jax {%s} --gin_file=FILE [--gin_file=...] [--gin.NAME=VALUE ...] --workdir=DIR "
-         "[--distributed]" % ",".join(SUBCOMMANDS))
+
+def flag_values(command: Command) -> flags.FlagValues:
+    """The flags of one subcommand, in a FlagValues of its own (absl's global FLAGS stays untouched)."""
+    fv = flags.FlagValues()
+    if command.gin_files:
+        flags.DEFINE_multi_string("gin_file", None, "a gin file (a path, or relative to configs/); repeat for "
+                                  "more, later files override earlier ones", flag_values=fv)
+    flags.DEFINE_multi_string("gin_bindings", [], "a gin binding NAME=VALUE; --gin.NAME=VALUE is the short form",
+                              flag_values=fv)
+    flags.DEFINE_string("workdir", command.workdir_default, command.workdir_help, flag_values=fv)
+    flags.DEFINE_integer("verbosity", -1, "absl levels: -1 warnings (default), 0 also INFO logs and other "
+                         "libraries' progress bars, 1 debug logs and tracebacks", short_name="v", flag_values=fv)
+    command.extra_flags(fv)
+    return fv
 
 
-def _load(target: str):
-    module, _, name = target.partition(":")
-    return getattr(importlib.import_module(module), name)
+def usage() -> str:
+    lines = ["usage: ff-jax SUBCOMMAND [--gin_file=FILE ...] [--gin.NAME=VALUE ...] --workdir=DIR [flags]", "",
+             "subcommands (ff-jax SUBCOMMAND --help for their flags and gin macros):"]
+    lines += [textwrap.fill(command.summary, 100, initial_indent=f"  {name:7}", subsequent_indent=" " * 9)
+              for name, command in COMMANDS.items()]
+    return "\n".join(lines)
 
 
-def run_gin_command(name: str, target: str, argv: Sequence[str]):
-    files, bindings, workdir, rest = split_flags(argv)
-    if "--distributed" in rest:  # one process per host: coordinator and ids from the environment
-        rest.remove("--distributed")
-        import jax
+def help_text(name: str) -> str:
+    command = COMMANDS[name]
+    fv = flag_values(command)
+    flag_help = [line for line in fv.get_help(prefix="", include_special_flags=False).splitlines()
+                 if line.startswith("  ")]  # absl heads each module's flags with its name: drop that
+    required = gin_cli.required_macros_in(command.run_file)
+    note = f" ({command.macros_note})" if command.macros_note else ""
+    header = gin_cli.header_comment(command.run_file).splitlines()
+    gin_files = "--gin_file=FILE [--gin_file=FILE ...] " if command.gin_files else ""
+    workdir = "[--workdir=DIR]" if command.workdir_default else "--workdir=DIR"
+    return "\n".join([f"usage: ff-jax {name} {gin_files}[--gin.NAME=VALUE ...] {workdir} [flags]", "",
+                      textwrap.fill(command.summary, 100), "", "flags:", *flag_help, "",
+                      f"gin macros of {command.run_file} (set with --gin.NAME=VALUE); required: "
+                      f"{', '.join(required) or 'none'}{note}", *(f"  {line}" for line in header)])
 
-        jax.distributed.initialize()
-    if rest:
-        raise UsageError(f"{name}: unknown arguments {rest}\n{USAGE}")
-    if not files:
-        raise UsageError(f"{name}: give at least one --gin_file\n{USAGE}")
-    if not workdir:
-        raise UsageError(f"{name}: --workdir=DIR is required")
-    fn = _load(target)  # importing registers the configurables the files bind
-    import gin
 
-    with configured(files, bindings):
-        workdir_path = Path(workdir)
-        workdir_path.mkdir(parents=True, exist_ok=True)
-        (workdir_path / "config.gin").write_text(gin.config_str())
-        return fn(workdir=workdir)
+def one_line(err: BaseException) -> str:
+    """The message without gin's "In call to configurable" trail, its lines joined."""
+    text = str(err).split("\n  In call to configurable")[0]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    out = lines[0] if lines else type(err).__name__
+    for line in lines[1:]:
+        out += (" " if out.endswith(":") else "; ") + line
+    return out
+
+
+def label(err: BaseException) -> Optional[str]:
+    """What failed, for the one-line message; None for a bug (which keeps its traceback)."""
+    if isinstance(err, (gin_cli.GinError, CommandLineError)):
+        return err.label
+    if isinstance(err, flags.UnrecognizedFlagError):
+        return "unknown flag"
+    if isinstance(err, flags.Error):
+        return "bad flag"
+    if isinstance(err, FileNotFoundError):
+        return "no such file"
+    if isinstance(err, (ValueError, OSError)):
+        # A named library error says what failed: IncompatibleWorkdir -> "incompatible workdir".
+        name = type(err).__name__
+        return "error" if name in ("ValueError", "OSError") else " ".join(re.findall(r"[A-Z][a-z]*", name)).lower()
+    return None
+
+
+def parse_flags(fv: flags.FlagValues, name: str, argv: Sequence[str]) -> flags.FlagValues:
+    """Parses `argv` of subcommand `name` into `fv`, `--gin.NAME=VALUE` included."""
+    extra = fv([f"ff-jax {name}", *gin_cli.rewrite_gin_flags(argv)])[1:]
+    if extra:
+        raise CommandLineError(f"unexpected argument(s) {extra}: flags take the form --name=value")
+    if not fv.workdir:
+        raise CommandLineError(f"--workdir=DIR is required ({COMMANDS[name].workdir_help})")
+    return fv
+
+
+def run(name: str, argv: Sequence[str]) -> int:
+    command = COMMANDS[name]
+    fv = flag_values(command)
+    if any(arg in ("-h", "--help", "--helpfull") for arg in argv):
+        print(help_text(name))
+        return 0
+    try:
+        parse_flags(fv, name, argv)
+        verbosity.apply(fv.verbosity)
+        command.run(fv)
+    except Exception as err:  # noqa: BLE001  (sorted into the user's errors and bugs by `label`)
+        what = label(err)
+        if what is None or fv["verbosity"].value >= 1:
+            raise
+        print(f"ff-jax {name}: {what}: {one_line(err)}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help"):
-        print(USAGE)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage(), file=sys.stdout if argv else sys.stderr)
         return 0 if argv else 2
-    name, rest = argv[0], argv[1:]
-    if name not in SUBCOMMANDS:
-        print(f"ff-jax: unknown subcommand {name!r}\n{USAGE}", file=sys.stderr)
+    if argv[0] not in COMMANDS:
+        print(f"ff-jax: unknown subcommand {argv[0]!r}; choose from {', '.join(COMMANDS)} (ff-jax --help)",
+              file=sys.stderr)
         return 2
-    target, uses_gin = SUBCOMMANDS[name]
-    try:
-        if uses_gin:
-            run_gin_command(name, target, rest)
-        else:
-            return int(_load(target)(rest) or 0)
-    except UsageError as err:
-        print(f"ff-jax {name}: error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return run(argv[0], argv[1:])
 
 
 if __name__ == "__main__":

@@ -1,21 +1,30 @@
-"""`make demo`: the whole job end to end on embedded defaults, printing what it finds.
+"""`make demo` (`ff-jax demo`): the whole job end to end on a CPU, printing what it finds.
 
-Each stage is a function so that later stages (training, retrieval, ranking) slot in one by one.
+Each stage is a function so that later stages (ranking, serving) slot in one by one. The training
+run is a gin experiment file like any other (EXPERIMENT); the demo only prepares its data first.
 """
 
-import argparse
 import shutil
 import time
 from pathlib import Path
+from typing import Sequence
 
+import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 from ff_jax import assets
+from ff_jax.data import compact_feed_world
+from ff_jax.gin_cli import configured
 from ff_jax.model import from_pretrained
 from ff_jax.model.generate import greedy_generate
+from ff_jax.retrieval.embed_job import EmbedConfig, embed_towers, train_arguments
+from ff_jax.retrieval.evaluate import evaluate_run
+from ff_jax.train.loop import train
+
+EXPERIMENT = "experiments/compact_feed_world.gin"  # the run of stages 3 and 4
 
 PROMPTS = (
     "Senior data engineer building streaming pipelines with Kafka and Spark.",
@@ -63,40 +72,33 @@ def backbone_stage():
     return model, tokenizer
 
 
-def dual_encoder_stage(workdir: Path, steps: int):
-    """feed_world -> TFDS -> grain packed batches -> InfoNCE dual encoder -> held-out recall@K."""
-    from ff_jax.data import compact_feed_world
-    from ff_jax.train.loop import train
-
+def feed_data_stage(workdir: Path) -> tuple[Path, str]:
+    """feed_world "tiny" with compact prompts as TFDS datasets, and a word-level tokenizer fitted to them."""
     _banner("2. Feed data: feed_world 'tiny' with quantised counts, TFDS + grain")
     data_dir = workdir / "tfds"
     prompts, tokenizer = compact_feed_world.prepare(data_dir)
     print(f"{len(prompts)} items; an item prompt: {prompts[0][:150]}")
+    return data_dir, tokenizer
 
+
+def dual_encoder_stage(run_dir: Path, steps: int) -> dict:
+    """grain packed batches -> InfoNCE dual encoder -> held-out recall@K, as the gin config says."""
     _banner(f"3. Dual encoder: tiny LLaMA from scratch, InfoNCE + hard negatives, {steps} steps")
-    run = compact_feed_world.run_arguments(data_dir, tokenizer, steps)
-    result = train(str(workdir / "run"), **run, eval_every=steps, recall_ks=(10, 50), progress=True,
-                   tensorboard=False)
-    validation = result["validation"]
-    print(f"held-out validation members ranked against the corpus ({workdir / 'run'}):")
+    validation = train(str(run_dir), progress=True)["validation"]
+    print(f"held-out validation members ranked against the corpus ({run_dir}):")
     trained, chance = validation["recall@10"], validation["random_recall@10"]
     print(f"  recall@10: {trained:.3f}   random: {chance:.4f}   ({trained / max(chance, 1e-9):.0f}x)")
     print(f"  recall@50: {validation['recall@50']:.3f}")
     print(f"  in-batch accuracy: {validation['in_batch_accuracy']:.2f}")
-    return run
+    return validation
 
 
-def retrieval_stage(workdir: Path, run: dict):
+def retrieval_stage(run_dir: Path) -> dict:
     """`ff-jax embed` + `ff-jax eval` in-process: the checkpoint embeds the corpus and the test
     members, exact and ScaNN search rank the corpus, and the same members are ranked by baselines."""
-    from ff_jax.retrieval.embed_job import EmbedConfig, embed_towers, train_arguments
-    from ff_jax.retrieval.evaluate import evaluate_run
-
     _banner("4. Retrieval: embed corpus + test members, exact and ScaNN kNN, against baselines")
-    run_dir = workdir / "run"
-    embed_towers(run_dir, train_arguments(**run), EmbedConfig(dims=(32,)), progress=True)
-    report = evaluate_run(str(run_dir), ks=(10, 50, 100), baselines=("popularity", "random"), progress=False,
-                          data=run["data"])
+    embed_towers(run_dir, train_arguments(), EmbedConfig(dims=(32,)), progress=True)
+    report = evaluate_run(str(run_dir), ks=(10, 50, 100), baselines=("popularity", "random"), progress=False)
     full = report["by_dim"][str(report["width"])]["metrics"]["all"]["recall@10"]
     popular = report["baselines"]["popularity"]["metrics"]["all"]["recall@10"]
     print(f"test recall@10: dual encoder {full:.3f}, popularity {popular:.3f} "
@@ -104,21 +106,18 @@ def retrieval_stage(workdir: Path, run: dict):
     return report
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(prog="ff-jax demo", description=__doc__)
-    parser.add_argument("--workdir", default="workdirs/demo", help="where data, checkpoints and logs go")
-    parser.add_argument("--steps", type=int, default=100, help="dual-encoder training steps")
-    args = parser.parse_args(argv)
-    from absl import logging as absl_logging
-
-    absl_logging.set_verbosity(absl_logging.ERROR)  # TFDS warns about every custom builder config
-    workdir = Path(args.workdir)
+def run(workdir: Path, steps: int = 100, bindings: Sequence[str] = ()) -> dict:
+    """The demo into `workdir` (emptied first: the demo shows the whole job). The run is
+    EXPERIMENT with the prepared data, `steps` and `bindings` ("NAME=VALUE", as --gin.NAME=VALUE)."""
+    workdir = Path(workdir)
     if workdir.exists():
-        shutil.rmtree(workdir)  # a fresh run each time: the demo shows the whole job
+        shutil.rmtree(workdir)
     backbone_stage()
-    run = dual_encoder_stage(workdir, args.steps)
-    retrieval_stage(workdir, run)
-
-
-if __name__ == "__main__":
-    main()
+    data_dir, tokenizer = feed_data_stage(workdir)
+    run_dir = workdir / "run"
+    with configured([EXPERIMENT], [f"DATA_DIR={str(data_dir)!r}", f"TOKENIZER={tokenizer!r}", f"STEPS={steps}",
+                                   *bindings]):
+        run_dir.mkdir(parents=True)
+        (run_dir / "config.gin").write_text(gin.config_str())  # so `ff-jax embed --workdir=<run_dir>` works too
+        dual_encoder_stage(run_dir, steps)
+        return retrieval_stage(run_dir)

@@ -1,73 +1,54 @@
-"""t5x-style gin flags for every `ff-jax` subcommand: --gin_file=... --gin.NAME=VALUE --workdir=DIR.
+"""t5x-style gin flags for every `ff-jax` subcommand: --gin_file=FILE ... --gin.NAME=VALUE ...
 
 Files are searched in the current directory, then in the repository's configs/ (so
 `--gin_file=experiments/infonce.gin` and `--gin_file=configs/experiments/infonce.gin` both work).
-Bindings follow gin syntax; a value that is not a gin literal or reference is taken as a string
-(`--gin.DATA_DIR=/data` == `--gin.DATA_DIR="'/data'"`). Errors name the flag or file at fault.
+The files are parsed first, then each `--gin.NAME=VALUE` on its own, by gin itself, so an error
+names the flag that caused it.
+
+The one rule for values: gin syntax, with bare words and paths taken as strings where a string
+fits. A value gin cannot parse (`/data`, `bfloat16`) is read as that string
+(`--gin.DATA_DIR=/data` == `--gin.DATA_DIR="'/data'"`). A flag whose value ends up a string
+where the config held an int, float or bool (its value in the files, else the parameter's
+default) is an error naming the flag: `--gin.STEPS=twenty` is refused, not trained on. A macro
+flag must name a macro some file defines, so a typo is refused rather than ignored.
+
+Errors are `GinError`s (a ValueError) whose `label` says what failed: "unknown gin name",
+"bad gin value", "missing required gin macro", "missing gin binding", "gin file error". Only the CLI turns
+them into one line and exit status 2.
 """
 
-import ast
 import contextlib
+import inspect
 import logging
 import re
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Sequence
 
 import gin
 
 CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
+_UNSET = object()  # a name nothing binds (no such macro, or a parameter without a default)
 
 
-class UsageError(ValueError):
-    """A bad command line or gin config; the CLI prints it without a traceback."""
+class GinError(ValueError):
+    """A gin file, flag or bound value the run cannot use; `label` names the kind of failure."""
+
+    def __init__(self, label: str, message: str):
+        super().__init__(message)
+        self.label = label
 
 
-def split_flags(argv: Sequence[str]) -> tuple[list[str], list[str], Optional[str], list[str]]:
-    """(gin files, gin bindings, workdir, other args) from `--flag=value` / `--flag value` forms."""
-    files, bindings, workdir, rest = [], [], None, []
-    args = list(argv)
-    i = 0
-    while i < len(args):
-        arg = args[i]
-        if arg.startswith("--gin_file") or arg.startswith("--workdir"):
-            name, eq, value = arg.partition("=")
-            if not eq:
-                if i + 1 >= len(args):
-                    raise UsageError(f"{name} needs a value")
-                i, value = i + 1, args[i + 1]
-            if name == "--gin_file":
-                files.append(value)
-            elif name == "--workdir":
-                workdir = value
-            else:
-                rest.append(arg)
-        elif arg.startswith("--gin."):
-            name, eq, value = arg[len("--gin."):].partition("=")
-            if not eq or not name:
-                raise UsageError(f"{arg!r}: expected --gin.NAME=VALUE")
-            bindings.append(f"{name} = {_as_gin_value(value)}")
-        else:
-            rest.append(arg)
-        i += 1
-    return files, bindings, workdir, rest
-
-
-def _as_gin_value(value: str) -> str:
-    text = value.strip()
-    if text[:1] in ("@", "%") or text in ("None", "True", "False"):
-        return text
-    try:
-        ast.literal_eval(text)
-        return text
-    except (ValueError, SyntaxError):
-        return repr(value)  # a bare path or word: a string
+def rewrite_gin_flags(argv: Sequence[str]) -> list[str]:
+    """`--gin.NAME=VALUE` → `--gin_bindings=NAME=VALUE`, so absl parses every flag (as t5x does)."""
+    return [f"--gin_bindings={arg[len('--gin.'):]}" if arg.startswith("--gin.") else arg for arg in argv]
 
 
 def resolve_file(name: str) -> str:
     for candidate in (Path(name), CONFIGS_DIR / name, CONFIGS_DIR.parent / name):
         if candidate.is_file():
             return str(candidate)
-    raise UsageError(f"--gin_file={name}: no such file (looked in the current directory and {CONFIGS_DIR})")
+    raise GinError("gin file error",
+                   f"--gin_file={name}: no such file (looked in the current directory and {CONFIGS_DIR})")
 
 
 def _tolerant_file_readers() -> None:
@@ -97,8 +78,72 @@ def _tolerant_file_readers() -> None:
         readers[i] = (reader, tolerant)
 
 
-def parse(files: Sequence[str], bindings: Sequence[str]) -> None:
-    """Parses the files then the bindings; raises UsageError on unknown names and unset REQUIRED macros."""
+def _first_lines(err: Exception) -> str:
+    """gin's message without the "In call to configurable" trail, on one line."""
+    text = str(err).split("\n  In call to configurable")[0]
+    return re.sub(r"\s*\n\s*", " ", text).strip()
+
+
+def _parse_error(err: Exception, where: str) -> GinError:
+    message = _first_lines(err)
+    if where:  # the flag is named already: drop gin's "In bindings string line 1 <the binding>"
+        message = message.split(" In bindings string")[0]
+    if "No configurable matching" in message or "doesn't have a parameter" in message:
+        return GinError("unknown gin name", f"{where}{message}")
+    return GinError("gin file error" if not where else "bad gin value", f"{where}{message}")
+
+
+def _current_value(name: str):
+    """What `name` ("MACRO" or "[scope/]Configurable.param") holds now: its binding, macros
+    followed, else the parameter's default; _UNSET when nothing gives it a value."""
+    key = name if "." in name else f"%{name}"
+    try:
+        value = gin.query_parameter(key)
+    except ValueError:
+        if "." not in name:
+            return _UNSET
+        configurable, _, param = name.split("/")[-1].rpartition(".")
+        try:
+            match = gin.config._REGISTRY.get_match(configurable)  # gin has no public lookup of defaults
+        except ValueError:  # an ambiguous name: gin's own parse reports it
+            return _UNSET
+        parameter = inspect.signature(match.wrapped).parameters.get(param) if match else None
+        if parameter is None or parameter.default is inspect.Parameter.empty:
+            return _UNSET
+        return parameter.default
+    while isinstance(value, gin.config.ConfigurableReference) and value.configurable.name == "macro":
+        value = gin.query_parameter("%" + value.scoped_selector.rpartition("/")[0])  # train.num_steps = %STEPS
+    return value
+
+
+def bind(binding: str) -> None:
+    """Parses one `NAME=VALUE` (a --gin.NAME=VALUE flag) on top of the files; see the module's rule."""
+    name, eq, value = (part.strip() for part in binding.partition("="))
+    flag = f"--gin.{name}={value}"
+    if not eq or not name:
+        raise GinError("bad gin value", f"--gin.{binding}: expected --gin.NAME=VALUE")
+    before = _current_value(name)
+    if "." not in name and before is _UNSET:
+        raise GinError("unknown gin name", f"{flag}: no gin file defines the macro {name}")
+    try:
+        gin.parse_config(f"{name} = {value}")
+    except SyntaxError:
+        try:  # a bare word or path: a string
+            gin.parse_config(f"{name} = {value!r}")
+        except (ValueError, SyntaxError) as err:
+            raise _parse_error(err, f"{flag}: ") from None
+    except ValueError as err:
+        raise _parse_error(err, f"{flag}: ") from None
+    after = _current_value(name)
+    if isinstance(after, str) and isinstance(before, (bool, int, float)):
+        kind = type(before).__name__
+        raise GinError("bad gin value", f"{flag}: {name} takes {'an' if kind == 'int' else 'a'} {kind} "
+                                        f"(the config holds {before!r}), not the string {after!r}")
+
+
+def parse(files: Sequence[str], bindings: Sequence[str] = ()) -> None:
+    """Parses the files, then each binding (`NAME=VALUE`); raises GinError on unknown names, values
+    that do not fit and REQUIRED macros left unset."""
     _tolerant_file_readers()
     gin.clear_config()
     known = getattr(gin.config, "_LOCATION_PREFIXES", [])  # clear_config keeps it: add each path once
@@ -106,52 +151,49 @@ def parse(files: Sequence[str], bindings: Sequence[str]) -> None:
         if path not in known:
             gin.add_config_file_search_path(path)
     try:
-        gin.parse_config_files_and_bindings([resolve_file(f) for f in files], bindings, finalize_config=False)
+        gin.parse_config_files_and_bindings([resolve_file(f) for f in files], None, finalize_config=False)
     except (ValueError, IOError, SyntaxError) as err:
-        message = str(err)
-        if "No configurable matching" in message or "doesn't have a parameter" in message:
-            raise UsageError(f"unknown gin name: {message}") from None
-        raise UsageError(f"gin config error: {message}") from None
+        if isinstance(err, GinError):
+            raise
+        raise _parse_error(err, "") from None
+    for binding in bindings:
+        bind(binding)
     missing = required_macros_unset()
     if missing:
         flags = " ".join(f"--gin.{name}=..." for name in missing)
-        raise UsageError(f"missing required gin macro(s): {', '.join(missing)}. Set them with {flags} "
-                         "(the run file's header comment lists what each one means)")
+        raise GinError("missing required gin macro", f"{', '.join(missing)}: set with {flags} (the run "
+                                                     "file's header comment says what each one means)")
+
+
+def _innermost_configurable(err: Exception) -> tuple[str, str]:
+    """(name, "class" or "function") of what gin was calling when `err` was raised; ("", "") when
+    it was raised outside any configurable."""
+    found = re.search(r"In call to configurable '([^']*)' \(<(class|function)", str(err))
+    return (found.group(1), found.group(2)) if found else ("", "")
 
 
 @contextlib.contextmanager
-def configured(files: Sequence[str], bindings: Sequence[str]):
+def configured(files: Sequence[str], bindings: Sequence[str] = ()):
     """Parses like `parse` for the body of a `with`, then clears gin, so a command run in a notebook
     or test leaves no bindings behind to change the defaults of the next thing constructed there.
-    gin's errors from the body about what the config bound become UsageErrors."""
+    A config class that gin constructs and that refuses its values (a ValueError from its
+    __init__ / __post_init__) is a "bad gin value"; every other error passes through unchanged."""
     try:
         parse(files, bindings)
         yield
     except RuntimeError as err:
         if "Required bindings" in str(err):  # a gin.REQUIRED parameter nobody bound
-            raise UsageError(f"missing gin binding: {err}") from None
+            raise GinError("missing gin binding", _first_lines(err)) from None
         raise
     except ValueError as err:
-        if "In call to configurable" in str(err):  # a config class refused its values
-            raise UsageError(f"bad gin value: {err}") from None
-        raise
+        name, kind = _innermost_configurable(err)
+        if isinstance(err, GinError) or kind != "class":
+            raise
+        flags = [f"--gin.{b.strip()}" for b in bindings
+                 if b.split("=")[0].strip().split("/")[-1].startswith(f"{name}.")]
+        raise GinError("bad gin value", _first_lines(err) + (f" (from {' '.join(flags)})" if flags else "")) from None
     finally:
         gin.clear_config()
-
-
-@contextlib.contextmanager
-def workdir_command(name: str, argv: Sequence[str], workdir_help: str):
-    """`ff-jax NAME [--gin_file=F ...] [--gin.X=Y ...] --workdir=DIR` for commands that work on a
-    training run's workdir: its config.gin is read first when present, then the files and flags;
-    the body of the `with` runs configured (see `configured`) and gets the workdir."""
-    files, bindings, workdir, rest = split_flags(argv)
-    if rest:
-        raise UsageError(f"{name}: unknown arguments {rest}")
-    if not workdir:
-        raise UsageError(f"{name}: --workdir=DIR is required ({workdir_help})")
-    run_config = Path(workdir) / "config.gin"
-    with configured(([str(run_config)] if run_config.exists() else []) + list(files), bindings):
-        yield workdir
 
 
 def required_macros_unset() -> list[str]:
@@ -162,6 +204,26 @@ def required_macros_unset() -> list[str]:
 
 
 def required_macros_in(path: str) -> list[str]:
-    """`NAME = %gin.REQUIRED` lines of one file (for documentation and checks)."""
-    text = Path(resolve_file(path)).read_text()
-    return re.findall(r"^\s*([A-Za-z_]\w*)\s*=\s*%gin\.REQUIRED", text, flags=re.M)
+    """Macros a file leaves %gin.REQUIRED, its includes' included (for --help and checks): read from
+    the text, without importing the configurables it binds."""
+    required: list[str] = []
+    for line in Path(resolve_file(path)).read_text().splitlines():
+        include = re.match(r"\s*include\s+['\"]([^'\"]+)['\"]", line)
+        binding = re.match(r"\s*([A-Za-z_]\w*)\s*=\s*(\S.*)", line)
+        if include:
+            required += [name for name in required_macros_in(include.group(1)) if name not in required]
+        elif binding and binding.group(2).startswith("%gin.REQUIRED"):
+            required += [] if binding.group(1) in required else [binding.group(1)]
+        elif binding and binding.group(1) in required:  # a later value satisfies it
+            required.remove(binding.group(1))
+    return required
+
+
+def header_comment(path: str) -> str:
+    """The leading `#` comment block of a gin file (run files list their macros there)."""
+    lines = []
+    for line in Path(resolve_file(path)).read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line[2:].rstrip() if line.startswith("# ") else line[1:].rstrip())
+    return "\n".join(lines)

@@ -3,11 +3,14 @@
 Items show their author's industry and a view-count bucket; members their headline and the
 industries of their four most recent engagements. A 2-layer model learns topic matching from
 that in a couple of CPU-minutes, which is what `make demo` and the recall test need; real runs
-use the full prompts and the checkpoint's own tokenizer.
+use the full prompts and the checkpoint's own tokenizer. The run itself (model, batch shapes,
+optimiser) is configs/experiments/compact_feed_world.gin.
 """
 
 import dataclasses
 from pathlib import Path
+
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
 from ff_jax.data import tfds_builders
 from ff_jax.data.prompts import PromptTemplate
@@ -21,8 +24,6 @@ COMPACT = PromptTemplate(system_prompt="", member_fields=("headline",),
 
 def fit_word_tokenizer(texts, path: Path, vocab_size: int = 380) -> str:
     """A WordLevel tokenizer fitted on `texts`, saved as an HF tokenizer.json (load_tokenizer reads it)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-
     tokenizer = Tokenizer(models.WordLevel(unk_token="[UNK]"))
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
     trainer = trainers.WordLevelTrainer(vocab_size=vocab_size, special_tokens=["[UNK]", "<s>", "</s>"])
@@ -41,25 +42,3 @@ def prepare(data_dir: Path) -> tuple[list[str], str]:
     corpus = tfds_builders.open_prepared(data_dir, "feed_world_corpus", CONFIG_NAME)[0]["corpus"]
     prompts = [corpus[i]["item_prompt"].decode() for i in range(len(corpus))]
     return prompts, fit_word_tokenizer(prompts, data_dir / "tokenizer.json")
-
-
-def run_arguments(data_dir: Path, tokenizer: str, steps: int) -> dict:
-    """`train` arguments of the CPU-sized run that `make demo` and the recall test share: a tiny
-    model from scratch, InfoNCE with one hard negative, packed rows, one device."""
-    import jax
-
-    from ff_jax.data.pipeline import BatchConfig
-    from ff_jax.model import make_mesh, presets
-    from ff_jax.train.checkpointing import CheckpointConfig
-    from ff_jax.train.data_source import FeedData
-    from ff_jax.train.losses import InfoNCE
-    from ff_jax.train.optimizer import OptimizerConfig
-
-    batch = BatchConfig(examples_per_shard=32, length=128, member_budget=128, item_budget=48, num_hard_negatives=1,
-                        mode="packed", max_segments=4, member_rows=32, item_rows=24)
-    data = FeedData(str(data_dir), config=CONFIG_NAME, tokenizer=tokenizer, prepare=False, validation_members=98,
-                    batch=batch)
-    return dict(data=data, model_config=presets.tiny(vocab_size=512), loss=InfoNCE(),
-                optimizer=OptimizerConfig(learning_rate=3e-3, warmup_steps=10, total_steps=steps),
-                checkpoint=CheckpointConfig(save_every=10_000),
-                mesh_factory=lambda: make_mesh(data=1, devices=jax.devices()[:1]), num_steps=steps)

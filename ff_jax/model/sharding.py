@@ -55,9 +55,11 @@ def use_rules(rules: Rules):
 
 
 @gin.configurable
-def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices=None) -> jax.sharding.Mesh:
-    """A (data, fsdp, tensor) mesh over all devices; -1 takes whatever the other axes leave."""
+def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices=None, num_devices: int = 0) -> jax.sharding.Mesh:
+    """A (data, fsdp, tensor) mesh over all devices (the first `num_devices` when > 0, e.g. one
+    device for a CPU-sized run from gin); -1 takes whatever the other axes leave."""
     devices = list(devices if devices is not None else jax.devices())
+    devices = devices[:num_devices] if num_devices > 0 else devices
     sizes = [data, fsdp, tensor]
     known = math.prod(s for s in sizes if s != -1)
     if sizes.count(-1) > 1:

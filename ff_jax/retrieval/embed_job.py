@@ -26,13 +26,16 @@ from pathlib import Path
 import gin
 import jax
 import numpy as np
+from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
-from ff_jax.data.pipeline import as_text
-from ff_jax.gin_cli import UsageError
+from ff_jax.data.pipeline import as_text, embedding_batches
+from ff_jax.model.sharding import batch_shards, logical_axis_rules, use_rules
 from ff_jax.retrieval.embedding_store import STORAGE_DTYPES, ShardWriter
+from ff_jax.train import loop, step as steps
+from ff_jax.train.checkpointing import CheckpointConfig, Checkpointer
 
 TOWERS = {"item": "item_id", "member": "user_id"}  # tower -> id field of its records
 
@@ -120,24 +123,17 @@ def embed_records(records: Sequence[dict], writer: ShardWriter, make_batches: Ca
 
 def train_arguments(**explicit) -> dict:
     """`train`'s parameters: `explicit` ones, else as the parsed gin config binds them, else defaults."""
-    from ff_jax.train import loop
-
     args = {n: p.default for n, p in inspect.signature(loop.train).parameters.items() if n != "workdir"}
     args.update(gin.get_bindings(loop.train))
     args.update(explicit)
     if args["data"] is gin.REQUIRED:
-        raise UsageError("no training data is bound (train.data): pass the training run's gin files, or the "
+        raise ValueError("no training data is bound (train.data): pass the training run's gin files, or the "
                          "--workdir of a training run (its config.gin is read)")
     return args
 
 
 def load_model(workdir: Path, args: dict, zero_shot: bool, step: int | None, mesh, rules):
     """(DualEncoder with sharded params, tokenizer, fingerprint of where the weights came from)."""
-    from flax import nnx
-
-    from ff_jax.train import loop, step as steps
-    from ff_jax.train.checkpointing import CheckpointConfig, Checkpointer
-
     model, tokenizer = loop.build_model(args["data"], args["encoder"], args["loss"], args["model_config"],
                                         args["pretrained"], dict(args["model_overrides"] or {}), mesh, rules,
                                         args["seed"])
@@ -150,8 +146,8 @@ def load_model(workdir: Path, args: dict, zero_shot: bool, step: int | None, mes
     ckpt = Checkpointer(workdir / "checkpoints", CheckpointConfig(async_save=False))
     try:
         if ckpt.latest_step() is None:
-            raise UsageError(f"{workdir / 'checkpoints'}: no checkpoint; train first, or set "
-                             "--gin.EmbedConfig.zero_shot=True to embed with the untrained model")
+            raise FileNotFoundError(f"{workdir / 'checkpoints'}: no checkpoint; train first, or set "
+                                    "--gin.EmbedConfig.zero_shot=True to embed with the untrained model")
         step, weights = ckpt.restore_fields({"params": params, "frozen": frozen}, step=step)
     finally:
         ckpt.close()
@@ -161,11 +157,6 @@ def load_model(workdir: Path, args: dict, zero_shot: bool, step: int | None, mes
 
 def jit_encoder(model, mesh, rules, segments: int) -> Callable[[dict], np.ndarray]:
     """batch -> un-normalised embeddings [N * B/N, E] on the host, the batch sharded over the mesh."""
-    from flax import nnx
-
-    from ff_jax.model.sharding import use_rules
-    from ff_jax.train import step as steps
-
     graphdef, state = nnx.split(model)
 
     @functools.partial(jax.jit, out_shardings=NamedSharding(mesh, P()))
@@ -184,9 +175,6 @@ def jit_encoder(model, mesh, rules, segments: int) -> Callable[[dict], np.ndarra
 def embed_towers(workdir: str | Path, args: dict, config: EmbedConfig, progress: bool = True) -> dict[str, Path]:
     """Embeds `config.towers` of the dataset `args["data"]` with the model `args` describe (`train`'s
     parameters, see `train_arguments`) into `<workdir>/<config.output>/`; returns tower -> folder."""
-    from ff_jax.data.pipeline import embedding_batches
-    from ff_jax.model.sharding import batch_shards, logical_axis_rules
-
     workdir = Path(workdir)
     data, rules = args["data"], logical_axis_rules()
     mesh = args["mesh_factory"]()
@@ -194,7 +182,7 @@ def embed_towers(workdir: str | Path, args: dict, config: EmbedConfig, progress:
     width = model.embedding_dim
     bad = [d for d in config.dims if not 0 < d <= width]
     if bad:
-        raise UsageError(f"EmbedConfig.dims {bad} outside 1..{width} (the model's embedding width)")
+        raise ValueError(f"EmbedConfig.dims {bad} outside 1..{width} (the model's embedding width)")
     num_shards = batch_shards(mesh, rules)
     member_segments, item_segments = data.segments
     out_root = workdir / config.output
@@ -233,15 +221,3 @@ def embed(workdir: str, config: EmbedConfig | None = None, progress: bool = True
     if jax.process_index() == 0:
         (out_root / "embed_config.gin").write_text(gin.config_str())
     return embed_towers(workdir, args, config, progress)
-
-
-def embed_main(argv: Sequence[str]) -> int:
-    """`ff-jax embed [--gin_file=F ...] [--gin.NAME=VALUE ...] --workdir=DIR` (see the module docstring)."""
-    from ff_jax.gin_cli import workdir_command
-    from ff_jax.train import loop  # noqa: F401  (registers the configurables the training files bind)
-
-    with workdir_command("embed", argv, "a training run's workdir, or where to write") as workdir:
-        folders = embed(workdir=workdir)
-    for tower, folder in folders.items():
-        print(f"{tower} embeddings: {folder}")
-    return 0

@@ -59,3 +59,10 @@ def prepared_eval_data(sources: dict, corpus: Sequence[dict], split: str = "test
     matrix = binary_matrix(user_codes, item_codes, (len(users), len(item_ids)))
     items = pd.DataFrame({"item_id": item_ids, "text": texts})
     return TrainingData(item_ids, items, users, matrix), members
+
+
+def feed_eval_data(data, split: str = "test") -> tuple[TrainingData, list[EvalMember]]:
+    """`prepared_eval_data` of a training run's dataset (a ff_jax.train.data_source.FeedData):
+    what `ff-jax eval` ranks."""
+    corpus = data.open_dataset(f"{data.dataset}_corpus")[0]["corpus"]
+    return prepared_eval_data(data.open_dataset(data.dataset)[0], corpus, split)

@@ -11,7 +11,7 @@ training's validation does: recall@K and NDCG@K for K in `ks` and the serving ca
 (2,000 in the paper, capped at the corpus size), hit rate and MRR, averaged over members, overall
 and per cohort ("new" / "established"). Embeddings add: one report per Matryoshka prefix size,
 ScaNN's recall against exact search (and the metrics of the ScaNN-served lists), and the paper's
-popularity-similarity correlation. `eval_main` is the `ff-jax eval` command (gin entry `evaluate_run`).
+popularity-similarity correlation. `evaluate_run` is the gin entry of `ff-jax eval` (ff_jax/cli.py).
 """
 
 from __future__ import annotations
@@ -29,6 +29,11 @@ from ff_jax.data.ranking_metrics import ranking_metrics, top_k
 from ff_jax.data.splits import EvalMember
 from ff_jax.retrieval import metrics
 from ff_jax.retrieval.baselines.simple import Popularity, RandomScores
+from ff_jax.retrieval.embed_job import train_arguments
+from ff_jax.retrieval.embedding_store import read_tower, tower_settings
+from ff_jax.retrieval.eval_data import feed_eval_data
+from ff_jax.retrieval.exact import ExactIndex
+from ff_jax.retrieval.scann_index import ScannIndex
 from ff_jax.retrieval.recommender import EmbeddingRecommender, Recommender, TrainingData, corpus_order, unit_rows
 
 DEFAULT_KS = (10, 50, 100, 1000)
@@ -121,9 +126,6 @@ def ann_report(member_vectors: np.ndarray, item_vectors: np.ndarray, members: Se
                data: TrainingData, ks: Sequence[int], exclude: str = "engaged", scann_config=None) -> dict:
     """ScaNN against exact search over the same vectors: recall of the exact top-k for each k, and
     the retrieval metrics of the ScaNN-served lists."""
-    from ff_jax.retrieval.exact import ExactIndex
-    from ff_jax.retrieval.scann_index import ScannIndex
-
     corpus = np.asarray(data.corpus_ids)
     k = max(ks)
     excluded = excluded_items(members, exclude)
@@ -218,15 +220,12 @@ def evaluate_run(workdir: str, embeddings: str = "embeddings", split: str = "tes
     dims: Matryoshka widths to report (default: those the embed job stored). baselines: names from
     CHEAP_BASELINES ranked for the same members and shown in the same table. data: the FeedData
     (default: the one the gin config binds to `train.data`)."""
-    from ff_jax.retrieval.embed_job import train_arguments
-    from ff_jax.retrieval.embedding_store import read_tower, tower_settings
-
     unknown = sorted(set(baselines) - set(CHEAP_BASELINES))
     if unknown:
         raise ValueError(f"evaluate_run.baselines: unknown {unknown}; choose from {sorted(CHEAP_BASELINES)}")
     data = data or train_arguments()["data"]
     root = Path(workdir) / embeddings
-    training, members = data.eval_data(split)
+    training, members = feed_eval_data(data, split)
     item_ids, items = read_tower(root / "items")
     member_dir = root / f"members_{split}"
     member_ids, member_vectors = read_tower(member_dir)
@@ -252,14 +251,3 @@ def evaluate_run(workdir: str, embeddings: str = "embeddings", split: str = "tes
         print({k: round(v, 4) for k, v in report["ann"].items() if k.startswith("ann_recall")})
     print("popularity-similarity correlation:", report["popularity_similarity"])
     return report
-
-
-def eval_main(argv: Sequence[str]) -> int:
-    """`ff-jax eval [--gin_file=F ...] [--gin.evaluate_run.X=Y ...] --workdir=DIR` (the workdir of
-    `ff-jax embed`; its config.gin, the training run's, is read first when present)."""
-    from ff_jax.gin_cli import workdir_command
-    from ff_jax.train import loop  # noqa: F401  (registers the configurables the training files bind)
-
-    with workdir_command("eval", argv, "where `ff-jax embed` wrote its embeddings") as workdir:
-        evaluate_run(workdir=workdir)
-    return 0

@@ -86,13 +86,6 @@ class FeedData:
             tfds_builders.build(name, config, self.data_dir)
         return tfds_builders.open_prepared(self.data_dir, name, self.config_name)
 
-    def eval_data(self, split: str = "test"):
-        """(TrainingData over the corpus, EvalMembers of `split`): what ff_jax.retrieval.evaluate ranks."""
-        from ff_jax.retrieval.eval_data import prepared_eval_data
-
-        corpus = self.open_dataset(f"{self.dataset}_corpus")[0]["corpus"]
-        return prepared_eval_data(self.open_dataset(self.dataset)[0], corpus, split)
-
     def prompt_format(self) -> PromptFormat:
         return self.open_dataset(self.dataset)[1]
 

@@ -16,7 +16,6 @@ from flax import nnx
 
 from ff_jax import assets
 from ff_jax.data.ranking_metrics import ranking_metrics, top_k
-from ff_jax.gin_cli import UsageError
 from ff_jax.model import Llama, LlamaConfig
 from ff_jax.model.sharding import batch_shards, create_sharded, logical_axis_rules, make_mesh, state_shardings
 from ff_jax.train import step as steps
@@ -32,7 +31,7 @@ from ff_jax.train.pca import PCA
 gin.external_configurable(assets.smollm2_gguf, module="ff_jax.assets")
 
 
-class IncompatibleWorkdir(UsageError):
+class IncompatibleWorkdir(ValueError):
     """The workdir holds checkpoints of a run with another model, encoder or loss."""
 
 

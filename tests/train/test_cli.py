@@ -5,7 +5,8 @@ import json
 import pytest
 
 from ff_jax import cli
-from ff_jax.gin_cli import required_macros_in, split_flags
+from ff_jax.gin_cli import CONFIGS_DIR, parse, required_macros_in
+from ff_jax.retrieval.embedding_store import EmbeddingStoreError
 
 pytestmark = pytest.mark.xdist_group("train_cli")
 
@@ -64,25 +65,78 @@ def test_missing_gin_file_and_unknown_subcommand(tmp_path, capsys):
     assert code == 2 and "unknown subcommand 'fly'" in err
 
 
-def test_flags_in_both_spellings_and_bare_strings_become_gin_strings():
-    files, bindings, workdir, rest = split_flags(["--gin_file", "a.gin", "--gin_file=b.gin", "--workdir", "/w",
-                                                  "--gin.X=/data/dir", "--gin.Y=3", "--gin.Z=@tiny()", "--extra"])
-    assert files == ["a.gin", "b.gin"] and workdir == "/w" and rest == ["--extra"]
-    assert bindings == ["X = '/data/dir'", "Y = 3", "Z = @tiny()"]
+def test_flags_in_both_spellings_and_bare_words_become_gin_strings_where_a_string_fits():
+    import gin
+
+    from ff_jax.train import loop  # noqa: F401  (registers the configurables)
+
+    fv = cli.parse_flags(cli.flag_values(cli.COMMANDS["train"]), "train", [
+        "--gin_file", "a.gin", "--gin_file=b.gin", "--workdir", "/w", "--gin.X=/data/dir", "--gin_bindings=Y=3",
+        "--nodistributed"])
+    assert fv.gin_file == ["a.gin", "b.gin"] and fv.workdir == "/w" and fv.gin_bindings == ["X=/data/dir", "Y=3"]
+    parse(["experiments/tiny_smoke.gin"], ["DATA_DIR=/data/dir", "DATASET=movielens_feed", "STEPS=3",
+                                           "train.pretrained=/models/x.gguf", "train.model_config=@tiny()"])
+    assert gin.query_parameter("%DATA_DIR") == "/data/dir" and gin.query_parameter("%DATASET") == "movielens_feed"
+    assert gin.query_parameter("%STEPS") == 3 and gin.query_parameter("train.pretrained") == "/models/x.gguf"
+
+
+@pytest.mark.parametrize("name", sorted(cli.COMMANDS))
+def test_help_of_every_subcommand_lists_its_flags_and_required_macros(name, capsys):
+    assert cli.main([name, "--help"]) == 0
+    out = capsys.readouterr().out
+    for flag in ("--gin_bindings", "--workdir", "--verbosity"):
+        assert flag in out
+    assert ("--gin_file" in out) == (name != "demo")
+    assert ("--[no]distributed" in out) == (name == "train") and ("--steps" in out) == (name == "demo")
+    required = required_macros_in(cli.COMMANDS[name].run_file)
+    assert "DATA_DIR" in required and f"required: {', '.join(required)}" in out
+    assert cli.main(["--help"]) == 0 and name in capsys.readouterr().out
+
+
+def _one_line_error(capsys, *argv) -> str:
+    code, err = _run(capsys, *argv)
+    assert code == 2 and err.count("\n") == 1, err
+    return err
+
+
+def test_an_unparseable_gin_value_is_one_line_naming_the_flag(tmp_path, capsys):
+    err = _one_line_error(capsys, "train", "--gin_file=experiments/tiny_smoke.gin", f"--gin.DATA_DIR={tmp_path}",
+                          "--gin.STEPS=twenty", f"--workdir={tmp_path / 'w'}")
+    assert err.startswith("ff-jax train: bad gin value: --gin.STEPS=twenty: STEPS takes an int")
+    assert not (tmp_path / "w").exists()  # refused before anything ran
+    err = _one_line_error(capsys, "embed", "--gin_file=experiments/tiny_smoke.gin", f"--gin.DATA_DIR={tmp_path}",
+                          "--gin.DATADIR=/x", f"--workdir={tmp_path / 'w'}")
+    assert "unknown gin name: --gin.DATADIR=/x: no gin file defines the macro DATADIR" in err
+
+
+@pytest.mark.parametrize("name", sorted(cli.COMMANDS))
+def test_an_unknown_flag_is_one_line(name, tmp_path, capsys):
+    err = _one_line_error(capsys, name, "--no_such_flag=1", f"--workdir={tmp_path}")
+    assert err.startswith(f"ff-jax {name}: unknown flag:") and "no_such_flag" in err
+    err = _one_line_error(capsys, name, "stray", f"--workdir={tmp_path}")
+    assert "bad flag" in err and "stray" in err
+
+
+def test_errors_are_labelled_by_what_failed_not_as_gin_values(tmp_path, capsys):
+    """A missing dataset inside `ff-jax eval` is a missing file, although gin called the function."""
+    err = _one_line_error(capsys, "eval", "--gin_file=experiments/tiny_smoke.gin", f"--gin.DATA_DIR={tmp_path}",
+                          "--gin.FeedData.prepare=False", f"--workdir={tmp_path / 'w'}")
+    assert err.startswith("ff-jax eval: no such file:") and "no prepared dataset here" in err
+    assert cli.label(EmbeddingStoreError("x: checksum mismatch")) == "embedding store error"
+    assert cli.label(RuntimeError("a bug")) is None and cli.label(TypeError("a bug")) is None  # tracebacks kept
 
 
 def test_every_experiment_file_parses_and_layers_one_model_and_one_run():
     import gin
 
-    from ff_jax.gin_cli import CONFIGS_DIR, parse
     from ff_jax.train import loop  # noqa: F401  (registers the configurables)
 
     experiments = sorted((CONFIGS_DIR / "experiments").glob("*.gin"))
-    assert len(experiments) >= 14
+    assert len(experiments) >= 15
     for path in experiments:
         text = path.read_text()
         assert text.count("include 'model/") == 1 and text.count("include 'runs/") == 1, path.name
-        parse([str(path)], ["DATA_DIR = '/tmp/none'"])
+        parse([str(path)], [f"{name} = '/tmp/none'" for name in required_macros_in(str(path))])
         assert gin.query_parameter("FeedData.data_dir") is not None, path.name
 
 
