@@ -149,7 +149,8 @@ def generate(config: FeedWorldConfig | None = None, progress: bool = True) -> Fe
     cfg = config or FeedWorldConfig()
     streams = [np.random.default_rng(s) for s in np.random.SeedSequence(cfg.seed).spawn(5)]
     total = cfg.n_items + cfg.n_members + 3
-    with tqdm(total=total, desc=f"feed_world {cfg.name}", unit="row", unit_scale=True, disable=not progress) as bar:
+    with tqdm(total=total, desc=f"feed_world {cfg.name}", unit="row", unit_scale=True, disable=not progress,
+              leave=False) as bar:
         weights = topic_weights(streams[0], cfg.n_topics)
         bar.set_postfix_str("members")
         members = make_members(cfg, streams[1], weights)

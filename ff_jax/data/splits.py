@@ -199,7 +199,7 @@ def temporal_split(tables: FeedTables, test_fraction: float = 0.2, validation_fr
 
     train, validation, test = [], [], []
     for u in tqdm(range(len(user_ids)), desc=f"splitting {tables.name}", unit="member",
-                  disable=not progress, mininterval=1.0):
+                  disable=not progress, mininterval=1.0, leave=False):  # a sub-step of preparing data
         rows = by_user[bounds[u]:bounds[u + 1]]
         if len(rows) == 0:
             continue

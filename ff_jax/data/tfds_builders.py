@@ -26,6 +26,7 @@ from typing import Iterator
 
 import numpy as np
 import tensorflow_datasets as tfds
+from absl import logging
 from etils import epath
 from tqdm.auto import tqdm
 
@@ -131,7 +132,7 @@ class PromptRecords:
         rows = getattr(self.p.splits, split)
         render = self.train if split == "train" else self.evaluation
         for i, row in enumerate(tqdm(rows, desc=f"{self.p.tables.name} {split} prompts", unit="example",
-                                     disable=not self.progress, mininterval=1.0)):
+                                     disable=not self.progress, mininterval=1.0, leave=False)):
             yield f"{i:09d}", render(row)
 
     def corpus(self) -> Iterator[tuple[str, dict]]:
@@ -155,6 +156,14 @@ class _FeedBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
     def _load_tables(self) -> FeedTables:
         raise NotImplementedError
+
+    # TFDS prints these two lines to stdout whatever the verbosity; here they are INFO logs, shown
+    # with `--verbosity=0` (ff_jax.verbosity).
+    def _log_download_bytes(self) -> None:
+        logging.info("preparing %s/%s into %s", self.name, self.builder_config.name, self.data_dir)
+
+    def _log_download_done(self) -> None:
+        logging.info("prepared %s", self.data_dir)
 
     def _info(self) -> tfds.core.DatasetInfo:
         features = CORPUS_FEATURES if self.CORPUS else EXAMPLE_FEATURES
