@@ -49,9 +49,9 @@ def pack_all(tokens: list[np.ndarray], config: BatchConfig, pad_id: int) -> tupl
         batches = PackedBatchIterDataset(source, lambda: OneTowerBatcher(b, config.tower_spec("item"), pad_id))
     begin, pads, total, count, seen = time.process_time(), 0, 0, 0, 0
     for batch in batches:
-        pads += int((batch["segment_ids"] == 0).sum())
-        total += batch["segment_ids"].size
-        seen += int(batch["example_mask"].sum())
+        pads += int((batch.segment_ids == 0).sum())
+        total += batch.segment_ids.size
+        seen += int(batch.example_mask.sum())
         count += 1
     assert seen == len(tokens), "packing lost prompts"
     return time.process_time() - begin, pads / total, count

@@ -17,6 +17,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from ff_jax.data.batches import DualTowerBatch, segment_id_arrays
 from ff_jax.data.pipeline import BatchConfig
 from ff_jax.model import make_mesh, presets
 from ff_jax.model.sharding import logical_axis_rules
@@ -46,8 +47,8 @@ def batch_config(preset: str, mode: str) -> BatchConfig:
                        member_rows=max(1, (b * 8) // 10), item_rows=max(1, (2 * b * 6) // 10), **shape)
 
 
-def prompt_tokens(batch: dict) -> int:
-    return int(sum((batch[k] > 0).sum() for k in ("member_segment_ids", "item_segment_ids")))
+def prompt_tokens(batch: DualTowerBatch) -> int:
+    return int(sum((segments > 0).sum() for segments in segment_id_arrays(batch)))
 
 
 def measure(preset: str, mode: str, data_dir: str, num_steps: int) -> dict:
@@ -74,9 +75,9 @@ def measure(preset: str, mode: str, data_dir: str, num_steps: int) -> dict:
         state, metrics = train_step(state, steps.device_batch(batch, sharding))
     jax.block_until_ready(metrics["loss"])
     elapsed = time.perf_counter() - start
-    examples = sum(float(np.sum(b["example_mask"])) for b in batches[1:])
+    examples = sum(float(np.sum(b.example_mask)) for b in batches[1:])
     tokens = sum(prompt_tokens(b) for b in batches[1:])
-    slots = sum(b["member_segment_ids"].size + b["item_segment_ids"].size for b in batches[1:])
+    slots = sum(b.member_segment_ids.size + b.item_segment_ids.size for b in batches[1:])
     return {"preset": preset, "mode": mode, "steps": num_steps, "examples_per_s": examples / elapsed,
             "tokens_per_s": tokens / elapsed, "padding": 1 - tokens / slots, "step_s": elapsed / num_steps,
             "first_step_s": compile_s}

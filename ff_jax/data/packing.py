@@ -1,5 +1,6 @@
 """Packing tokenised prompts into fixed-shape rows, and the grain transformations that turn a
-stream of examples into the dual-encoder (or one-tower) batches of CONTRACTS.md.
+stream of examples into the typed batches of ff_jax.data.batches (DualTowerBatch, EmbeddingBatch;
+docs/contracts.md).
 
 A row of `length` tokens holds at most `max_segments` prompts; segment ids count 1, 2, ... along
 the row (0 = padding) and positions restart at 0 in every segment, so the model's mask rule (same
@@ -23,6 +24,8 @@ from typing import Any, Callable, Protocol, Sequence
 
 import grain
 import numpy as np
+
+from ff_jax.data.batches import DualTowerBatch, EmbeddingBatch, segment_id_arrays, stack_shards
 
 STRATEGIES = ("first_fit", "best_fit")
 
@@ -118,7 +121,7 @@ class Batcher(Protocol):
 
     def add(self, example: dict) -> bool: ...
     def __len__(self) -> int: ...
-    def build(self) -> dict: ...
+    def build(self) -> DualTowerBatch | EmbeddingBatch: ...  # one shard: no leading N axis
 
 
 class DualTowerBatcher:
@@ -159,7 +162,7 @@ class DualTowerBatcher:
         self._keys.append([int(k) for k in list(example["item_keys"])[: len(items)]])
         return True
 
-    def build(self) -> dict:
+    def build(self) -> DualTowerBatch:
         b, h = self.capacity, self.num_negatives
         member_tokens, member_segments, member_positions = self._members.arrays(self.pad_id)
         item_tokens, item_segments, item_positions = self._items.arrays(self.pad_id)
@@ -173,7 +176,7 @@ class DualTowerBatcher:
             member_slot[i], positive_slot[i], positive_key[i], mask[i] = m, slots[0], keys[0], 1.0
             negative_slot[i, : len(slots) - 1] = slots[1:]
             negative_key[i, : len(keys) - 1] = keys[1:]
-        return dict(
+        return DualTowerBatch(
             member_tokens=member_tokens, member_segment_ids=member_segments,
             member_positions=member_positions, member_slot=member_slot,
             item_tokens=item_tokens, item_segment_ids=item_segments, item_positions=item_positions,
@@ -205,33 +208,22 @@ class OneTowerBatcher:
         self._ids.append(str(example["id"]))
         return True
 
-    def build(self) -> dict:
+    def build(self) -> EmbeddingBatch:
         tokens, segment_ids, positions = self._packer.arrays(self.pad_id)
         slot = np.zeros(self.capacity, np.int32)
         slot[: len(self._slots)] = self._slots
         mask = np.zeros(self.capacity, np.float32)
         mask[: len(self._slots)] = 1.0
         ids = self._ids + [""] * (self.capacity - len(self._ids))
-        return dict(tokens=tokens, segment_ids=segment_ids, positions=positions, slot=slot,
-                    example_mask=mask, ids=ids)
+        return EmbeddingBatch(tokens=tokens, segment_ids=segment_ids, positions=positions, slot=slot,
+                              example_mask=mask, ids=ids)
 
 
-def stack_shards(shards: Sequence[dict]) -> dict:
-    """Shard batches -> one batch with a leading shard axis N; `ids` lists are concatenated."""
-    out = {}
-    for key in shards[0]:
-        if key == "ids":
-            out[key] = [i for shard in shards for i in shard[key]]
-        else:
-            out[key] = np.stack([shard[key] for shard in shards])
-    return out
-
-
-def padding_waste(batch: dict) -> float:
+def padding_waste(batch: DualTowerBatch | EmbeddingBatch) -> float:
     """Fraction of token positions that are padding (segment id 0), over all towers of a batch."""
-    keys = [k for k in batch if k.endswith("segment_ids")]
-    total = sum(batch[k].size for k in keys)
-    return float(sum(int((batch[k] == 0).sum()) for k in keys) / max(total, 1))
+    arrays = segment_id_arrays(batch)
+    total = sum(a.size for a in arrays)
+    return float(sum(int((a == 0).sum()) for a in arrays) / max(total, 1))
 
 
 # --------------------------------------------------------------------------- grain transformations
@@ -318,7 +310,7 @@ class _PackedBatchIterator(grain.DatasetIterator):
                 self._carry.append(example)
             considered += 1
 
-    def __next__(self) -> dict:
+    def __next__(self) -> DualTowerBatch | EmbeddingBatch:
         shards = []
         for shard in range(self._num_shards):
             batcher = self._new_batcher()

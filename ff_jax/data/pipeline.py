@@ -1,6 +1,6 @@
 """grain pipelines from prompt records (TFDS data sources, or any random-access sequence of dicts)
-to the batches of CONTRACTS.md: tokenise + fit to the token budgets, pack / pad / bucket, batch
-with a leading shard axis N.
+to the typed batches of ff_jax.data.batches (docs/contracts.md): tokenise + fit to the token
+budgets, pack / pad / bucket, batch with a leading shard axis N.
 
 Every process reads its own slice of the records (`shard_index::shard_count`, by default
 jax.process_index()::jax.process_count()). Shuffling is grain's index shuffle under `seed`, so a
@@ -18,8 +18,9 @@ import gin
 import grain
 import numpy as np
 
+from ff_jax.data.batches import DualTowerBatch, EmbeddingBatch, stack_shards
 from ff_jax.data.packing import (Batcher, DualTowerBatcher, OneTowerBatcher, PackedBatchIterDataset, RowSpec,
-                                 stack_shards, state_decode, state_encode)
+                                 state_decode, state_encode)
 from ff_jax.data.prompts import PromptFormat, fit_item_tokens, fit_member_tokens
 
 MODES = ("packed", "padded", "bucketed")
@@ -122,7 +123,7 @@ class _BucketIterator(grain.DatasetIterator):
         raise ValueError(f"example {example.get('id')!r} has a prompt of {n} tokens, longer than the "
                          f"largest bucket boundary {self._cfg._boundaries[-1]}")
 
-    def _emit(self, bucket: int) -> dict:
+    def _emit(self, bucket: int) -> DualTowerBatch | EmbeddingBatch:
         boundary = self._cfg._boundaries[bucket]
         shards = []
         for _ in range(self._cfg._num_shards):
@@ -136,7 +137,7 @@ class _BucketIterator(grain.DatasetIterator):
             shards.append(batcher.build())
         return stack_shards(shards)
 
-    def __next__(self) -> dict:
+    def __next__(self) -> DualTowerBatch | EmbeddingBatch:
         full = self._cfg._num_shards * self._cfg._capacity
         while not self._exhausted:
             try:
@@ -298,17 +299,14 @@ def local_data_shards(mesh, axis: str = "data") -> int:
     return len(positions)
 
 
-def to_global(batch: dict, mesh, axis: str = "data") -> dict:
+def to_global(batch: DualTowerBatch | EmbeddingBatch, mesh, axis: str = "data"):
     """This process's batch -> global jax arrays sharded over `axis` along the leading N axis
     (host-side `ids` stay a list)."""
     import jax
     from jax.sharding import NamedSharding, PartitionSpec
 
-    out = {}
-    for key, value in batch.items():
-        if key == "ids":
-            out[key] = value
-            continue
+    def place(value):
         spec = PartitionSpec(axis, *([None] * (value.ndim - 1)))
-        out[key] = jax.make_array_from_process_local_data(NamedSharding(mesh, spec), value)
-    return out
+        return jax.make_array_from_process_local_data(NamedSharding(mesh, spec), value)
+
+    return jax.tree.map(place, batch)  # static (host-only) fields are carried over untouched

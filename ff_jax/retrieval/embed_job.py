@@ -31,6 +31,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
+from ff_jax.data.batches import EmbeddingBatch
 from ff_jax.data.pipeline import as_text, embedding_batches
 from ff_jax.model.sharding import batch_shards, logical_axis_rules, use_rules
 from ff_jax.retrieval.embedding_store import STORAGE_DTYPES, ShardWriter
@@ -86,12 +87,14 @@ class RecordSlice(Sequence):
         return self.records[self.start + index % len(self)]
 
 
-def embed_records(records: Sequence[dict], writer: ShardWriter, make_batches: Callable[[Sequence], Iterable[dict]],
-                  encode: Callable[[dict], np.ndarray], id_key: str, progress: bool = True, desc: str = "") -> int:
+def embed_records(records: Sequence[dict], writer: ShardWriter,
+                  make_batches: Callable[[Sequence], Iterable[EmbeddingBatch]],
+                  encode: Callable[[EmbeddingBatch], np.ndarray], id_key: str, progress: bool = True,
+                  desc: str = "") -> int:
     """Embeds the shards `writer` still lacks; returns how many were computed.
 
-    make_batches(records) -> one-tower batches (CONTRACTS.md: `ids`, `example_mask`, ...);
-    encode(batch) -> un-normalised vectors [N * B/N, width] on the host.
+    make_batches(records) -> one-tower batches (ff_jax.data.batches.EmbeddingBatch: `ids`,
+    `example_mask`, ...); encode(batch) -> un-normalised vectors [N * B/N, width] on the host.
     """
     pending = writer.pending()
     done_records = writer.settings["records"] - sum(len(range(*writer.shard_range(s))) for s in pending)
@@ -107,8 +110,8 @@ def embed_records(records: Sequence[dict], writer: ShardWriter, make_batches: Ca
             seen = np.zeros(len(part), bool)
             for batch in make_batches(part):
                 out = np.asarray(encode(batch), np.float32)
-                keep = np.asarray(batch["example_mask"]).reshape(-1) > 0
-                rows = [order[i] for i, k in zip(batch["ids"], keep) if k]
+                keep = np.asarray(batch.example_mask).reshape(-1) > 0
+                rows = [order[i] for i, k in zip(batch.ids, keep) if k]
                 vectors[rows], seen[rows] = out[keep], True
                 bar.update(len(rows))
             if not seen.all():
@@ -155,19 +158,19 @@ def load_model(workdir: Path, args: dict, zero_shot: bool, step: int | None, mes
     return nnx.merge(graphdef, weights["params"], weights["frozen"]), tokenizer, origin
 
 
-def jit_encoder(model, mesh, rules, segments: int) -> Callable[[dict], np.ndarray]:
+def jit_encoder(model, mesh, rules, segments: int) -> Callable[[EmbeddingBatch], np.ndarray]:
     """batch -> un-normalised embeddings [N * B/N, E] on the host, the batch sharded over the mesh."""
     graphdef, state = nnx.split(model)
 
     @functools.partial(jax.jit, out_shardings=NamedSharding(mesh, P()))
-    def run(state, tokens, segment_ids, positions, slot):
-        return nnx.merge(graphdef, state).encode(tokens, segment_ids, positions, slot, segments)
+    def run(state, batch: EmbeddingBatch):
+        return nnx.merge(graphdef, state).encode(batch.tokens, batch.segment_ids, batch.positions, batch.slot,
+                                                 segments)
 
-    def encode(batch: dict) -> np.ndarray:
-        arrays = {k: batch[k] for k in ("tokens", "segment_ids", "positions", "slot")}
-        placed = steps.device_batch(arrays, steps.batch_shardings(arrays, mesh, rules), process_local=False)
+    def encode(batch: EmbeddingBatch) -> np.ndarray:
+        placed = steps.device_batch(batch, steps.batch_shardings(batch, mesh, rules), process_local=False)
         with jax.set_mesh(mesh), use_rules(rules):
-            return np.asarray(run(state, **placed))
+            return np.asarray(run(state, placed))
 
     return encode
 

@@ -16,6 +16,7 @@ from typing import Optional
 import gin
 import numpy as np
 
+from ff_jax.data.batches import EmbeddingBatch
 from ff_jax.data.pipeline import BatchConfig, as_text, embedding_batches, train_batches
 from ff_jax.data.prompts import PromptFormat
 from ff_jax.data.tables_options import TablesOptions
@@ -23,9 +24,9 @@ from ff_jax.data.tables_options import TablesOptions
 
 @dataclasses.dataclass
 class Validation:
-    pair_batches: list  # dual-tower batches
-    member_batches: list  # one-tower batches; ids = user ids
-    corpus_batches: list  # one-tower batches; ids = item ids
+    pair_batches: list  # DualTowerBatch (ff_jax.data.batches)
+    member_batches: list  # EmbeddingBatch; ids = user ids
+    corpus_batches: list  # EmbeddingBatch; ids = item ids
     targets: dict  # user id -> set of held-out item ids
     exclude: dict  # user id -> set of item ids not to rank (engaged history)
 
@@ -128,12 +129,12 @@ class FeedData:
         return Validation(pair_batches, member_batches, corpus_batches, targets, exclude)
 
 
-def collect_embeddings(embed, batches: list) -> tuple[list[str], np.ndarray]:
+def collect_embeddings(embed, batches: list[EmbeddingBatch]) -> tuple[list[str], np.ndarray]:
     """ids and embeddings [n, D] of one-tower batches (filler examples dropped)."""
     ids, rows = [], []
     for batch in batches:
         out = np.asarray(embed(batch))
-        keep = np.asarray(batch["example_mask"]).reshape(-1) > 0
-        ids.extend(i for i, k in zip(batch["ids"], keep) if k)
+        keep = np.asarray(batch.example_mask).reshape(-1) > 0
+        ids.extend(i for i, k in zip(batch.ids, keep) if k)
         rows.append(out[keep])
     return ids, np.concatenate(rows) if rows else np.zeros((0, 0), np.float32)

@@ -1,6 +1,6 @@
 """A shared-backbone dual encoder: one LLaMA-3 encodes members and items, pooled to one vector each.
 
-Prompts arrive packed (CONTRACTS.md, "Batches for the dual encoder"): rows [N, R, L] of token ids
+Prompts arrive packed (ff_jax.data.batches, docs/contracts.md): rows [N, R, L] of token ids
 with segment ids 1..S (0 = padding), and each example names the slot `row * S + segment_id - 1`
 of its prompt within its shard. Pooling therefore works row by row with a one-hot over the S
 segments of a row — no scatter, and it shards along rows like the backbone does.
@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from ff_jax.data.batches import DualTowerBatch
 from ff_jax.model import Llama
 from ff_jax.model.sharding import constrain
 from ff_jax.train.losses import Towers, l2_normalize, nested_slice
@@ -156,25 +157,24 @@ class DualEncoder(nnx.Module):
         raw = self.encode(tokens, segment_ids, positions, slot, segments_per_row)
         return l2_normalize(raw) if dim is None else nested_slice(raw, dim)
 
-    def towers(self, batch: dict, member_segments: int, item_segments: int) -> Towers:
-        """Both towers of a training batch (CONTRACTS.md format), flattened to the global batch.
+    def towers(self, batch: DualTowerBatch, member_segments: int, item_segments: int) -> Towers:
+        """Both towers of a training batch, flattened to the global batch.
 
         member_segments / item_segments: the S (prompts per row) each tower was packed with.
         """
-        members = self.encode_rows(batch["member_tokens"], batch["member_segment_ids"],
-                                   batch["member_positions"], member_segments)
-        items = self.encode_rows(batch["item_tokens"], batch["item_segment_ids"], batch["item_positions"],
-                                 item_segments)
-        member, _ = gather_slots(members, batch["member_slot"])
-        positive, _ = gather_slots(items, batch["positive_slot"])
-        negatives, negative_mask = gather_slots(items, batch["negative_slot"])
+        members = self.encode_rows(batch.member_tokens, batch.member_segment_ids, batch.member_positions,
+                                   member_segments)
+        items = self.encode_rows(batch.item_tokens, batch.item_segment_ids, batch.item_positions, item_segments)
+        member, _ = gather_slots(members, batch.member_slot)
+        positive, _ = gather_slots(items, batch.positive_slot)
+        negatives, negative_mask = gather_slots(items, batch.negative_slot)
         dim = member.shape[-1]
         size = member.shape[0] * member.shape[1]  # explicit: with H = 0 a -1 could not be inferred
-        hard = batch["negative_slot"].shape[-1]
+        hard = batch.negative_slot.shape[-1]
         keys = {}
-        if "positive_key" in batch:  # item-id hashes: mask in-batch duplicates of a positive
-            keys = dict(positive_key=batch["positive_key"].reshape(size),
-                        negative_key=batch["negative_key"].reshape(size, hard))
+        if batch.positive_key is not None:  # item-id hashes: mask in-batch duplicates of a positive
+            keys = dict(positive_key=batch.positive_key.reshape(size),
+                        negative_key=batch.negative_key.reshape(size, hard))
         return Towers(member=member.reshape(size, dim), positive=positive.reshape(size, dim),
                       negatives=negatives.reshape(size, hard, dim), negative_mask=negative_mask.reshape(size, hard),
-                      example_mask=batch["example_mask"].reshape(size), **keys)
+                      example_mask=batch.example_mask.reshape(size), **keys)

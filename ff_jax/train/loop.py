@@ -229,7 +229,7 @@ class Validator:
             totals, weight = {"loss": 0.0, "in_batch_accuracy": 0.0}, 0.0
             for batch in validation.pair_batches:
                 metrics = self.eval_step(state, steps.device_batch(batch, sharding, process_local=False))
-                n = float(np.sum(batch["example_mask"]))
+                n = float(np.sum(batch.example_mask))
                 for key in totals:
                     totals[key] += float(metrics[key]) * n
                 weight += n

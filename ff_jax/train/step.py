@@ -4,9 +4,10 @@ The model travels as (graphdef, state): `graphdef` is static, the state is a pla
 step is one `jax.jit` with explicit in/out shardings — the modern spelling of pjit — and the same
 code runs on one CPU, 8 forced CPU devices, a GPU, or many hosts under jax.distributed.
 
-Batches keep CONTRACTS.md's leading shard axis N, sharded over the logical "batch" axis (data and
-fsdp). The losses see global arrays, so XLA inserts the cross-device all-gather of in-batch
-negatives itself.
+Batches are the typed pytrees of ff_jax.data.batches (DualTowerBatch for train/eval steps,
+EmbeddingBatch for embed steps; docs/contracts.md). Their leading shard axis N is sharded over the
+logical "batch" axis (data and fsdp). The losses see global arrays, so XLA inserts the cross-device
+all-gather of in-batch negatives itself.
 """
 
 import dataclasses
@@ -20,6 +21,7 @@ import optax
 from flax import nnx, struct
 from jax.sharding import NamedSharding, PartitionSpec
 
+from ff_jax.data.batches import DualTowerBatch, EmbeddingBatch, device_part, segment_id_arrays
 from ff_jax.model.sharding import DEFAULT_RULES, Rules, batch_shards, logical_to_spec, state_shardings, use_rules
 from ff_jax.train.dual_encoder import DualEncoder
 from ff_jax.train.optimizer import trainable_filter
@@ -77,40 +79,44 @@ def train_state_shardings(tx, params, frozen, mesh, rules: Rules = DEFAULT_RULES
                       opt_state=opt_shardings, rng=replicated)
 
 
-def batch_shardings(batch: dict, mesh: jax.sharding.Mesh, rules: Rules = DEFAULT_RULES) -> dict:
-    """The shard axis N of every array over the logical "batch" axis; host-side lists are dropped."""
-    out, size = {}, batch_shards(mesh, rules)
-    for key, value in batch.items():
-        if isinstance(value, list):
-            continue
+def batch_shardings(batch, mesh: jax.sharding.Mesh, rules: Rules = DEFAULT_RULES):
+    """A batch of the same type holding one NamedSharding per array: the shard axis N over the
+    logical "batch" axis. Host-only fields (ids) are dropped (ff_jax.data.batches.device_part)."""
+    size = batch_shards(mesh, rules)
+
+    def sharding(path, value):
         shape = np.shape(value)
         spec = logical_to_spec(("batch",) + (None,) * (len(shape) - 1), dict(mesh.shape), rules)
         if shape[0] % size:
-            raise ValueError(f"batch[{key!r}] has {shape[0]} shards on its leading axis; the mesh splits the batch "
-                             f"{size} ways ({spec[0]}): make the pipeline's num_shards a multiple of {size}")
-        out[key] = NamedSharding(mesh, spec)
-    return out
+            raise ValueError(f"batch{jax.tree_util.keystr(path)} has {shape[0]} shards on its leading axis; the mesh "
+                             f"splits the batch {size} ways ({spec[0]}): make the pipeline's num_shards a multiple "
+                             f"of {size}")
+        return NamedSharding(mesh, spec)
+
+    return jax.tree_util.tree_map_with_path(sharding, device_part(batch))
 
 
-def device_batch(batch: dict, shardings: dict, process_local: bool = True) -> dict:
-    """Host numpy batch → global jax arrays.
+def device_batch(batch, shardings, process_local: bool = True):
+    """Host numpy batch → the same batch type of global jax arrays, host-only fields dropped.
 
     With several processes, a process-local batch holds only this process's shards (the training
     pipeline reads one slice of the records per process); a global one (process_local=False, e.g.
     validation batches every process builds whole) is cut to each process's devices here.
     """
+    batch = device_part(batch)
     if jax.process_count() == 1:
-        return {key: jax.device_put(np.asarray(batch[key]), sharding) for key, sharding in shardings.items()}
-    if process_local:
-        return {key: jax.make_array_from_process_local_data(sharding, np.asarray(batch[key]))
-                for key, sharding in shardings.items()}
-    return {key: jax.make_array_from_callback(np.shape(batch[key]), sharding,
-                                              lambda index, value=np.asarray(batch[key]): value[index])
-            for key, sharding in shardings.items()}
+        place = lambda value, sharding: jax.device_put(np.asarray(value), sharding)  # noqa: E731
+    elif process_local:
+        place = lambda value, sharding: jax.make_array_from_process_local_data(sharding, np.asarray(value))  # noqa: E731
+    else:
+        def place(value, sharding):
+            value = np.asarray(value)
+            return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
+    return jax.tree.map(place, batch, shardings)
 
 
-def _tokens(batch: dict) -> jax.Array:
-    return sum(jnp.sum(batch[k] > 0) for k in ("member_segment_ids", "item_segment_ids"))
+def _tokens(batch: DualTowerBatch) -> jax.Array:
+    return sum(jnp.sum(segments > 0) for segments in segment_id_arrays(batch))
 
 
 def _loss_and_metrics(graphdef, cfg: StepConfig, params, frozen, batch):
@@ -120,7 +126,7 @@ def _loss_and_metrics(graphdef, cfg: StepConfig, params, frozen, batch):
     return loss, (metrics, towers)
 
 
-def train_step(graphdef, cfg: StepConfig, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+def train_step(graphdef, cfg: StepConfig, state: TrainState, batch: DualTowerBatch) -> tuple[TrainState, dict]:
     """One optimiser step (or one accumulation micro-step): a pure function of its arguments."""
     grad_fn = jax.value_and_grad(functools.partial(_loss_and_metrics, graphdef, cfg), has_aux=True)
     (loss, (metrics, _)), grads = grad_fn(state.params, state.frozen, batch)
@@ -128,7 +134,7 @@ def train_step(graphdef, cfg: StepConfig, state: TrainState, batch: dict) -> tup
     params = optax.apply_updates(state.params, updates)
     rng, _ = jax.random.split(jax.random.wrap_key_data(state.rng))
     metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads),
-                   examples=jnp.sum(batch["example_mask"]), tokens=_tokens(batch))
+                   examples=jnp.sum(batch.example_mask), tokens=_tokens(batch))
     if cfg.schedule is not None:
         metrics["learning_rate"] = cfg.schedule(state.step // cfg.accumulation_steps)
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
@@ -136,16 +142,16 @@ def train_step(graphdef, cfg: StepConfig, state: TrainState, batch: dict) -> tup
     return new_state, metrics
 
 
-def eval_step(graphdef, cfg: StepConfig, state: TrainState, batch: dict) -> dict:
+def eval_step(graphdef, cfg: StepConfig, state: TrainState, batch: DualTowerBatch) -> dict:
     """Loss and metrics of a batch without updating (recall@K embeds the corpus separately)."""
     loss, (metrics, _) = _loss_and_metrics(graphdef, cfg, state.params, state.frozen, batch)
     return dict(metrics, loss=loss)
 
 
-def embed_step(graphdef, segments: int, state: TrainState, batch: dict) -> jax.Array:
+def embed_step(graphdef, segments: int, state: TrainState, batch: EmbeddingBatch) -> jax.Array:
     """Un-normalised embeddings [N * B/N, E] of a one-tower batch (callers slice / normalise)."""
     model = nnx.merge(graphdef, state.params, state.frozen)
-    return model.encode(batch["tokens"], batch["segment_ids"], batch["positions"], batch["slot"], segments)
+    return model.encode(batch.tokens, batch.segment_ids, batch.positions, batch.slot, segments)
 
 
 def jit_embed(graphdef, segments: int, shardings: TrainState, mesh, rules=DEFAULT_RULES):
@@ -160,7 +166,8 @@ def jit_embed(graphdef, segments: int, shardings: TrainState, mesh, rules=DEFAUL
     return run
 
 
-def jit_steps(graphdef, cfg: StepConfig, shardings: TrainState, batch_sharding: dict, mesh, rules=DEFAULT_RULES):
+def jit_steps(graphdef, cfg: StepConfig, shardings: TrainState, batch_sharding: DualTowerBatch, mesh,
+              rules=DEFAULT_RULES):
     """Compiled (train_step, eval_step) taking (state, batch) with explicit shardings."""
     replicated = NamedSharding(mesh, PartitionSpec())
     train = jax.jit(functools.partial(train_step, graphdef, cfg), in_shardings=(shardings, batch_sharding),

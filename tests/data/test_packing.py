@@ -90,8 +90,8 @@ def test_padded_mode_matches_plain_padding():
     plain = np.full((4, 8), PAD, np.int32)
     for i, seq in enumerate(seqs):
         plain[i, : len(seq)] = seq
-    np.testing.assert_array_equal(batch["tokens"], plain)
-    np.testing.assert_array_equal(batch["slot"], [0, 1, 2, 3])
+    np.testing.assert_array_equal(batch.tokens, plain)
+    np.testing.assert_array_equal(batch.slot, [0, 1, 2, 3])
     assert padding_waste(batch) == pytest.approx(1 - 16 / 32)
 
 
@@ -120,30 +120,30 @@ def test_dual_tower_batches_keep_every_example_once_with_fixed_shapes():
     batches = run_all(ds)
     seen = []
     for batch in batches:
-        assert batch["member_tokens"].shape == (2, 2, 32)
-        assert batch["item_tokens"].shape == (2, 2, 32)
-        assert batch["negative_slot"].shape == (2, 4, 2)
+        assert batch.member_tokens.shape == (2, 2, 32)
+        assert batch.item_tokens.shape == (2, 2, 32)
+        assert batch.negative_slot.shape == (2, 4, 2)
         for n in range(2):
-            for b in np.flatnonzero(batch["example_mask"][n]):
-                member = segment_of_slot(batch["member_tokens"][n], batch["member_segment_ids"][n],
-                                         batch["member_slot"][n, b], 3)
+            for b in np.flatnonzero(batch.example_mask[n]):
+                member = segment_of_slot(batch.member_tokens[n], batch.member_segment_ids[n],
+                                         batch.member_slot[n, b], 3)
                 i = member[0] // 10000
                 example = examples[i]
                 np.testing.assert_array_equal(member, example["member"])
-                positive = segment_of_slot(batch["item_tokens"][n], batch["item_segment_ids"][n],
-                                           batch["positive_slot"][n, b], 6)
+                positive = segment_of_slot(batch.item_tokens[n], batch.item_segment_ids[n],
+                                           batch.positive_slot[n, b], 6)
                 np.testing.assert_array_equal(positive, example["items"][0])
-                assert batch["positive_key"][n, b] == example["item_keys"][0]
-                for j, slot in enumerate(batch["negative_slot"][n, b]):
+                assert batch.positive_key[n, b] == example["item_keys"][0]
+                for j, slot in enumerate(batch.negative_slot[n, b]):
                     if j + 1 < len(example["items"]):
-                        neg = segment_of_slot(batch["item_tokens"][n], batch["item_segment_ids"][n], slot, 6)
+                        neg = segment_of_slot(batch.item_tokens[n], batch.item_segment_ids[n], slot, 6)
                         np.testing.assert_array_equal(neg, example["items"][j + 1])
                     else:
                         assert slot == -1
                 seen.append(i)
     assert sorted(seen) == list(range(23))  # nothing dropped, nothing duplicated
     # The rows are too small for 4 examples per shard, so some examples were carried over.
-    assert sum(int(b["example_mask"].sum()) for b in batches) == 23 < 8 * len(batches)
+    assert sum(int(b.example_mask.sum()) for b in batches) == 23 < 8 * len(batches)
 
 
 def test_carried_examples_survive_an_iterator_checkpoint():
@@ -160,8 +160,8 @@ def test_carried_examples_survive_an_iterator_checkpoint():
     rest = list(restored)
     assert len(rest) == len(expected) - 3
     for got, want in zip(rest, expected[3:]):
-        for key in want:
-            np.testing.assert_array_equal(got[key], want[key])
+        for key, value in vars(want).items():  # every field of the typed batch
+            np.testing.assert_array_equal(getattr(got, key), value)
 
 
 def test_an_example_too_big_for_an_empty_batch_is_named():
@@ -183,9 +183,9 @@ def test_length_buckets_use_the_smallest_boundary_that_fits():
         lambda length: OneTowerBatcher(3, RowSpec(3, length), pad_id=PAD), capacity=3, num_shards=2)
     seen = []
     for batch in ds:
-        length = batch["tokens"].shape[-1]
-        assert length in boundaries and batch["tokens"].shape[:2] == (2, 3)
-        lengths = (batch["segment_ids"] > 0).sum(-1)[batch["example_mask"] > 0]
+        length = batch.tokens.shape[-1]
+        assert length in boundaries and batch.tokens.shape[:2] == (2, 3)
+        lengths = (batch.segment_ids > 0).sum(-1)[batch.example_mask > 0]
         assert lengths.max() <= length and (length == 8 or lengths.max() > boundaries[boundaries.index(length) - 1])
-        seen += [i for i in batch["ids"] if i]
+        seen += [i for i in batch.ids if i]
     assert sorted(seen) == sorted(e["id"] for e in examples)

@@ -57,9 +57,9 @@ def take(dataset_or_iter, n):
 
 
 def assert_same(a, b):
-    assert a.keys() == b.keys()
-    for key in a:
-        np.testing.assert_array_equal(np.asarray(a[key]), np.asarray(b[key]), err_msg=key)
+    assert type(a) is type(b)
+    for key, value in vars(a).items():  # every field of the typed batch
+        np.testing.assert_array_equal(np.asarray(value), np.asarray(getattr(b, key)), err_msg=key)
 
 
 def segment(tokens, segment_ids, slot, max_segments):
@@ -73,9 +73,9 @@ def test_train_batches_hold_each_example_prompts_within_budget():
     by_user = {r["user_id"].decode(): r for r in RECORDS}
     checked = 0
     for batch in batches:
-        assert batch["member_tokens"].shape == (1, 3, 96) and batch["negative_slot"].shape == (1, 4, 2)
-        for b in np.flatnonzero(batch["example_mask"][0]):
-            member = segment(batch["member_tokens"][0], batch["member_segment_ids"][0], batch["member_slot"][0, b], 4)
+        assert batch.member_tokens.shape == (1, 3, 96) and batch.negative_slot.shape == (1, 4, 2)
+        for b in np.flatnonzero(batch.example_mask[0]):
+            member = segment(batch.member_tokens[0], batch.member_segment_ids[0], batch.member_slot[0, b], 4)
             assert member[0] == tok.bos_id and member[-1] == tok.eos_id and len(member) <= 90
             text = tok.decode(member[1:-1])
             record = by_user[text.split("<skill>")[1].split()[0]]
@@ -86,12 +86,12 @@ def test_train_batches_hold_each_example_prompts_within_budget():
             assert kept == "".join(history[:k])  # the newest k items, whole
             if k < len(history):  # and the next one would have broken the budget
                 assert len(member) + len(tok.encode(history[k])) > 90
-            positive = segment(batch["item_tokens"][0], batch["item_segment_ids"][0], batch["positive_slot"][0, b], 4)
+            positive = segment(batch.item_tokens[0], batch.item_segment_ids[0], batch.positive_slot[0, b], 4)
             want = tok.encode(record["positive_prompt"].decode())
             want = want if len(want) <= 38 else want[:38 - 2] + tok.encode("</text></item>")
             np.testing.assert_array_equal(positive, [tok.bos_id, *want, tok.eos_id])
-            assert batch["positive_key"][0, b] == item_key(record["positive_id"].decode())
-            negatives = [s for s in batch["negative_slot"][0, b] if s >= 0]
+            assert batch.positive_key[0, b] == item_key(record["positive_id"].decode())
+            negatives = [s for s in batch.negative_slot[0, b] if s >= 0]
             assert len(negatives) == min(2, len(record["negative_prompts"]))
             checked += 1
     assert checked > 10
@@ -104,7 +104,7 @@ def test_same_seed_same_bytes_other_seed_other_order():
     for x, y in zip(a, b):
         assert_same(x, y)
     c = take(train_batches(RECORDS, tokenizer(), FMT, PACKED, **dict(cfg, seed=4)), 1)
-    assert not np.array_equal(a[0]["member_tokens"], c[0]["member_tokens"])
+    assert not np.array_equal(a[0].member_tokens, c[0].member_tokens)
 
 
 @pytest.mark.parametrize("mode", ["packed", "bucketed"])
@@ -127,7 +127,7 @@ def test_a_restored_iterator_reproduces_the_remaining_batches(mode):
     for got, want in zip(rest, reference[len(reference) // 3:]):
         assert_same(got, want)
     # Two epochs: every example twice, none lost by the carry or the buckets.
-    assert sum(int(b["example_mask"].sum()) for b in reference) == 2 * len(RECORDS)
+    assert sum(int(b.example_mask.sum()) for b in reference) == 2 * len(RECORDS)
 
 
 def test_processes_read_disjoint_slices_and_embedding_covers_every_record_once():
@@ -138,15 +138,15 @@ def test_processes_read_disjoint_slices_and_embedding_covers_every_record_once()
         batches = list(embedding_batches(corpus, tokenizer(), FMT, config, tower="item", num_shards=2,
                                          shard_index=process, shard_count=2))
         for batch in batches:
-            assert batch["tokens"].shape == (2, 3, 80) and len(batch["ids"]) == 10
-            flat_mask = batch["example_mask"].reshape(-1)
-            assert [bool(i) for i in batch["ids"]] == [bool(m) for m in flat_mask]
+            assert batch.tokens.shape == (2, 3, 80) and len(batch.ids) == 10
+            flat_mask = batch.example_mask.reshape(-1)
+            assert [bool(i) for i in batch.ids] == [bool(m) for m in flat_mask]
             for n in range(2):
-                for b in np.flatnonzero(batch["example_mask"][n]):
-                    tokens = segment(batch["tokens"][n], batch["segment_ids"][n], batch["slot"][n, b], 3)
-                    item = int(batch["ids"][n * 5 + b][1:])
+                for b in np.flatnonzero(batch.example_mask[n]):
+                    tokens = segment(batch.tokens[n], batch.segment_ids[n], batch.slot[n, b], 3)
+                    item = int(batch.ids[n * 5 + b][1:])
                     assert tokenizer().decode(tokens[1:-1]) == item_prompt(item)
-        ids = [i for batch in batches for i in batch["ids"] if i]
+        ids = [i for batch in batches for i in batch.ids if i]
         assert all(int(i[1:]) % 2 == process for i in ids)  # process p reads records p, p+2, ...
         seen += ids
     assert sorted(seen) == sorted(f"i{i}" for i in range(53))
@@ -164,8 +164,8 @@ def test_padded_eval_gives_every_process_the_same_number_of_batches():
     wanted = padded_batch_count(len(corpus), config, num_shards=2, shard_count=2)
     evened = [run(p, wanted) for p in (0, 1)]
     assert [len(b) for b in evened] == [3, 3]
-    assert evened[1][-1]["example_mask"].sum() == 0 and not any(evened[1][-1]["ids"])
-    assert sum(int(b["example_mask"].sum()) for batches in evened for b in batches) == 41
+    assert evened[1][-1].example_mask.sum() == 0 and not any(evened[1][-1].ids)
+    assert sum(int(b.example_mask.sum()) for batches in evened for b in batches) == 41
 
 
 def test_member_embedding_batches_and_global_arrays_on_a_mesh():
@@ -174,11 +174,11 @@ def test_member_embedding_batches_and_global_arrays_on_a_mesh():
     assert n == len(jax.devices())
     config = BatchConfig(examples_per_shard=2, length=96, mode="padded")
     batch = next(iter(embedding_batches(RECORDS, tokenizer(), FMT, config, tower="member", num_shards=n)))
-    assert batch["tokens"].shape == (n, 2, 96) and batch["ids"][:3] == ["u0", "u1", "u2"]
+    assert batch.tokens.shape == (n, 2, 96) and batch.ids[:3] == ["u0", "u1", "u2"]
     arrays = to_global(batch, mesh)
-    assert arrays["tokens"].shape == (n, 2, 96) and arrays["ids"] == batch["ids"]
-    assert len(arrays["tokens"].sharding.device_set) == n
-    np.testing.assert_array_equal(np.asarray(arrays["slot"]), batch["slot"])
+    assert arrays.tokens.shape == (n, 2, 96) and arrays.ids == batch.ids
+    assert len(arrays.tokens.sharding.device_set) == n
+    np.testing.assert_array_equal(np.asarray(arrays.slot), batch.slot)
 
 
 def test_suggested_rows_cover_the_mean_length_with_headroom():

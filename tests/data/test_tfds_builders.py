@@ -111,10 +111,10 @@ def test_prepared_data_feeds_the_pipeline(prepared):
     tok = byte_tokenizer()
     config = BatchConfig(examples_per_shard=4, length=512, num_hard_negatives=2, member_rows=2, item_rows=2)
     batch = next(iter(train_batches(sources["train"], tok, fmt, config, seed=0, shard_index=0, shard_count=1)))
-    assert batch["member_tokens"].shape == (1, 2, 512) and batch["example_mask"].sum() >= 1
+    assert batch.member_tokens.shape == (1, 2, 512) and batch.example_mask.sum() >= 1
     corpus, fmt, _ = tb.open_prepared(prepared, "tiny_feed_corpus", "base")
     ids = [i for b in embedding_batches(corpus["corpus"], tok, fmt, config, tower="item", shard_index=0,
-                                        shard_count=1) for i in b["ids"] if i]
+                                        shard_count=1) for i in b.ids if i]
     assert len(ids) == 60
 
 

@@ -32,7 +32,7 @@ def records(n=35):
 
 def fake_encode(batch):
     """Sum of a fixed token table over each slot's segment: a stand-in model that packing must not mix up."""
-    tokens, seg, slot = batch["tokens"], batch["segment_ids"], np.maximum(batch["slot"], 0)
+    tokens, seg, slot = batch.tokens, batch.segment_ids, np.maximum(batch.slot, 0)
     n, r, _ = tokens.shape
     member = (seg[..., None] == np.arange(1, SEGMENTS + 1)).astype(np.float32)
     pooled = np.einsum("nrls,nrld->nrsd", member, TABLE[tokens]).reshape(n, r * SEGMENTS, WIDTH)
@@ -88,7 +88,7 @@ def test_a_crash_resumes_without_recomputing_finished_shards(tmp_path):
     embedded = []
 
     def counting(batch):
-        embedded.extend(i for i, m in zip(batch["ids"], batch["example_mask"].reshape(-1)) if m)
+        embedded.extend(i for i, m in zip(batch.ids, batch.example_mask.reshape(-1)) if m)
         return fake_encode(batch)
 
     assert run(tmp_path / "resumed", recs, counting) == 2

@@ -37,7 +37,7 @@ def main(process_id: int, num_processes: int, port: int, out: str) -> None:
     local = 4 // num_processes  # this process's shards: the pipeline would read only these
     losses = []
     for batch in global_batches:
-        mine = {k: v[process_id * local:(process_id + 1) * local] for k, v in batch.items()}
+        mine = jax.tree.map(lambda v: v[process_id * local:(process_id + 1) * local], batch)
         state, metrics = train_step(state, steps.device_batch(mine, sharding))
         losses.append(float(metrics["loss"]))
     with open(out, "w") as f:

@@ -74,10 +74,10 @@ def test_packed_prompts_embed_as_they_do_alone(backbone, pooling):
             assert batcher.add({"tokens": tokens, "id": str(i)})
         shards.append(batcher.build())
     batch = stack_shards(shards)
-    assert batch["segment_ids"].max() >= 2  # really packed
+    assert batch.segment_ids.max() >= 2  # really packed
     encoder = DualEncoder(backbone, EncoderConfig(pooling=pooling, last_n=4), rngs=nnx.Rngs(1))
-    got = _encode(encoder, jnp.asarray(batch["tokens"]), jnp.asarray(batch["segment_ids"]),
-                  jnp.asarray(batch["positions"]), jnp.asarray(batch["slot"]), spec.max_segments)
+    got = _encode(encoder, jnp.asarray(batch.tokens), jnp.asarray(batch.segment_ids),
+                  jnp.asarray(batch.positions), jnp.asarray(batch.slot), spec.max_segments)
     # Alone: one prompt per row, padded to one common length with segment id 0.
     alone = np.zeros((len(prompts), 16), np.int32)
     for i, tokens in enumerate(prompts):
@@ -126,9 +126,9 @@ def test_towers_of_a_training_batch_with_and_without_hard_negatives(backbone, ha
     from ff_jax.train.losses import InfoNCE
     from train_fakes import toy_batches, toy_examples
 
-    batch = {k: jnp.asarray(v) for k, v in toy_batches(1, num_shards=2, per_shard=3, hard_negatives=hard)[0].items()}
+    batch = jax.tree.map(jnp.asarray, toy_batches(1, num_shards=2, per_shard=3, hard_negatives=hard)[0])
     examples = toy_examples(6, seed=0, hard_negatives=hard)  # the six examples toy_batches packed, in order
-    assert int(batch["member_segment_ids"].max()) >= 2  # really packed
+    assert int(batch.member_segment_ids.max()) >= 2  # really packed
     encoder = DualEncoder(backbone, rngs=nnx.Rngs(3))
     towers, loss = nnx.jit(lambda e, b: (t := e.towers(b, 3, 3), InfoNCE()(t, e.scoring.log_scale[...],
                                                                              e.scoring.bias[...])[0]))(encoder, batch)

@@ -1,4 +1,4 @@
-"""Small dual-encoder batches in the CONTRACTS.md format, built with the real packer.
+"""Small DualTowerBatches (ff_jax.data.batches), built with the real packer.
 
 A toy retrieval task: each item is a random token string; a member's prompt repeats a noisy piece
 of its positive item, so a model can learn to match them (and losses fall when it does).
@@ -6,7 +6,8 @@ of its positive item, so a model can learn to match them (and losses fall when i
 
 import numpy as np
 
-from ff_jax.data.packing import DualTowerBatcher, RowSpec, stack_shards
+from ff_jax.data.batches import stack_shards
+from ff_jax.data.packing import DualTowerBatcher, RowSpec
 
 VOCAB = 512
 
