@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 
 from ff_jax.data import tfds_builders as tb
 from ff_jax.data.pipeline import BatchConfig, PromptTokenizer, embedding_batches
@@ -268,6 +269,34 @@ def test_embed_and_eval_commands_end_to_end(run_files, capsys):
     assert cli.main(["eval", f"--gin_file={gin_file}", f"--workdir={workdir}",
                      "--gin.evaluate_run.baselines=('oracle',)"]) == 2
     assert "ff-jax eval: error: evaluate_run.baselines: unknown ['oracle']" in capsys.readouterr().err
+    # The model's own figures, recomputed with numpy from the stored embeddings: each evaluated member
+    # ranks the whole corpus by cosine at each Matryoshka width, its engaged history left out.
+    stored_member_ids, stored_members = read_tower(workdir / "embeddings" / "members_test")
+    vector_of = dict(zip(item_ids.tolist(), items))
+    corpus = np.stack([vector_of[i] for i in training.corpus_ids]).astype(np.float64)
+    member_row = {m: r for r, m in enumerate(stored_member_ids.tolist())}
+    assert len(evaluated) == report["members_evaluated"] > 0
+    for dim in (16, 64):
+        unit = lambda x: x[..., :dim] / np.linalg.norm(x[..., :dim], axis=-1, keepdims=True)
+        recalls = {5: [], 10: []}
+        for m in evaluated:
+            scores = unit(corpus) @ unit(stored_members[member_row[m.user_id]].astype(np.float64))
+            seen = {training.corpus_ids.index(i) for i in m.engaged_history}
+            order = [j for j in np.argsort(-scores, kind="stable") if j not in seen]
+            targets = {training.corpus_ids.index(t) for t in m.targets}
+            for k in recalls:
+                recalls[k].append(len(targets & set(order[:k])) / len(targets))
+        got = report["by_dim"][str(dim)]["metrics"]["all"]
+        for k, values in recalls.items():
+            assert got[f"recall@{k}"] == pytest.approx(np.mean(values), abs=1e-9), (dim, k)
+    # Popularity-similarity: every (member, item) pair is sampled here (20 members, 40 items).
+    popularity = np.asarray((training.engagements > 0).sum(axis=0), np.float64).ravel()
+    rows = [member_row[m.user_id] for m in evaluated]
+    unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)
+    cosine = unit(stored_members[rows].astype(np.float64)) @ unit(corpus).T
+    expected = stats.spearmanr(np.broadcast_to(popularity, cosine.shape).ravel(), cosine.ravel()).statistic
+    assert report["popularity_similarity"]["spearman"] == pytest.approx(expected, abs=1e-6)
+    assert report["popularity_similarity"]["pairs"] == cosine.size
     assert set(report["by_dim"]) == {"16", "64"}
     assert report["ann"]["ann_recall@10"] == pytest.approx(1.0)  # a 40-item corpus is searched exactly
     assert -1 <= report["popularity_similarity"]["spearman"] <= 1
