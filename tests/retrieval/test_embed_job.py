@@ -65,6 +65,29 @@ def test_ids_keep_their_vectors_through_packing(tmp_path):
     ids, vectors = read_tower(tmp_path)
     assert ids.tolist() == [r["item_id"] for r in recs]
     np.testing.assert_allclose(vectors, truncate_normalise(reference(recs), WIDTH), atol=1e-5)
+    # The same vectors from the raw prompt text (bos + bytes and markers + eos), not through PromptTokenizer.
+    tok = byte_tokenizer(FMT.markers)
+    raw = np.stack([TABLE[[tok.bos_id, *tok.encode(r["item_prompt"]), tok.eos_id]].sum(0) for r in recs])
+    np.testing.assert_allclose(vectors, truncate_normalise(raw, WIDTH), atol=1e-5)
+
+
+def test_embedding_batches_decode_to_the_prompts_of_their_ids():
+    """Every real example's slot, decoded, is the source prompt of the id listed beside it."""
+    recs = records()
+    prompt_of = {r["item_id"]: r["item_prompt"] for r in recs}
+    tok, seen = byte_tokenizer(FMT.markers), []
+    for batch in make_batches(recs):
+        n, per_shard = batch.slot.shape
+        assert batch.segment_ids.max() >= 2  # really packed
+        for s in range(n):
+            for b in np.flatnonzero(batch.example_mask[s]):
+                row, segment = divmod(int(batch.slot[s, b]), SEGMENTS)
+                tokens = batch.tokens[s, row][batch.segment_ids[s, row] == segment + 1]
+                item_id = batch.ids[s * per_shard + b]
+                assert tokens[0] == tok.bos_id and tokens[-1] == tok.eos_id
+                assert tok.decode(tokens[1:-1]) == prompt_of[item_id], item_id
+                seen.append(item_id)
+    assert sorted(seen) == sorted(prompt_of)
 
 
 def test_a_crash_resumes_without_recomputing_finished_shards(tmp_path):
