@@ -4,7 +4,7 @@
     .venv/bin/python experiments/baselines.py --dataset feed_world --size tiny --skip backbone
     .venv/bin/python experiments/baselines.py --only backbone          # add / refresh one method
 
-Protocol (../shared/REFERENCE.md): positives = engagements (MovieLens: rating >= 4); per member the
+Protocol (docs/reference.md): positives = engagements (MovieLens: rating >= 4); per member the
 last 20% of positives by time are the test targets, all earlier interactions the history; every
 item except the member's engaged history is ranked; "new" = the quarter of members with the fewest
 positives before their targets. Baselines learn from the engagements before the test period.

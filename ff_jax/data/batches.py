@@ -1,6 +1,6 @@
 """The batches that cross package boundaries, as typed pytrees: the contract between the data
 pipeline (producer) and training, embedding and evaluation (consumers). docs/contracts.md explains
-them with pictures; this module is the authority.
+them in tables; this module is the authority.
 
 Shapes, with N = data-parallel shards fed by this process, B/N = examples per shard, R = rows per
 shard, L = tokens per row, S = prompts per row (segments), H = hard negatives per example:

@@ -156,7 +156,6 @@ def ranking_metrics(
         if labels.shape != (hits.shape[0],):
             raise ValueError(f"cohorts has shape {labels.shape}; expected one label per user ({hits.shape[0]})")
         groups.update({str(c): labels == c for c in np.unique(labels)})
-    return {
-        name: {"users": float(mask.sum()), **{m: float(v[mask].mean()) if mask.any() else float("nan") for m, v in per_user.items()}}
-        for name, mask in groups.items()
-    }
+    mean = lambda v, mask: float(v[mask].mean()) if mask.any() else float("nan")  # noqa: E731
+    return {name: {"users": float(mask.sum()), **{m: mean(v, mask) for m, v in per_user.items()}}
+            for name, mask in groups.items()}

@@ -1,7 +1,7 @@
 """Temporal splits: train on each member's past, evaluate on their later engagements.
 
-Protocol (the one ../shared/REFERENCE.md's MovieLens baselines use). Per member, the
-positives (first engagement with an item) are ordered by time (ties keep input order);
+Protocol: docs/reference.md, "Evaluation protocol" (the one its MovieLens baselines use). Per
+member, the positives (first engagement with an item) are ordered by time (ties keep input order);
 the last floor(test_fraction·n) are test targets, the floor(validation_fraction·n) before
 them validation targets, the rest training positives. A member's interactions are split
 at the same points, so every row falls in one period: train < validation < test.

@@ -56,7 +56,7 @@ class Llama(nnx.Module):
     def __call__(self, tokens: jax.Array, *, positions: Optional[jax.Array] = None,
                  segment_ids: Optional[jax.Array] = None, cache: Optional[KVCache] = None,
                  compute_logits: bool = True) -> ModelOutput:
-        """Runs tokens [B, T]; see CONTRACTS in the README for positions, segments and the cache."""
+        """Runs tokens [B, T]; docs/contracts.md ("Model inputs") for positions, segments and the cache."""
         cfg = self.config
         batch, length = tokens.shape
         if segment_ids is None:

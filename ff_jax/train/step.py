@@ -104,14 +104,15 @@ def device_batch(batch, shardings, process_local: bool = True):
     validation batches every process builds whole) is cut to each process's devices here.
     """
     batch = device_part(batch)
-    if jax.process_count() == 1:
-        place = lambda value, sharding: jax.device_put(np.asarray(value), sharding)  # noqa: E731
-    elif process_local:
-        place = lambda value, sharding: jax.make_array_from_process_local_data(sharding, np.asarray(value))  # noqa: E731
-    else:
-        def place(value, sharding):
-            value = np.asarray(value)
-            return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
+
+    def place(value, sharding):
+        value = np.asarray(value)
+        if jax.process_count() == 1:
+            return jax.device_put(value, sharding)
+        if process_local:
+            return jax.make_array_from_process_local_data(sharding, value)
+        return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
+
     return jax.tree.map(place, batch, shardings)
 
 

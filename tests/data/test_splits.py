@@ -1,4 +1,4 @@
-"""Temporal splits: the MovieLens protocol of REFERENCE.md, no leakage, hard negatives, cohorts."""
+"""Temporal splits: the MovieLens protocol of docs/reference.md, no leakage, hard negatives, cohorts."""
 
 import numpy as np
 import pandas as pd
@@ -36,7 +36,7 @@ def _popularity_recall(splits, ks=(10, 50, 100)):
 
 
 def test_reproduces_the_reference_movielens_protocol(splits):
-    # REFERENCE.md: 938 users evaluated, popularity R@10 .068, R@50 .234, R@100 .358.
+    # docs/reference.md: 938 users evaluated, popularity R@10 .068, R@50 .234, R@100 .358.
     assert len(splits.test) == 938
     r10, r50, r100 = _popularity_recall(splits)
     assert abs(r10 - 0.068) < 0.005
