@@ -11,6 +11,18 @@ from absl import logging as absl_logging
 
 # Python loggers of the libraries a command runs; absl's own goes through absl_logging.
 LIBRARY_LOGGERS = ("absl", "jax", "orbax", "grain", "tensorflow_datasets", "etils", "array_record")
+# Warnings about things ff_jax does on purpose, shown only from --verbosity=0: TFDS warns on every
+# builder config made at run time (the demo's compact prompts, the numbers ablations).
+EXPECTED_WARNINGS = ("Using custom data configuration",)
+
+
+class _DropExpected(logging.Filter):
+    def __init__(self, verbosity: int):
+        super().__init__()
+        self.verbosity = verbosity
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.verbosity >= 0 or not any(text in str(record.msg) for text in EXPECTED_WARNINGS)
 
 
 def python_level(verbosity: int) -> int:
@@ -26,6 +38,10 @@ def apply(verbosity: int) -> None:
     logging.getLogger().setLevel(level)
     for name in LIBRARY_LOGGERS:
         logging.getLogger(name).setLevel(level)
+    absl_logger = logging.getLogger("absl")
+    for old in [f for f in absl_logger.filters if isinstance(f, _DropExpected)]:
+        absl_logger.removeFilter(old)
+    absl_logger.addFilter(_DropExpected(verbosity))
     # Imported here: TFDS takes about a second to import, and only commands (which load it anyway to
     # read data) call this, never `--help`.
     import tensorflow_datasets as tfds
