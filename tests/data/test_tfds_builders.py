@@ -10,7 +10,7 @@ import tensorflow_datasets as tfds
 
 from ff_jax.data import tfds_builders as tb
 from ff_jax.data.quantizer import Quantizer
-from ff_jax.data.pipeline import BatchConfig, embedding_batches, train_batches
+from ff_jax.data.pipeline import BatchConfig, embedding_batches, item_key, train_batches
 from ff_jax.data.schema import Column, generic_schema
 from ff_jax.data.splits import temporal_split
 from ff_jax.data.tables import validate_tables
@@ -106,16 +106,47 @@ def test_corpus_holds_every_item_once(prepared):
     assert ids == sorted(f"p{i}" for i in range(60))
 
 
+def _decoded(tok, tokens, segment_ids, slot, segments):
+    """The text of the prompt in `slot` of one shard's rows, checked to be wrapped in BOS/EOS."""
+    row, segment = divmod(int(slot), segments)
+    ids = tokens[row][segment_ids[row] == segment + 1]
+    assert ids[0] == tok.bos_id and ids[-1] == tok.eos_id
+    return tok.decode(ids[1:-1])
+
+
 def test_prepared_data_feeds_the_pipeline(prepared):
+    """The batches built from the prepared records decode back to those records' prompts."""
     sources, fmt, _ = tb.open_prepared(prepared, "tiny_feed", "base")
     tok = byte_tokenizer()
     config = BatchConfig(examples_per_shard=4, length=512, num_hard_negatives=2, member_rows=2, item_rows=2)
     batch = next(iter(train_batches(sources["train"], tok, fmt, config, seed=0, shard_index=0, shard_count=1)))
     assert batch.member_tokens.shape == (1, 2, 512) and batch.example_mask.sum() >= 1
+    records = [{k: (text(v) if isinstance(v, bytes) else [text(x) for x in v] if isinstance(v, list) else v)
+                for k, v in r.items()} for r in sources["train"]]
+    segments = config.max_segments
+    for b in np.flatnonzero(batch.example_mask[0]):
+        member = _decoded(tok, batch.member_tokens[0], batch.member_segment_ids[0], batch.member_slot[0, b], segments)
+        positive = _decoded(tok, batch.item_tokens[0], batch.item_segment_ids[0], batch.positive_slot[0, b], segments)
+        negatives = [_decoded(tok, batch.item_tokens[0], batch.item_segment_ids[0], s, segments)
+                     for s in batch.negative_slot[0, b] if s >= 0]
+
+        def member_text(r, k):  # prefix, profile, the newest k history items whole, suffix
+            return r["member_prefix"] + "".join(r["member_profile"]) + "".join(r["member_history"][:k]) + r["member_suffix"]
+
+        matches = [r for r in records if r["positive_prompt"] == positive and r["negative_prompts"][:2] == negatives
+                   and any(member == member_text(r, k) for k in range(len(r["member_history"]) + 1))]
+        assert matches, f"example {b}: no training record has these prompts:\n{member}\n{positive}\n{negatives}"
+        assert int(batch.positive_key[0, b]) == item_key(matches[0]["positive_id"])
     corpus, fmt, _ = tb.open_prepared(prepared, "tiny_feed_corpus", "base")
-    ids = [i for b in embedding_batches(corpus["corpus"], tok, fmt, config, tower="item", shard_index=0,
-                                        shard_count=1) for i in b.ids if i]
-    assert len(ids) == 60
+    prompt_of = {text(r["item_id"]): text(r["item_prompt"]) for r in corpus["corpus"]}
+    ids = []
+    for b in embedding_batches(corpus["corpus"], tok, fmt, config, tower="item", shard_index=0, shard_count=1):
+        per_shard = b.slot.shape[1]
+        for n, e in zip(*np.nonzero(b.example_mask)):
+            item_id = b.ids[n * per_shard + e]
+            assert _decoded(tok, b.tokens[n], b.segment_ids[n], b.slot[n, e], segments) == prompt_of[item_id], item_id
+            ids.append(item_id)
+    assert sorted(ids) == sorted(prompt_of) and len(ids) == 60
 
 
 def test_preparation_is_deterministic(prepared, tmp_path):
