@@ -179,6 +179,20 @@ def test_member_embedding_batches_and_global_arrays_on_a_mesh():
     assert arrays.tokens.shape == (n, 2, 96) and arrays.ids == batch.ids
     assert len(arrays.tokens.sharding.device_set) == n
     np.testing.assert_array_equal(np.asarray(arrays.slot), batch.slot)
+    np.testing.assert_array_equal(np.asarray(arrays.tokens), batch.tokens)
+    # Contents: each example's prompt (padded mode: one per row) decodes to its member's own text.
+    tok, by_user = tokenizer(), {r["user_id"].decode(): r for r in RECORDS}
+    for shard in range(n):
+        for b in np.flatnonzero(batch.example_mask[shard]):
+            record = by_user[batch.ids[shard * 2 + b]]
+            member = segment(batch.tokens[shard], batch.segment_ids[shard], batch.slot[shard, b], 1)
+            assert member[0] == tok.bos_id and member[-1] == tok.eos_id
+            text = tok.decode(member[1:-1])
+            head = "Member.\n" + record["member_profile"][0].decode()
+            history = [h.decode() for h in record["member_history"]]
+            assert text.startswith(head) and text[len(head):] == "".join(history[:text.count("<item>")])
+            np.testing.assert_array_equal(batch.positions[shard, int(batch.slot[shard, b])][: len(member)],
+                                          np.arange(len(member)))
 
 
 def test_suggested_rows_cover_the_mean_length_with_headroom():
