@@ -26,8 +26,8 @@ def make(seed: int, n_users: int = 24, n_items: int = 60, per_user: int = 22):
     rng = np.random.default_rng(seed)
     names = list(TOPICS)
     taste = rng.integers(0, 2, n_users)
-    users = pd.DataFrame({"user_id": np.arange(1, n_users + 1),
-                          "headline": [f"{'Chef' if t == 0 else 'Engineer'} nº{i} from Zürich" for i, t in enumerate(taste)],
+    headlines = [f"{'Chef' if t == 0 else 'Engineer'} nº{i} from Zürich" for i, t in enumerate(taste)]
+    users = pd.DataFrame({"user_id": np.arange(1, n_users + 1), "headline": headlines,
                           "country": rng.choice(["CH", "FR", "DE"], n_users)})
     topic = np.arange(n_items) % 2
     items = pd.DataFrame({"item_id": [f"p{j:03d}" for j in range(n_items)],
