@@ -21,6 +21,8 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from ff_jax.data.splits import TRAIN
+
 MODES = ("quantile", "raw", "absent")
 PERCENTILES = np.arange(1, 100)
 _TAG = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -174,8 +176,6 @@ def fit_on_training(tables, splits, tags: Mapping[str, str] | None = None, mode:
 
     Items: those in training-period interactions; users: those with a training example.
     """
-    from ff_jax.data.splits import TRAIN
-
     train = tables.interactions[splits.period == TRAIN]
     items = tables.items[tables.items["item_id"].isin(train["item_id"].unique())]
     users = tables.users[tables.users["user_id"].isin(train["user_id"].unique())]

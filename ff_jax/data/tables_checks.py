@@ -69,7 +69,7 @@ def _example(source: str, frame: pd.DataFrame, mask: pd.Series | np.ndarray, fie
 
 
 def _error(source: str, frame: pd.DataFrame, bad: pd.Series, field: str, what: str) -> None:
-    from ff_jax.data.tables import LoadError
+    from ff_jax.data.tables import LoadError  # here: ff_jax.data.tables imports this module
 
     n = int(bad.sum())
     more = f" ({n - 1:,} more rows like it)" if n > 1 else ""
@@ -224,7 +224,7 @@ def dedupe_ids(frame: pd.DataFrame, id_col: str, report: TableReport, source: st
                       id_col, report, source)
     clash = frame[id_col].duplicated(keep=False)
     if clash.any():
-        from ff_jax.data.tables import LoadError
+        from ff_jax.data.tables import LoadError  # see _error
 
         first_id = frame.loc[clash, id_col].iloc[0]
         rows = frame.index[frame[id_col] == first_id][:2]

@@ -30,6 +30,8 @@ from absl import logging
 from etils import epath
 from tqdm.auto import tqdm
 
+from ff_jax.data import feed_world
+from ff_jax.data.movielens import load_movielens_100k
 from ff_jax.data.prompts import PromptFormat, PromptRenderer, PromptTemplate
 from ff_jax.data.quantizer import Quantizer, fit_on_training
 from ff_jax.data.splits import EvalMember, Splits, TrainExample, temporal_split
@@ -225,15 +227,11 @@ def _feed_world_configs():
 
 class _FeedWorldTables:
     def _load_tables(self) -> FeedTables:
-        from ff_jax.data import feed_world
-
         return feed_world.generate(feed_world.feed_world_config(**self.builder_config.world)).tables
 
 
 class _MovieLensTables:
     def _load_tables(self) -> FeedTables:
-        from ff_jax.data.movielens import load_movielens_100k
-
         return load_movielens_100k(test_fraction=self.builder_config.test_fraction,
                                    validation_fraction=self.builder_config.validation_fraction)
 

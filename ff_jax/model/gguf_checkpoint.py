@@ -15,6 +15,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from tokenizers import AddedToken, Regex, decoders, pre_tokenizers
+from tokenizers import Tokenizer as HFTokenizer
+from tokenizers.models import BPE
 
 from ff_jax.model.config import LlamaConfig, RopeScaling
 from ff_jax.model.hf_checkpoint import Range, load_into_model
@@ -32,7 +35,7 @@ _LLAMA3 = {"llama-bpe", "llama3", "llama-v3"}
 
 def open_gguf(path: str | Path):
     """A `gguf.GGUFReader` with clear errors for a missing or malformed file."""
-    import gguf
+    import gguf  # here, not at the top: 0.3 s that every `import ff_jax.model` would pay for .gguf files only
 
     path = Path(path)
     if not path.is_file():
@@ -63,10 +66,6 @@ def load_gguf_tokenizer(path: str | Path) -> Tokenizer:
 
 def gguf_tokenizer(reader, *, source: str) -> Tokenizer:
     """Build the tokenizer described by a GGUF file's `tokenizer.ggml.*` metadata."""
-    from tokenizers import AddedToken, Regex, decoders, pre_tokenizers
-    from tokenizers import Tokenizer as HFTokenizer
-    from tokenizers.models import BPE
-
     kind = field(reader, "tokenizer.ggml.model", source=source)
     if kind != "gpt2":
         raise ValueError(f"{source}: tokenizer.ggml.model={kind!r} is not supported; only byte-level "
@@ -144,7 +143,7 @@ class GGUFSource:
         return tuple(int(n) for n in reversed(self._tensors[name].shape))  # GGUF lists dims innermost first
 
     def read(self, name: str, ranges: tuple[Range, ...]) -> np.ndarray:
-        import gguf
+        import gguf  # see open_gguf
 
         tensor = self._tensors[name]
         (r0, r1), columns = ranges[0], ranges[1:]
@@ -200,7 +199,7 @@ def _rope_scaling(reader, head_dim: int, theta: float, source: str) -> RopeScali
     """LLaMA-3.1-style GGUFs store the llama3 rope scaling as per-frequency divisors
     (`rope_freqs.weight`). Recover its parameters: the largest divisor is `factor`; Meta's
     low/high frequency factors (1, 4) and original context are checked against every divisor."""
-    import gguf
+    import gguf  # see open_gguf
 
     tensor = next(t for t in reader.tensors if t.name == "rope_freqs.weight")
     divisors = gguf.quants.dequantize(tensor.data, tensor.tensor_type).astype(np.float64).ravel()

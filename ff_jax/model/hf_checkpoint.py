@@ -20,6 +20,7 @@ from typing import Optional, Protocol
 import jax
 import numpy as np
 from flax import nnx
+from safetensors import safe_open
 from tqdm.auto import tqdm
 
 from ff_jax.model.config import LlamaConfig, RopeScaling
@@ -127,8 +128,6 @@ class SafetensorsSource:
     """The tensors of model.safetensors, or of the shards listed in model.safetensors.index.json."""
 
     def __init__(self, directory: Path, stack: contextlib.ExitStack):
-        from safetensors import safe_open
-
         index_path = directory / "model.safetensors.index.json"
         if index_path.exists():
             weight_map = json.loads(index_path.read_text())["weight_map"]

@@ -8,6 +8,9 @@ from typing import NamedTuple, Optional
 
 import jax.numpy as jnp
 
+from ff_jax.model.gguf_checkpoint import load_gguf
+from ff_jax.model.hf_checkpoint import load_hf
+from ff_jax.model.hf_export import save_hf
 from ff_jax.model.llama import Llama
 from ff_jax.model.sharding import DEFAULT_RULES, Rules
 from ff_jax.model.tokenizer import Tokenizer, load_tokenizer
@@ -46,13 +49,8 @@ def from_pretrained(path: str | Path, *, mesh=None, rules: Optional[Rules] = Non
 
     gguf_file = _gguf_in(path)
     if gguf_file is not None:
-        from ff_jax.model.gguf_checkpoint import load_gguf
-
         model, tokenizer = load_gguf(gguf_file, mesh=mesh, rules=rules, **config_overrides)
         return Pretrained(model, tokenizer)
-
-    from ff_jax.model.hf_checkpoint import load_hf
-
     if path.is_file() and path.name != "config.json":
         raise ValueError(f"{path}: expected an HF model directory (or its config.json) or a .gguf file")
     directory = path.parent if path.is_file() else path
@@ -83,6 +81,4 @@ def save_pretrained(model: Llama, directory: str | Path, *, tokenizer: Optional[
     """Write `model` as an HF LLaMA directory (config.json + safetensors, sharded above
     `max_shard_bytes`) that transformers' LlamaForCausalLM.from_pretrained and `from_pretrained`
     load; LoRA adapters are merged in. See ff_jax.model.hf_export.save_hf."""
-    from ff_jax.model.hf_export import save_hf
-
     return save_hf(model, directory, tokenizer=tokenizer, dtype=dtype, max_shard_bytes=max_shard_bytes)

@@ -18,6 +18,9 @@ import shutil
 from pathlib import Path
 from typing import Protocol, Sequence
 
+import tiktoken
+from tokenizers import Tokenizer as HFTokenizer
+
 SIDECAR = "ff_jax_tokenizer.json"  # bos/eos/pad and added markers, written by Tokenizer.save
 
 # LLaMA-3's pre-tokenizer split (from Meta's tokenizer) and its 256 special tokens.
@@ -170,8 +173,6 @@ class Tokenizer:
 
 class _TiktokenBackend:
     def __init__(self, path: Path):
-        import tiktoken
-
         self.path = path
         ranks = read_tiktoken_ranks(path)
         self.specials = {name: len(ranks) + i for i, name in enumerate(LLAMA3_SPECIALS)}
@@ -272,7 +273,7 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
     if path.is_dir():
         return _load_directory(path)
     if path.suffix == ".gguf":
-        from ff_jax.model.gguf_checkpoint import load_gguf_tokenizer
+        from ff_jax.model.gguf_checkpoint import load_gguf_tokenizer  # here: gguf_checkpoint imports this module
 
         return load_gguf_tokenizer(path)
     if path.suffix == ".json":
@@ -290,8 +291,6 @@ def tiktoken_tokenizer(path: str | Path) -> Tokenizer:
 
 def tokenizer_from_json_file(path: str | Path) -> Tokenizer:
     """An HF `tokenizer.json`; bos/eos/pad from a `tokenizer_config.json` beside it when present."""
-    from tokenizers import Tokenizer as HFTokenizer
-
     path = Path(path)
     try:
         hf = HFTokenizer.from_file(str(path))
@@ -362,8 +361,6 @@ def _load_directory(directory: Path) -> Tokenizer:
         elif sidecar["backend"] == "tiktoken":
             tok = tiktoken_tokenizer(directory / sidecar["file"])
         else:
-            from tokenizers import Tokenizer as HFTokenizer
-
             hf = HFTokenizer.from_file(str(directory / sidecar["file"]))
             tok = hf_tokenizer(hf, source=str(directory), **ids)
         tok.bos_id, tok.eos_id, tok.pad_id = ids["bos_id"], ids["eos_id"], ids["pad_id"]

@@ -23,6 +23,8 @@ from pathlib import Path
 import gin
 import numpy as np
 import pandas as pd
+from rich.console import Console
+from rich.table import Table
 from tqdm.auto import tqdm
 
 from ff_jax.data.ranking_metrics import ranking_metrics, top_k
@@ -181,14 +183,8 @@ def print_table(reports: dict[str, dict], columns: Sequence[str] = TABLE_COLUMNS
     cells to fit its 80-column default there)."""
     header = ["method", "cohort", "users", *columns]
     rows = table_rows(reports, columns)
-    try:
-        from rich.console import Console
-        from rich.table import Table
-
-        console = Console()
-    except ImportError:
-        console = None
-    if console is None or not console.is_terminal:
+    console = Console()
+    if not console.is_terminal:
         widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
         if title:
             print(title)

@@ -16,8 +16,10 @@ from flax import nnx
 
 from ff_jax import assets
 from ff_jax.data.ranking_metrics import ranking_metrics, top_k
-from ff_jax.model import Llama, LlamaConfig
+from ff_jax.model import Llama, LlamaConfig, from_pretrained
 from ff_jax.model.sharding import batch_shards, create_sharded, logical_axis_rules, make_mesh, state_shardings
+from ff_jax.model.tokenizer import byte_tokenizer, load_tokenizer
+from ff_jax.model.vocab import grow_vocab
 from ff_jax.train import step as steps
 from ff_jax.train.checkpointing import CheckpointConfig, Checkpointer
 from ff_jax.train.data_source import FeedData, collect_embeddings
@@ -69,8 +71,6 @@ def check_workdir(workdir: Path, signature: dict) -> None:
 
 
 def _tokenizer(data: FeedData, pretrained_tokenizer):
-    from ff_jax.model.tokenizer import byte_tokenizer, load_tokenizer
-
     if data.tokenizer == "byte":
         return byte_tokenizer()
     if data.tokenizer == "checkpoint":
@@ -84,12 +84,8 @@ def _tokenizer(data: FeedData, pretrained_tokenizer):
 def build_model(data: FeedData, encoder: EncoderConfig, loss, model_config: Optional[LlamaConfig],
                 pretrained: Optional[str], overrides: dict, mesh, rules, seed: int):
     """(DualEncoder with params born sharded, tokenizer with the prompt markers added)."""
-    from ff_jax.model.vocab import grow_vocab
-
     markers = list(data.prompt_format().markers)
     if pretrained:
-        from ff_jax.model import from_pretrained
-
         backbone, checkpoint_tokenizer = from_pretrained(pretrained, mesh=mesh, rules=rules, **overrides)
         tokenizer = _tokenizer(data, checkpoint_tokenizer)
         tokenizer.add_special_tokens(markers)
