@@ -99,6 +99,13 @@ def test_projection_head_and_matryoshka_slices(backbone):
                                                              e.embed(tokens, segments, positions, slot, 1),
                                                              e.embed(tokens, segments, positions, slot, 1, dim=4)))(encoder))
     assert raw.shape == (2, 32) and encoder.embedding_dim == 32
+    # The head in numpy on the mean-pooled hidden states: x @ k0 + b0, SiLU, @ k1 + b1.
+    pooled = np.asarray(_hidden_alone(backbone, tokens[0]), np.float64).mean(axis=1)
+    k0, k1 = (np.asarray(k[...], np.float64) for k in encoder.head.kernels)
+    b0, b1 = (np.asarray(b[...], np.float64) for b in encoder.head.biases)
+    assert k0.shape == (64, 48) and k1.shape == (48, 32)
+    h = pooled @ k0 + b0
+    np.testing.assert_allclose(raw, (h / (1 + np.exp(-h))) @ k1 + b1, atol=1e-4)
     np.testing.assert_allclose(np.linalg.norm(full, axis=1), 1.0, rtol=1e-5)
     np.testing.assert_allclose(eighth, raw[:, :4] / np.linalg.norm(raw[:, :4], axis=1, keepdims=True), rtol=1e-5)
 
