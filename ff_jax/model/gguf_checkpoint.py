@@ -219,5 +219,5 @@ def load_gguf(path: str | Path, *, mesh=None, rules: Rules = DEFAULT_RULES,
     reader = open_gguf(path)
     cfg = config_from_gguf(reader, str(path), **config_overrides)
     model = load_into_model(cfg, GGUFSource(reader, cfg, str(path)), mesh=mesh, rules=rules,
-                            ignore=("rope_freqs.weight",))
+                            ignore=("rope_freqs.weight",), truncate="num_layers" in config_overrides)
     return model, gguf_tokenizer(reader, source=str(path))

@@ -208,16 +208,17 @@ _LAYER_INDEX = re.compile(r"^model\.layers\.(\d+)\.")
 
 
 def _deeper_layers(names, num_layers: int) -> set:
-    """Tensors of blocks at index >= num_layers. A config asking for fewer layers than the checkpoint
-    holds (`num_layers=4` as an override) is a truncated stack: the first blocks, the embedding and
-    the final norm load; the deeper blocks are left unread."""
+    """Tensors of blocks at index >= num_layers: left unread when a caller asks for fewer layers than
+    the checkpoint holds (`from_pretrained(path, num_layers=4)`), a truncated stack. A config file
+    that merely disagrees with its weights stays an error."""
     return {n for n in names if (m := _LAYER_INDEX.match(n)) and int(m.group(1)) >= num_layers}
 
 
 def load_into_model(cfg: LlamaConfig, source: TensorSource, *, mesh=None, rules: Rules = DEFAULT_RULES,
-                    ignore: tuple[str, ...] = ()) -> Llama:
+                    ignore: tuple[str, ...] = (), truncate: bool = False) -> Llama:
     """A Llama whose params are read from `source`, each born in its shard on `mesh` (or on the
-    first device). LoRA adapters, absent from checkpoints, get their usual fresh init."""
+    first device). LoRA adapters, absent from checkpoints, get their usual fresh init.
+    truncate: the blocks beyond cfg.num_layers are left unread instead of being an error."""
     abstract = nnx.eval_shape(lambda: Llama(cfg, rngs=nnx.Rngs(0)))
     graphdef, abstract_state = nnx.split(abstract)
     flat = [(p, v) for p, v in nnx.to_flat_state(abstract_state) if not isinstance(v, nnx.LoRAParam)]
@@ -242,7 +243,8 @@ def load_into_model(cfg: LlamaConfig, source: TensorSource, *, mesh=None, rules:
         wanted.update(names)
         plan.append((path, variable, names, layout, stacked))
     ignorable = {"lm_head.weight"} if cfg.tie_embeddings else set()
-    ignorable |= _deeper_layers(source.names, cfg.num_layers)  # a truncated stack keeps the first blocks
+    if truncate:  # asked for by name: a stack of the first blocks
+        ignorable |= _deeper_layers(source.names, cfg.num_layers)
     extra = sorted(n for n in source.names - wanted - ignorable
                    if not n.endswith("rotary_emb.inv_freq") and n not in ignore)
     if extra:
@@ -315,4 +317,5 @@ def load_hf(directory: str | Path, *, mesh=None, rules: Rules = DEFAULT_RULES, *
         raise ValueError(f"{config_path}: invalid JSON ({err})") from err
     cfg = config_from_hf(hf, str(config_path), **config_overrides)
     with contextlib.ExitStack() as stack:
-        return load_into_model(cfg, SafetensorsSource(directory, stack), mesh=mesh, rules=rules)
+        return load_into_model(cfg, SafetensorsSource(directory, stack), mesh=mesh, rules=rules,
+                               truncate="num_layers" in config_overrides)
