@@ -31,7 +31,8 @@ MODES = ("packed", "padded", "bucketed")
 class BatchConfig:
     """Shapes of the batches. `examples_per_shard` is B/N; every prompt is cut to its budget
     (BOS/EOS included), and no budget may exceed `length` (L). In packed mode `member_rows` /
-    `item_rows` default to what padded mode would use; `suggest_rows` picks smaller ones."""
+    `item_rows` default to the fewest rows that hold every prompt at its budget (`rows_for`);
+    `suggest_rows` picks fewer from the lengths actually seen."""
 
     examples_per_shard: int = 8
     length: int = 1024
@@ -69,12 +70,20 @@ class BatchConfig:
     def item_tokens(self) -> int:
         return self.item_budget or self.length
 
+    def rows_for(self, prompts: int, budget: int) -> int:
+        """Packed rows that hold `prompts` prompts of up to `budget` tokens whatever their lengths:
+        the default, so a step never carries examples over and no row is spent on one short prompt."""
+        per_row = max(1, min(self.max_segments, self.length // budget))
+        return -(-prompts // per_row)
+
     def row_specs(self, length: int | None = None) -> tuple[RowSpec, RowSpec]:
         """Member and item RowSpecs (padded and bucketed: one prompt per row)."""
         b, items = self.examples_per_shard, 1 + self.num_hard_negatives
         if self.mode == "packed":
-            return (RowSpec(self.member_rows or b, self.length, self.max_segments, self.strategy),
-                    RowSpec(self.item_rows or b * items, self.length, self.max_segments, self.strategy))
+            member_rows = self.member_rows or self.rows_for(b, self.member_tokens)
+            item_rows = self.item_rows or self.rows_for(b * items, self.item_tokens)
+            return (RowSpec(member_rows, self.length, self.max_segments, self.strategy),
+                    RowSpec(item_rows, self.length, self.max_segments, self.strategy))
         length = length or self.length
         return RowSpec(b, length), RowSpec(b * items, length)
 
@@ -83,7 +92,8 @@ class BatchConfig:
         b = self.examples_per_shard
         if self.mode == "packed":
             rows = self.member_rows if tower == "member" else self.item_rows
-            return RowSpec(rows or b, self.length, self.max_segments, self.strategy)
+            budget = self.member_tokens if tower == "member" else self.item_tokens
+            return RowSpec(rows or self.rows_for(b, budget), self.length, self.max_segments, self.strategy)
         return RowSpec(b, length or self.length)
 
 

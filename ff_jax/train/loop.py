@@ -25,6 +25,7 @@ from ff_jax.train.checkpointing import CheckpointConfig, Checkpointer
 from ff_jax.train.data_source import FeedData, collect_embeddings
 from ff_jax.train.dual_encoder import DualEncoder, EncoderConfig, Scoring
 from ff_jax.train.losses import InfoNCE, l2_normalize, matryoshka_dims
+from ff_jax.train.memory import GIB, check_step_fits, compiled_step_memory, device_memory_bytes, peak_rss_bytes
 from ff_jax.train.metrics_log import MetricsLog
 from ff_jax.train.optimizer import OptimizerConfig, learning_rate_schedule, make_optimizer
 from ff_jax.train.pca import PCA
@@ -116,13 +117,15 @@ def train(workdir: str, data: FeedData = gin.REQUIRED, model_config: Optional[Ll
           optimizer: OptimizerConfig = OptimizerConfig(), checkpoint: CheckpointConfig = CheckpointConfig(),
           mesh_factory: Callable = make_mesh, num_steps: int = 1000, seed: int = 0, eval_every: int = 0,
           recall_ks: Sequence[int] = (10, 50), pca_dims: Sequence[int] = (), tensorboard: bool = True,
-          progress: bool = True) -> dict:
+          progress: bool = True, memory_limit_gb: Optional[float] = None) -> dict:
     """Trains a dual encoder into `workdir`; returns the last logged metrics as
     {"train": {...}, "validation": {...}}.
 
     pretrained: an HF directory or .gguf file (from_pretrained); else `model_config` is built
     from scratch. model_overrides: LlamaConfig fields for either (dtype="bfloat16", remat=True,
     lora_rank=16, ...). eval_every: validation period in steps (0: only at the end).
+    memory_limit_gb: refuse a step XLA says needs more than this per device (default: the device's
+    memory; for CPU devices, the host's physical memory shared among them).
     """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -150,6 +153,10 @@ def train(workdir: str, data: FeedData = gin.REQUIRED, model_config: Optional[Ll
     first = next(iterator)
     batch_sharding = steps.batch_shardings(first, mesh, rules)
     train_step, eval_step = steps.jit_steps(graphdef, step_cfg, shardings, batch_sharding, mesh, rules)
+    step_memory = compiled_step_memory(train_step.__wrapped__, (state, steps.device_batch(first, batch_sharding)),
+                                       mesh, rules)
+    limit = int(memory_limit_gb * GIB) if memory_limit_gb else device_memory_bytes()
+    check_step_fits(step_memory, limit)
     validation = data.validation(tokenizer, num_shards * jax.process_count()) if eval_every >= 0 else None
     validator = Validator(graphdef, step_cfg, eval_step, shardings, mesh, rules, recall_ks, pca_dims)
     log = MetricsLog(workdir, num_steps, start, tensorboard=tensorboard, progress=progress)
@@ -176,7 +183,18 @@ def train(workdir: str, data: FeedData = gin.REQUIRED, model_config: Optional[Ll
     finally:
         log.close()
         ckpt.close()
+    if jax.process_index() == 0:
+        _write_memory_report(workdir, step_memory, limit)
     return last
+
+
+def _write_memory_report(workdir: Path, step_memory, limit) -> None:
+    """memory.json: what XLA planned for one step, the limit it was checked against, the peak RSS."""
+    report = {"peak_rss_gib": peak_rss_bytes() / GIB, "limit_gib": None if limit is None else limit / GIB}
+    if step_memory is not None:
+        report.update({f"step_{k}_gib": v / GIB for k, v in dataclasses.asdict(step_memory).items()},
+                      step_total_gib=step_memory.total / GIB)
+    (workdir / "memory.json").write_text(json.dumps(report, indent=2))
 
 
 def _local_shards(mesh, rules) -> int:
