@@ -127,7 +127,8 @@ class Batcher(Protocol):
 class DualTowerBatcher:
     """One shard of a dual-encoder batch. An example is a dict with `member` (int32 tokens),
     `items` (positive then hard negatives, int32 tokens each), `item_keys` (int32 per item: a hash
-    of the item id, so the trainer can mask in-batch duplicates) and `id` (for error messages)."""
+    of the item id, so the trainer can mask in-batch duplicates), optionally `item_log_q` (float per
+    item, for the logQ correction) and `id` (for error messages)."""
 
     def __init__(self, capacity: int, member: RowSpec, item: RowSpec, num_negatives: int, pad_id: int):
         self.capacity, self.num_negatives, self.pad_id = capacity, num_negatives, pad_id
@@ -135,6 +136,7 @@ class DualTowerBatcher:
         self._member_slot: list[int] = []
         self._item_slots: list[list[int]] = []
         self._keys: list[list[int]] = []
+        self._log_q: list[list[float]] | None = None  # set by the first example that carries `item_log_q`
 
     def __len__(self) -> int:
         return len(self._member_slot)
@@ -160,6 +162,9 @@ class DualTowerBatcher:
         self._member_slot.append(member_slot[0])
         self._item_slots.append(item_slots)
         self._keys.append([int(k) for k in list(example["item_keys"])[: len(items)]])
+        if "item_log_q" in example:
+            self._log_q = self._log_q if self._log_q is not None else []
+            self._log_q.append([float(q) for q in list(example["item_log_q"])[: len(items)]])
         return True
 
     def build(self) -> DualTowerBatch:
@@ -176,12 +181,18 @@ class DualTowerBatcher:
             member_slot[i], positive_slot[i], positive_key[i], mask[i] = m, slots[0], keys[0], 1.0
             negative_slot[i, : len(slots) - 1] = slots[1:]
             negative_key[i, : len(keys) - 1] = keys[1:]
+        log_q = {}
+        if self._log_q is not None:
+            positive_log_q, negative_log_q = np.zeros(b, np.float32), np.zeros((b, h), np.float32)
+            for i, values in enumerate(self._log_q):
+                positive_log_q[i], negative_log_q[i, : len(values) - 1] = values[0], values[1:]
+            log_q = dict(positive_log_q=positive_log_q, negative_log_q=negative_log_q)
         return DualTowerBatch(
             member_tokens=member_tokens, member_segment_ids=member_segments,
             member_positions=member_positions, member_slot=member_slot,
             item_tokens=item_tokens, item_segment_ids=item_segments, item_positions=item_positions,
             positive_slot=positive_slot, negative_slot=negative_slot, example_mask=mask,
-            positive_key=positive_key, negative_key=negative_key)
+            positive_key=positive_key, negative_key=negative_key, **log_q)
 
 
 class OneTowerBatcher:

@@ -185,6 +185,19 @@ def item_key(item_id: str) -> int:
     return (zlib.crc32(item_id.encode("utf-8")) & 0x7FFFFFFF) or 1
 
 
+class LogQ:
+    """log q(item): the item's share of the training positives, add-one smoothed over the corpus so
+    an item never seen as a positive (or unknown) gets log(1 / (positives + corpus size))."""
+
+    def __init__(self, positives: dict[str, int], corpus_size: int):
+        total = float(sum(positives.values()) + max(corpus_size, len(positives)))
+        self._table = {item: float(np.log((count + 1) / total)) for item, count in positives.items()}
+        self._unseen = float(np.log(1 / total))
+
+    def __call__(self, item_id: str) -> float:
+        return self._table.get(item_id, self._unseen)
+
+
 def as_text(value: Any) -> str:
     """A TFDS string feature (bytes) or any value as str."""
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
@@ -197,9 +210,9 @@ def _texts(values: Any) -> list[str]:
 class PromptTokenizer:
     """Prompt records -> token arrays within their budgets, BOS/EOS added (grain map functions)."""
 
-    def __init__(self, tokenizer, fmt: PromptFormat, config: BatchConfig):
+    def __init__(self, tokenizer, fmt: PromptFormat, config: BatchConfig, log_q: "LogQ | None" = None):
         tokenizer.add_special_tokens(list(fmt.markers))
-        self.tok, self.config = tokenizer, config
+        self.tok, self.config, self.log_q = tokenizer, config, log_q
         self.start = [tokenizer.bos_id] if config.add_bos else []
         self.end = [tokenizer.eos_id] if config.add_eos else []
         self.last_field_open = tokenizer.token_to_id(fmt.item_last_field)
@@ -223,9 +236,12 @@ class PromptTokenizer:
         negatives = _texts(record["negative_prompts"])[: self.config.num_hard_negatives]
         negative_ids = _texts(record["negative_ids"])[: len(negatives)]
         positive_id = as_text(record["positive_id"])
-        return {"id": as_text(record["user_id"]), "member": self.member(record),
-                "items": self.items([as_text(record["positive_prompt"]), *negatives]),
-                "item_keys": np.asarray([item_key(i) for i in [positive_id, *negative_ids]], np.int32)}
+        example = {"id": as_text(record["user_id"]), "member": self.member(record),
+                   "items": self.items([as_text(record["positive_prompt"]), *negatives]),
+                   "item_keys": np.asarray([item_key(i) for i in [positive_id, *negative_ids]], np.int32)}
+        if self.log_q is not None:
+            example["item_log_q"] = np.asarray([self.log_q(i) for i in [positive_id, *negative_ids]], np.float32)
+        return example
 
     def member_only(self, record: dict) -> dict:
         return {"id": as_text(record["user_id"]), "tokens": self.member(record)}
@@ -268,14 +284,16 @@ def _batched(ds: grain.IterDataset, config: BatchConfig, num_shards: int, tower:
 
 def train_batches(records, tokenizer, fmt: PromptFormat, config: BatchConfig, *, seed: int,
                   num_epochs: int | None = None, num_shards: int = 1, shard_index: int | None = None,
-                  shard_count: int | None = None, read_threads: int = 4) -> grain.IterDataset:
+                  shard_count: int | None = None, read_threads: int = 4,
+                  log_q: "LogQ | None" = None) -> grain.IterDataset:
     """Dual-encoder batches from train records, reshuffled every epoch; `num_epochs=None` repeats
-    forever. `num_shards` is N, the data-parallel shards this process feeds."""
+    forever. `num_shards` is N, the data-parallel shards this process feeds. With `log_q`, batches
+    carry each item's log sampling probability (positive_log_q / negative_log_q)."""
     ds = _process_slice(records, shard_index, shard_count)
     if len(ds) == 0:
         raise ValueError("this process's slice of the training records is empty")
     ds = ds.shuffle(seed=seed).repeat(num_epochs)
-    ds = ds.map(PromptTokenizer(tokenizer, fmt, config).dual)
+    ds = ds.map(PromptTokenizer(tokenizer, fmt, config, log_q).dual)
     ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=64))
     return _batched(ds, config, num_shards, "dual", tokenizer.pad_id)
 

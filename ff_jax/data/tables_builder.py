@@ -23,7 +23,7 @@ from ff_jax.data.tables_options import TablesOptions
 
 TABLE_FILES = ("users", "items", "interactions")
 SUFFIXES = (".csv", ".tsv", ".csv.gz", ".tsv.gz", ".parquet", ".pq")
-KEY_VERSION = "tables-1"  # bump when a loading rule changes, so older preparations are not reused
+KEY_VERSION = "tables-2"  # bump when a loading rule changes, so older preparations are not reused
 
 
 def find_table_files(folder: str | Path) -> dict[str, Path]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+from collections import Counter
 import json
 from pathlib import Path
 from typing import Iterator
@@ -37,6 +38,7 @@ from ff_jax.data.quantizer import Quantizer, fit_on_training
 from ff_jax.data.splits import EvalMember, Splits, TrainExample, temporal_split
 from ff_jax.data.tables import FeedTables
 
+VERSION = "1.1.0"  # of every feed builder's records and metadata; an older preparation is prepared anew
 _text = tfds.features.Text
 EXAMPLE_FEATURES = {
     "user_id": _text(), "cohort": _text(),  # "new" | "established"
@@ -96,7 +98,11 @@ def prepare(tables: FeedTables, config: FeedConfig, progress: bool = True) -> Pr
     metadata = {"prompt_format": renderer.format().to_dict(), "template": dataclasses.asdict(config.template),
                 "schema": tables.schema.to_dict(), "numbers": config.numbers,
                 "quantizer": numbers.to_dict(),
-                "splits": dict(splits.settings), "source": tables.name}
+                "splits": dict(splits.settings), "source": tables.name,
+                # How often each item is a training positive: the sampling probabilities of in-batch
+                # negatives, for the loss's logQ correction (ff_jax.data.pipeline.LogQ).
+                "item_train_positives": dict(Counter(str(e.positive) for e in splits.train)),
+                "corpus_size": len(splits.corpus_ids)}
     return Prepared(tables, splits, renderer, metadata)
 
 
@@ -145,8 +151,9 @@ class PromptRecords:
 class _FeedBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """Shared machinery; subclasses say where the tables come from and which record shape they write."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "First release."}
+    VERSION = tfds.core.Version(VERSION)
+    RELEASE_NOTES = {"1.0.0": "First release.",
+                     "1.1.0": "Metadata counts each item's training positives (for the logQ correction)."}
     CORPUS = False
 
     @tfds.core.utils.classproperty

@@ -17,7 +17,7 @@ import gin
 import numpy as np
 
 from ff_jax.data.batches import EmbeddingBatch
-from ff_jax.data.pipeline import BatchConfig, as_text, embedding_batches, train_batches
+from ff_jax.data.pipeline import BatchConfig, LogQ, as_text, embedding_batches, train_batches
 from ff_jax.data.prompts import PromptFormat
 from ff_jax.data.tables_options import TablesOptions
 
@@ -77,7 +77,7 @@ class FeedData:
 
             return open_tables(name, self._tables_config(), self.data_dir, self.prepare)
         root = Path(self.data_dir) / name / self.config_name
-        if self.prepare and not any(root.glob("*/dataset_info.json")):
+        if self.prepare and not (root / tfds_builders.VERSION / "dataset_info.json").exists():
             config = self.config
             if self.numbers:  # the named config with numbers rendered another way
                 known = {c.name: c for c in tfds_builders.BUILDERS[name].BUILDER_CONFIGS}
@@ -97,9 +97,11 @@ class FeedData:
         return s, s
 
     def train_iterator(self, tokenizer, num_shards: int):
-        sources, fmt, _ = self.open_dataset(self.dataset)
+        sources, fmt, metadata = self.open_dataset(self.dataset)
+        log_q = (LogQ(metadata["item_train_positives"], metadata["corpus_size"])
+                 if "item_train_positives" in metadata else None)  # older preparations have no counts
         dataset = train_batches(sources["train"], tokenizer, fmt, self.batch, seed=self.seed,
-                                num_shards=num_shards, read_threads=self.read_threads)
+                                num_shards=num_shards, read_threads=self.read_threads, log_q=log_q)
         return iter(dataset)
 
     def validation(self, tokenizer, num_shards: int) -> Optional[Validation]:

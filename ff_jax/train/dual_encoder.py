@@ -175,6 +175,9 @@ class DualEncoder(nnx.Module):
         if batch.positive_key is not None:  # item-id hashes: mask in-batch duplicates of a positive
             keys = dict(positive_key=batch.positive_key.reshape(size),
                         negative_key=batch.negative_key.reshape(size, hard))
+        if batch.positive_log_q is not None:  # item sampling probabilities: the logQ correction
+            keys.update(positive_log_q=batch.positive_log_q.reshape(size),
+                        negative_log_q=batch.negative_log_q.reshape(size, hard))
         return Towers(member=member.reshape(size, dim), positive=positive.reshape(size, dim),
                       negatives=negatives.reshape(size, hard, dim), negative_mask=negative_mask.reshape(size, hard),
                       example_mask=batch.example_mask.reshape(size), **keys)

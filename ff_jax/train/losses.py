@@ -60,6 +60,8 @@ class Towers:
     example_mask: jax.Array
     positive_key: Optional[jax.Array] = None
     negative_key: Optional[jax.Array] = None
+    positive_log_q: Optional[jax.Array] = None  # [B] log of each positive's sampling probability
+    negative_log_q: Optional[jax.Array] = None  # [B, H]
 
 
 def _candidate_logits(member, positive, negatives, towers: Towers, share_hard_negatives: bool):
@@ -94,13 +96,33 @@ def _candidate_logits(member, positive, negatives, towers: Towers, share_hard_ne
     return scores, valid
 
 
+def _candidate_log_q(towers: Towers, share_hard_negatives: bool) -> jax.Array:
+    """log q of every candidate column of `_candidate_logits`, [1 or B, C]."""
+    columns = [towers.positive_log_q[None, :]]
+    hard = towers.negatives.shape[1]
+    if hard and share_hard_negatives:
+        columns.append(towers.negative_log_q.reshape(1, -1))
+    elif hard:
+        columns = [jnp.broadcast_to(columns[0], (towers.member.shape[0], columns[0].shape[1])),
+                   towers.negative_log_q]
+    return jnp.concatenate(columns, axis=1)
+
+
 def _masked_mean(values: jax.Array, weights: jax.Array) -> jax.Array:
     return jnp.sum(values * weights) / jnp.maximum(jnp.sum(weights), 1.0)
 
 
-def _info_nce(member, positive, negatives, towers, log_scale, share) -> tuple[jax.Array, dict]:
+def _info_nce(member, positive, negatives, towers, log_scale, share, logq: bool = False) -> tuple[jax.Array, dict]:
     cosines, valid = _candidate_logits(member, positive, negatives, towers, share)
-    logits = jnp.where(valid, cosines * jnp.exp(log_scale), _MASKED)
+    logits = cosines * jnp.exp(log_scale)
+    if logq:
+        if towers.positive_log_q is None:
+            raise ValueError("logq_correction needs the batch's positive_log_q / negative_log_q (item "
+                             "sampling probabilities from the dataset); this batch has none")
+        # In-batch candidates arrive in proportion to their popularity: subtracting log q makes the
+        # softmax estimate p(item | member) rather than p / q, which would demote popular items.
+        logits = logits - _candidate_log_q(towers, share)
+    logits = jnp.where(valid, logits, _MASKED)
     labels = jnp.arange(logits.shape[0])
     positive_logit = logits[labels, labels]
     per_example = jax.nn.logsumexp(logits, axis=1) - positive_logit
@@ -120,11 +142,15 @@ class InfoNCE:
 
     temperature: initial (or fixed) softmax temperature; learn_temperature: train log(1/T).
     share_hard_negatives: every member also scores every other example's hard negatives.
+    logq_correction: subtract each candidate's log sampling probability from its logit during
+    training (Yi et al., RecSys 2019), so in-batch negatives do not teach the model to demote
+    popular items. Needs batches with positive_log_q / negative_log_q.
     """
 
     temperature: float = 0.05
     learn_temperature: bool = False
     share_hard_negatives: bool = True
+    logq_correction: bool = False
     # Scoring-module fields the losses share (InfoNCE is shift-invariant: no bias).
     bias: float = 0.0
     learn_bias: bool = False
@@ -133,7 +159,7 @@ class InfoNCE:
         del bias
         loss, metrics = _info_nce(l2_normalize(towers.member), l2_normalize(towers.positive),
                                   l2_normalize(towers.negatives), towers, log_scale,
-                                  self.share_hard_negatives)
+                                  self.share_hard_negatives, self.logq_correction)
         return loss, {**metrics, "temperature": jnp.exp(-log_scale)}
 
 
@@ -151,6 +177,7 @@ class MatryoshkaInfoNCE:
     temperature: float = 0.05
     learn_temperature: bool = False
     share_hard_negatives: bool = True
+    logq_correction: bool = False  # as InfoNCE's
     bias: float = 0.0
     learn_bias: bool = False
 
@@ -168,7 +195,7 @@ class MatryoshkaInfoNCE:
         for dim, weight in zip(dims, weights):
             loss, dim_metrics = _info_nce(nested_slice(towers.member, dim), nested_slice(towers.positive, dim),
                                           nested_slice(towers.negatives, dim), towers, log_scale,
-                                          self.share_hard_negatives)
+                                          self.share_hard_negatives, self.logq_correction)
             total = total + weight * loss
             metrics[f"loss_dim{dim}"] = loss
             if dim == dims[0]:

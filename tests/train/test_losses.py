@@ -151,3 +151,38 @@ def test_duplicate_items_are_not_negatives_of_each_other(shared):
     assert abs(expected - numpy_info_nce(arrays, 0.1, shared)) > 1e-3  # the masking matters here
     bce, _ = _run(BCE(share_hard_negatives=shared), arrays, 0.1, -4.0, keys=keys)
     np.testing.assert_allclose(float(bce), numpy_bce(arrays, 0.1, -4.0, shared, keys=keys), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_info_nce_logq_correction_against_numpy(shared):
+    """Each candidate's logit loses its own log q (positive, in-batch positives and hard negatives alike)."""
+    arrays = _random_towers(seed=4)
+    member, positive, negatives, negative_mask, example_mask = arrays
+    rng = np.random.default_rng(5)
+    positive_log_q = np.log(rng.dirichlet(np.ones(len(positive))))
+    negative_log_q = np.log(rng.uniform(1e-4, 0.1, negatives.shape[:2]))
+    towers = _as_towers(arrays).replace(positive_log_q=jnp.asarray(positive_log_q, jnp.float32),
+                                        negative_log_q=jnp.asarray(negative_log_q, jnp.float32))
+    temperature = 0.07
+    expected = []
+    for b in np.flatnonzero(example_mask):
+        q = _normalise(member[b])
+        cands = [(positive[b], positive_log_q[b])]
+        cands += [(positive[j], positive_log_q[j]) for j in range(len(positive)) if j != b and example_mask[j] > 0]
+        rows = range(len(positive)) if shared else [b]
+        cands += [(negatives[j, h], negative_log_q[j, h]) for j in rows for h in range(negatives.shape[1])
+                  if negative_mask[j, h] and example_mask[j] > 0]
+        logits = np.array([_normalise(c) @ q / temperature - lq for c, lq in cands])
+        expected.append(np.log(np.sum(np.exp(logits - logits.max()))) + logits.max() - logits[0])
+    loss_fn = InfoNCE(temperature=temperature, share_hard_negatives=shared, logq_correction=True)
+    loss, _ = loss_fn(towers, jnp.log(1 / temperature), jnp.zeros(()))
+    np.testing.assert_allclose(float(loss), np.mean(expected), rtol=1e-5)
+    plain, _ = InfoNCE(temperature=temperature, share_hard_negatives=shared)(towers, jnp.log(1 / temperature),
+                                                                             jnp.zeros(()))
+    assert abs(float(plain) - float(loss)) > 1e-3  # the correction changes the loss
+
+
+def test_logq_correction_without_sampling_probabilities_is_refused():
+    towers = _as_towers(_random_towers())
+    with pytest.raises(ValueError, match="positive_log_q"):
+        InfoNCE(logq_correction=True)(towers, jnp.log(20.0), jnp.zeros(()))
