@@ -53,7 +53,7 @@ class DualTowerBatch:
     # negative that is the same item as an example's positive.
     positive_key: Optional[Array] = None  # int32 [N, B/N]
     negative_key: Optional[Array] = None  # int32 [N, B/N, H]
-    # log q of each item: its share of the training positives (ff_jax.data.pipeline.log_q_table),
+    # log q of each item: its share of the training positives (ff_jax.data.pipeline.LogQ),
     # for the loss's logQ correction of in-batch negatives; None when the pipeline was given no table.
     positive_log_q: Optional[Array] = None  # float32 [N, B/N]
     negative_log_q: Optional[Array] = None  # float32 [N, B/N, H] (0 where there is no negative)
