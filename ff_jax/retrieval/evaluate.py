@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from ff_jax.data.ranking_metrics import ranking_metrics, top_k
 from ff_jax.data.splits import EvalMember
-from ff_jax.retrieval import metrics
+from ff_jax.retrieval import baselines, metrics
 from ff_jax.retrieval.baselines.simple import Popularity, RandomScores
 from ff_jax.retrieval.embed_job import train_arguments
 from ff_jax.retrieval.embedding_store import read_tower, tower_settings
@@ -203,7 +203,12 @@ def print_table(reports: dict[str, dict], columns: Sequence[str] = TABLE_COLUMNS
 
 
 # Fitted in seconds, so `ff-jax eval` can show them beside the model on the same members.
-CHEAP_BASELINES = {"random": RandomScores, "popularity": Popularity}
+# Baselines `ff-jax eval` ranks beside the model: they need only the training interactions. ALS
+# and BPR use the settings chosen on MovieLens-100k's validation split (docs/retrieval_eval.md);
+# `baselines` imports each module on first use, so `implicit` loads only when ALS or BPR is asked for.
+CHEAP_BASELINES = {"random": RandomScores, "popularity": Popularity,
+                   "itemknn": lambda: baselines.ItemKNN(), "als": lambda: baselines.ALS(),
+                   "bpr": lambda: baselines.BPR()}
 
 
 @gin.configurable(denylist=["workdir"])

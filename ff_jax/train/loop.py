@@ -155,7 +155,7 @@ def train(workdir: str, data: FeedData = gin.REQUIRED, model_config: Optional[Ll
     train_step, eval_step = steps.jit_steps(graphdef, step_cfg, shardings, batch_sharding, mesh, rules)
     step_memory = compiled_step_memory(train_step.__wrapped__, (state, steps.device_batch(first, batch_sharding)),
                                        mesh, rules)
-    limit = int(memory_limit_gb * GIB) if memory_limit_gb else device_memory_bytes()
+    limit = int(memory_limit_gb * GIB) if memory_limit_gb else device_memory_bytes(mesh)
     check_step_fits(step_memory, limit)
     validation = data.validation(tokenizer, num_shards * jax.process_count()) if eval_every >= 0 else None
     validator = Validator(graphdef, step_cfg, eval_step, shardings, mesh, rules, recall_ks, pca_dims)

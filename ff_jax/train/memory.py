@@ -66,17 +66,20 @@ def compiled_step_memory(jitted, args: tuple, mesh, rules) -> Optional[StepMemor
         return step_memory(jitted.lower(*args).compile())
 
 
-def device_memory_bytes(device: Optional[jax.Device] = None) -> Optional[int]:
-    """Memory one device may use: the accelerator's limit, or for CPU devices the host's physical
-    memory shared among them (they allocate from one pool). Physical, not currently available:
-    the answer must not change with whatever else happens to run. None when unknown."""
-    device = device or jax.local_devices()[0]
+def device_memory_bytes(mesh=None) -> Optional[int]:
+    """Memory one device of `mesh` may use: the accelerator's limit, or for CPU devices the host's
+    physical memory shared among this process's devices in the mesh (they allocate from one pool).
+    Physical, not currently available: the answer must not change with whatever else happens to
+    run. None when unknown."""
+    local = [d for d in (mesh.devices.flat if mesh is not None else jax.local_devices())
+             if d.process_index == jax.process_index()]
+    device = local[0]
     stats = device.memory_stats() if hasattr(device, "memory_stats") else None
     if stats and stats.get("bytes_limit"):
         return int(stats["bytes_limit"])
     if device.platform == "cpu":
         total = _host_memory_bytes()
-        return None if total is None else total // max(len(jax.local_devices()), 1)
+        return None if total is None else total // max(len(local), 1)
     return None
 
 
