@@ -35,6 +35,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/forward.py --out bench_out/forward.json
 	$(PY) benchmarks/layer_pieces.py
 	$(PY) benchmarks/ann.py --out bench_out/ann_1m
+	$(PY) benchmarks/embed_throughput.py --out bench_out/embed_throughput.json
 
 clean:
 	rm -rf $(VENV) build *.egg-info
