@@ -153,7 +153,7 @@ def test_preparation_is_deterministic(prepared, tmp_path):
     build(TinyFeed, tmp_path)
 
     def digest(root):
-        files = sorted(root.glob("tiny_feed/base/1.0.0/*.array_record*"))
+        files = sorted(root.glob(f"tiny_feed/base/{tb.VERSION}/*.array_record*"))
         return [hashlib.sha256(f.read_bytes()).hexdigest() for f in files]
 
     assert digest(tmp_path) == digest(prepared) != []
