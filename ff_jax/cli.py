@@ -168,8 +168,7 @@ def help_text(name: str) -> str:
 
 def one_line(err: BaseException) -> str:
     """The message without gin's "In call to configurable" trail, its lines joined."""
-    text = str(err).split("\n  In call to configurable")[0]
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    lines = [line.strip() for line in gin_cli.without_gin_trail(err).splitlines() if line.strip()]
     out = lines[0] if lines else type(err).__name__
     for line in lines[1:]:
         out += (" " if out.endswith(":") else "; ") + line

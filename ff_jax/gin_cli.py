@@ -78,10 +78,14 @@ def _tolerant_file_readers() -> None:
         readers[i] = (reader, tolerant)
 
 
+def without_gin_trail(err: BaseException) -> str:
+    """An error's message without the "In call to configurable ..." lines gin appends."""
+    return str(err).split("\n  In call to configurable")[0]
+
+
 def _first_lines(err: Exception) -> str:
-    """gin's message without the "In call to configurable" trail, on one line."""
-    text = str(err).split("\n  In call to configurable")[0]
-    return re.sub(r"\s*\n\s*", " ", text).strip()
+    """gin's message without its trail, on one line."""
+    return re.sub(r"\s*\n\s*", " ", without_gin_trail(err)).strip()
 
 
 def _parse_error(err: Exception, where: str) -> GinError:

@@ -137,8 +137,7 @@ tb.BUILDERS.update({cls.name: cls for cls in (Tables, TablesCorpus)})
 def open_tables(name: str, config: TablesConfig, data_dir: str | Path, prepare: bool = True):
     """(split sources, PromptFormat, metadata) of `tables` or `tables_corpus` for this content key,
     prepared first (printing the load summary) when missing and `prepare` is set."""
-    root = Path(data_dir) / name / config.name
-    if prepare and not any(root.glob("*/dataset_info.json")):
+    if prepare and not tb.is_prepared(data_dir, name, config.name):
         print(f"Preparing {name}/{config.name} from {config.folder} into {data_dir}", flush=True)
         tb.build(name, config, data_dir)
     return tb.open_prepared(data_dir, name, config.name)

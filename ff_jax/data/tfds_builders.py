@@ -285,6 +285,12 @@ def build(name: str, config: str | FeedConfig, data_dir: str | Path) -> tfds.cor
     return builder
 
 
+def is_prepared(data_dir: str | Path, name: str, config: str) -> bool:
+    """Whether `config` of builder `name` is prepared under data_dir at the current VERSION (an
+    older version's records lack what this code reads, so they are prepared anew)."""
+    return (Path(data_dir) / name / config / VERSION / "dataset_info.json").exists()
+
+
 def open_prepared(data_dir: str | Path, name: str, config: str) -> tuple[dict, PromptFormat, dict]:
     """(split -> data source, prompt format, metadata) of a prepared dataset, newest version."""
     root = Path(data_dir) / name / config

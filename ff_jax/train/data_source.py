@@ -10,7 +10,6 @@ Validation batches are the same on every process (full, unsliced), so recall nee
 """
 
 import dataclasses
-from pathlib import Path
 from typing import Optional
 
 import gin
@@ -76,8 +75,7 @@ class FeedData:
             from ff_jax.data.tables_builder import open_tables
 
             return open_tables(name, self._tables_config(), self.data_dir, self.prepare)
-        root = Path(self.data_dir) / name / self.config_name
-        if self.prepare and not (root / tfds_builders.VERSION / "dataset_info.json").exists():
+        if self.prepare and not tfds_builders.is_prepared(self.data_dir, name, self.config_name):
             config = self.config
             if self.numbers:  # the named config with numbers rendered another way
                 known = {c.name: c for c in tfds_builders.BUILDERS[name].BUILDER_CONFIGS}
