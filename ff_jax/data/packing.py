@@ -127,16 +127,19 @@ class Batcher(Protocol):
 class DualTowerBatcher:
     """One shard of a dual-encoder batch. An example is a dict with `member` (int32 tokens),
     `items` (positive then hard negatives, int32 tokens each), `item_keys` (int32 per item: a hash
-    of the item id, so the trainer can mask in-batch duplicates), optionally `item_log_q` (float per
-    item, for the logQ correction) and `id` (for error messages)."""
+    of the item id, so the trainer can mask in-batch duplicates), `item_log_q` (float per item, for
+    the logQ correction) when the batcher was made with `log_q=True`, and `id` (for error messages)."""
 
-    def __init__(self, capacity: int, member: RowSpec, item: RowSpec, num_negatives: int, pad_id: int):
+    def __init__(self, capacity: int, member: RowSpec, item: RowSpec, num_negatives: int, pad_id: int,
+                 log_q: bool = False):
         self.capacity, self.num_negatives, self.pad_id = capacity, num_negatives, pad_id
+        # Fixed per pipeline, not per example: an empty filler shard must still carry the fields.
+        self.log_q = log_q
         self._members, self._items = RowPacker(member), RowPacker(item)
         self._member_slot: list[int] = []
         self._item_slots: list[list[int]] = []
         self._keys: list[list[int]] = []
-        self._log_q: list[list[float]] | None = None  # set by the first example that carries `item_log_q`
+        self._log_q: list[list[float]] = []
 
     def __len__(self) -> int:
         return len(self._member_slot)
@@ -162,8 +165,7 @@ class DualTowerBatcher:
         self._member_slot.append(member_slot[0])
         self._item_slots.append(item_slots)
         self._keys.append([int(k) for k in list(example["item_keys"])[: len(items)]])
-        if "item_log_q" in example:
-            self._log_q = self._log_q if self._log_q is not None else []
+        if self.log_q:
             self._log_q.append([float(q) for q in list(example["item_log_q"])[: len(items)]])
         return True
 
@@ -182,7 +184,7 @@ class DualTowerBatcher:
             negative_slot[i, : len(slots) - 1] = slots[1:]
             negative_key[i, : len(keys) - 1] = keys[1:]
         log_q = {}
-        if self._log_q is not None:
+        if self.log_q:
             positive_log_q, negative_log_q = np.zeros(b, np.float32), np.zeros((b, h), np.float32)
             for i, values in enumerate(self._log_q):
                 positive_log_q[i], negative_log_q[i, : len(values) - 1] = values[0], values[1:]

@@ -263,12 +263,12 @@ def _process_slice(records, shard_index: int | None, shard_count: int | None) ->
 
 
 def _batched(ds: grain.IterDataset, config: BatchConfig, num_shards: int, tower: str, pad_id: int,
-             min_batches: int = 0):
+             min_batches: int = 0, log_q: bool = False):
     b, h, dual = config.examples_per_shard, config.num_hard_negatives, tower == "dual"
 
     def new_batcher(length: int | None = None):
         if dual:
-            return DualTowerBatcher(b, *config.row_specs(length), h, pad_id)
+            return DualTowerBatcher(b, *config.row_specs(length), h, pad_id, log_q=log_q)
         return OneTowerBatcher(b, config.tower_spec(tower, length), pad_id)
 
     if config.mode != "bucketed":
@@ -295,7 +295,7 @@ def train_batches(records, tokenizer, fmt: PromptFormat, config: BatchConfig, *,
     ds = ds.shuffle(seed=seed).repeat(num_epochs)
     ds = ds.map(PromptTokenizer(tokenizer, fmt, config, log_q).dual)
     ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=64))
-    return _batched(ds, config, num_shards, "dual", tokenizer.pad_id)
+    return _batched(ds, config, num_shards, "dual", tokenizer.pad_id, log_q=log_q is not None)
 
 
 def embedding_batches(records, tokenizer, fmt: PromptFormat, config: BatchConfig, *, tower: str,

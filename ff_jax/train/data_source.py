@@ -96,16 +96,14 @@ class FeedData:
 
     def train_iterator(self, tokenizer, num_shards: int):
         sources, fmt, metadata = self.open_dataset(self.dataset)
-        log_q = (LogQ(metadata["item_train_positives"], metadata["corpus_size"])
-                 if "item_train_positives" in metadata else None)  # older preparations have no counts
         dataset = train_batches(sources["train"], tokenizer, fmt, self.batch, seed=self.seed,
-                                num_shards=num_shards, read_threads=self.read_threads, log_q=log_q)
+                                num_shards=num_shards, read_threads=self.read_threads, log_q=_log_q(metadata))
         return iter(dataset)
 
     def validation(self, tokenizer, num_shards: int) -> Optional[Validation]:
         if self.validation_members <= 0:
             return None
-        sources, fmt, _ = self.open_dataset(self.dataset)
+        sources, fmt, metadata = self.open_dataset(self.dataset)
         corpus_source = self.open_dataset(f"{self.dataset}_corpus")[0]["corpus"]
         corpus = [corpus_source[i] for i in range(len(corpus_source))]
         prompts = {as_text(r["item_id"]): as_text(r["item_prompt"]) for r in corpus}
@@ -121,12 +119,21 @@ class FeedData:
             target = as_text(record["target_ids"][0])
             pairs.append({**record, "positive_id": target, "positive_prompt": prompts[target]})
         whole = dict(shard_index=0, shard_count=1, num_shards=num_shards, read_threads=self.read_threads)
-        pair_batches = list(train_batches(pairs, tokenizer, fmt, self.batch, seed=0, num_epochs=1, **whole))
+        pair_batches = list(train_batches(pairs, tokenizer, fmt, self.batch, seed=0, num_epochs=1,
+                                          log_q=_log_q(metadata), **whole))
         member_batches = list(embedding_batches(members, tokenizer, fmt, self.batch, tower="member", **whole))
         corpus_batches = list(embedding_batches(corpus, tokenizer, fmt, self.batch, tower="item", **whole))
         targets = {as_text(r["user_id"]): {as_text(t) for t in r["target_ids"]} for r in members}
         exclude = {as_text(r["user_id"]): {as_text(t) for t in r["engaged_history_ids"]} for r in members}
         return Validation(pair_batches, member_batches, corpus_batches, targets, exclude)
+
+
+def _log_q(metadata: dict) -> Optional[LogQ]:
+    """The items' training-positive shares, for the loss's logQ correction (validation pairs get the
+    same as training, so their loss is the same function); None for preparations older than 1.1.0."""
+    if "item_train_positives" not in metadata:
+        return None
+    return LogQ(metadata["item_train_positives"], metadata["corpus_size"])
 
 
 def collect_embeddings(embed, batches: list[EmbeddingBatch]) -> tuple[list[str], np.ndarray]:

@@ -14,7 +14,7 @@ def test_log_q_is_the_add_one_smoothed_share_of_training_positives():
 
 
 def test_batches_carry_each_examples_log_q_in_example_order():
-    batcher = DualTowerBatcher(3, RowSpec(2, 32, 4), RowSpec(2, 32, 8), num_negatives=2, pad_id=0)
+    batcher = DualTowerBatcher(3, RowSpec(2, 32, 4), RowSpec(2, 32, 8), num_negatives=2, pad_id=0, log_q=True)
     examples = [([1.0, 2.0, 3.0], 3), ([4.0], 1), ([5.0, 6.0], 2)]  # (log q of positive + negatives, items)
     for i, (values, n) in enumerate(examples):
         assert batcher.add({"id": str(i), "member": np.array([7, 8], np.int32),
@@ -33,3 +33,9 @@ def test_batches_without_a_table_have_no_log_q_fields():
                  "item_keys": np.array([1], np.int32)})
     batch = batcher.build()
     assert batch.positive_log_q is None and batch.negative_log_q is None
+
+
+def test_an_empty_filler_shard_still_carries_log_q_so_shards_stack():
+    empty = DualTowerBatcher(2, RowSpec(1, 32, 4), RowSpec(1, 32, 4), num_negatives=1, pad_id=0, log_q=True).build()
+    np.testing.assert_array_equal(empty.positive_log_q, [0.0, 0.0])
+    assert empty.negative_log_q.shape == (2, 1)
