@@ -81,3 +81,28 @@ def load_npy(file: Path, sha256: str | None = None, bfloat16: bool = False,
     _checked(file, None if data is None else hashlib.sha256(data).hexdigest(), sha256, error)
     array = np.load(io.BytesIO(data), allow_pickle=False)
     return array.view(ml_dtypes.bfloat16) if bfloat16 else array
+
+
+# A manifest that covers itself: a sha256 over its own fields (sorted JSON), so an edited setting or
+# a dropped checksum entry is refused like a corrupt file instead of loading with other results.
+SEAL = "manifest_sha256"
+
+
+def _seal_of(manifest: dict[str, Any]) -> str:
+    fields = {k: v for k, v in manifest.items() if k != SEAL}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def sealed(manifest: dict[str, Any]) -> dict[str, Any]:
+    """`manifest` plus its own sha256 under SEAL (see check_seal)."""
+    return {**manifest, SEAL: _seal_of(manifest)}
+
+
+def check_seal(file: Path, manifest: dict[str, Any], error: type[Exception] = ValueError) -> None:
+    """Raises `error` naming `file` when `manifest` (read from it) lacks its SEAL or no longer matches it."""
+    if SEAL not in manifest:
+        raise error(f"{file}: has no {SEAL}, so edits to it cannot be detected (written by an older "
+                    "version, or the field was removed); write it again")
+    if manifest[SEAL] != _seal_of(manifest):
+        raise error(f"{file}: edited after it was written (its {SEAL} does not match its contents); "
+                    "write it again rather than editing it")

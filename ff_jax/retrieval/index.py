@@ -2,9 +2,12 @@
 
 Scores are cosine similarities: the index L2-normalises the corpus and the queries, then ranks by
 inner product. An index directory holds the implementation's files plus `manifest.json` (kind,
-dim, count, metric, format version, SHA-256 of every file), so `load_index(dir)` can refuse a
-truncated or tampered directory with an error that names the bad file instead of returning
-silently wrong neighbours.
+dim, count, metric, format version, SHA-256 of every file, and a SHA-256 over the manifest's own
+fields), so `load_index(dir)` can refuse a truncated or tampered directory, or an edited manifest,
+with an error that names the bad file instead of returning silently wrong neighbours.
+
+`search` takes any integer k (Python or numpy), returns an empty [0, k] result for an empty query
+batch, and refuses a non-finite query naming its row, the same for every index kind.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import abc
 import importlib
 import json
+import operator
 from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -24,7 +28,7 @@ from ff_jax.files import MANIFEST
 from ff_jax.retrieval import filters
 from ff_jax.rows import unit_rows
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the manifest covers itself (files.SEAL)
 METRIC = "cosine"
 IDS_FILE = "ids.npy"
 
@@ -37,6 +41,13 @@ INDEX_KINDS: dict[str, str] = {
 
 class IndexFormatError(ValueError):
     """An index directory is missing, empty, corrupt or written by an incompatible version."""
+
+
+class CorruptIndexFile(IndexFormatError):
+    """A file of an index directory is not what `save` wrote: a checksum mismatch, a listed file
+    missing, or a manifest edited after it was written."""
+
+    label = "corrupt file"
 
 
 # ----------------------------------------------------------------------------- input checks
@@ -149,10 +160,16 @@ class Index(abc.ABC):
         `exclude[q]` holds ids query q must not get back (e.g. items the member already saw); the
         index over-fetches so k results remain whenever the corpus has k non-excluded items.
         Missing slots (only possible with `exclude`) hold score -inf and id "" (str ids) or -1.
+        k may be any integer type (numpy's too); no queries give empty [0, k] arrays.
         """
         self._require_built()
-        q = normalize_rows(queries, "queries", dim=self._dim)
-        self._check_k(k)
+        k = self._check_k(k)
+        q = np.asarray(queries)
+        if q.ndim == 1 and q.size == 0:  # an empty list of queries: no width to check
+            q = q.reshape(0, self.dim)
+        q = normalize_rows(q, "queries", dim=self._dim)
+        if len(q) == 0:
+            return np.zeros((0, k), np.float32), np.zeros((0, k), self._ids.dtype)  # type: ignore[union-attr]
         if exclude is None:
             return self._search_ids(q, k)
         return filters.filtered_search(self, q, k, seen=filters.per_query_lists(exclude, len(q), "exclude"))
@@ -175,7 +192,7 @@ class Index(abc.ABC):
             "config": extra,
             "checksums": files.checksums(path),
         }
-        files.write_manifest(path / MANIFEST, manifest)
+        files.write_manifest(path / MANIFEST, files.sealed(manifest))
         return path
 
     @classmethod
@@ -230,11 +247,17 @@ class Index(abc.ABC):
         if self._ids is None:
             raise RuntimeError(f"the {self.kind} index is empty: call build() or load() first")
 
-    def _check_k(self, k: int) -> None:
-        if not isinstance(k, (int, np.integer)) or k <= 0:
+    def _check_k(self, k: Any) -> int:
+        """k as a Python int (numpy integers too, via operator.index), checked against the corpus."""
+        try:
+            value = None if isinstance(k, bool) else operator.index(k)
+        except TypeError:
+            value = None
+        if value is None or value <= 0:
             raise ValueError(f"k must be a positive integer, got {k!r}")
-        if k > self.count:
-            raise ValueError(f"k={k} is larger than the corpus ({self.count} items)")
+        if value > self.count:
+            raise ValueError(f"k={value} is larger than the corpus ({self.count} items)")
+        return value
 
     def _search_ids(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         scores, positions = self._search_positions(q, k)
@@ -280,8 +303,9 @@ def read_manifest(path: Path, verify: bool = True) -> dict[str, Any]:
     if manifest["metric"] != METRIC:
         raise IndexFormatError(f"{file}: metric '{manifest['metric']}' is not '{METRIC}'")
     if verify:
+        files.check_seal(file, manifest, CorruptIndexFile)
         for name, expected in manifest["checksums"].items():
-            files.verify(path / name, expected, IndexFormatError)
+            files.verify(path / name, expected, CorruptIndexFile)
         if IDS_FILE not in manifest["checksums"]:
             raise IndexFormatError(f"{file}: checksums do not cover {IDS_FILE}")
     return manifest
