@@ -4,6 +4,12 @@ One mask rule covers every case: a query attends to a key when the key sits at t
 earlier slot of the row, carries the same segment id, and that id is not 0 (padding). Packed
 rows (several prompts, ids 1, 2, 3, ...) therefore never see each other, right-padding is
 ignored, and a KV cache is just more key slots with their own segment ids.
+
+The rule has one extension, the shared prefix: a query may name a second segment it also reads
+(`prefix_segments`, 0 = none). A ranker row "member context (id 1), candidate A (id 2),
+candidate B (id 3)" gives A's and B's tokens prefix segment 1: each candidate sees the context
+and itself, never the other. A shared cache (keys every row reads, none writes) is again just
+more key slots, placed before the row's own; with batch 1 it is broadcast, never copied.
 """
 
 from typing import Optional
@@ -44,10 +50,15 @@ class KVCache:
         return self.k.shape[2]
 
 
-def attention_mask(query_slots, key_slots, query_segments, key_segments) -> jax.Array:
-    """Boolean [B, T, S]: causal by slot, within the same non-padding segment."""
+def attention_mask(query_slots, key_slots, query_segments, key_segments, query_prefixes=None) -> jax.Array:
+    """Boolean [B, T, S]: causal by slot, within the same non-padding segment, or within the
+    query's shared-prefix segment when `query_prefixes` [B, T] names one (0 = none).
+
+    Key segments may have batch 1 (a shared cache): they broadcast over the query rows."""
     causal = key_slots[None, None, :] <= query_slots[None, :, None]
     same = query_segments[:, :, None] == key_segments[:, None, :]
+    if query_prefixes is not None:
+        same = same | (query_prefixes[:, :, None] == key_segments[:, None, :])
     return causal & same & (key_segments[:, None, :] != 0)
 
 
@@ -75,8 +86,12 @@ class Attention(nnx.Module):
         self.v = Projection((d,), (kv, hd), ("embed",), ("kv_heads", "head_dim"), cfg, rngs=rngs)
         self.o = Projection((h, hd), (d,), ("heads", "head_dim"), ("embed",), cfg, rngs=rngs)
 
-    def __call__(self, x, positions, segment_ids, cache_kv: Optional[tuple] = None, cache_meta=None):
-        """x [B, T, D] → ([B, T, D], updated (k, v) of this layer's cache or None)."""
+    def __call__(self, x, positions, segment_ids, cache_kv: Optional[tuple] = None, cache_meta=None,
+                 prefix_segments=None, shared_kv: Optional[tuple] = None):
+        """x [B, T, D] → ([B, T, D], updated (k, v) of this layer's cache or None).
+
+        shared_kv: (k, v, segment_ids) of a read-only cache ([Bs, P, ...], Bs = 1 or B) whose P
+        slots come before this row's own; the row's keys then start at slot P."""
         batch, length = x.shape[:2]
         inv_freq = inverse_frequencies(*self.rope)
         q = apply_rope(self.q(x), positions, inv_freq)
@@ -84,6 +99,12 @@ class Attention(nnx.Module):
         v = self.v(x)
         q = constrain(q, ("batch", "length", "heads", "head_dim"))
         query_slots = jnp.arange(length)
+        shared = None
+        if shared_kv is not None:
+            shared_slots = shared_kv[2].shape[1]
+            query_slots = query_slots + shared_slots
+            shared = (*(t.astype(self.dtype).transpose(0, 2, 1, 3) for t in shared_kv[:2]),
+                      jnp.arange(shared_slots), shared_kv[2])
         if cache_kv is None:
             keys, values, key_segments, key_slots = k, v, segment_ids, query_slots
         else:
@@ -101,24 +122,40 @@ class Attention(nnx.Module):
         # Self-attention without a cache is causal over the row itself: query tiles then only
         # visit the key tiles at or before them. With a cache every query sees all slots.
         chunk = self.query_chunk if cache_kv is None else 0
-        out = jnp.concatenate([
-            self._attend(q[:, :, :, lo:hi], keys_h[:, :, :end], values_h[:, :, :end],
-                         attention_mask(query_slots[lo:hi], key_slots[:end], segment_ids[:, lo:hi],
-                                        key_segments[:, :end]))
-            for lo, hi, end in query_tiles(length, keys.shape[1], chunk)], axis=3)
+        tiles = []
+        for lo, hi, end in query_tiles(length, keys.shape[1], chunk):
+            mask_of = lambda slots, segments: attention_mask(  # noqa: E731
+                query_slots[lo:hi], slots, segment_ids[:, lo:hi], segments,
+                None if prefix_segments is None else prefix_segments[:, lo:hi])
+            blocks = [(keys_h[:, :, :end], values_h[:, :, :end], mask_of(key_slots[:end], key_segments[:, :end]))]
+            if shared is not None:
+                blocks.insert(0, (shared[0], shared[1], mask_of(shared[2], shared[3])))
+            tiles.append(self._attend(q[:, :, :, lo:hi], blocks))
+        out = jnp.concatenate(tiles, axis=3)
         out = out.transpose(0, 3, 1, 2, 4).reshape(batch, length, -1, self.head_dim)
         new_cache = None if cache_kv is None else (keys, values)
         return self.o(out), new_cache
 
-    def _attend(self, q, keys, values, mask):
-        """q [B, kv, groups, T, hd], keys/values [B, kv, S, hd], mask [B, T, S] → [B, kv, groups, T, hd]."""
+    def _attend(self, q, blocks):
+        """q [B, kv, groups, T, hd] and key blocks (keys/values [B or 1, kv, S_i, hd], mask
+        [B, T, S_i]) → [B, kv, groups, T, hd]: one softmax over the keys of every block."""
         batch, kv, groups, length, hd = q.shape
-        logits = jnp.einsum("bkqd,bksd->bkqs", q.reshape(batch, kv, groups * length, hd), keys,
-                            preferred_element_type=jnp.float32)
-        logits = logits.reshape(batch, kv, groups, length, -1) / jnp.sqrt(hd).astype(jnp.float32)
-        # A finite floor rather than -inf: a fully masked (padding) query then gets a harmless
-        # uniform average instead of NaNs that would poison gradients.
-        logits = jnp.where(mask[:, None, None], logits, jnp.finfo(jnp.float32).min)
-        weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
-        out = jnp.einsum("bkqs,bksd->bkqd", weights.reshape(batch, kv, groups * length, -1), values)
+        flat_q = q.reshape(batch, kv, groups * length, hd)
+        # A shared cache's keys have batch 1: jnp.einsum contracts a size-1 batch axis as a plain
+        # matrix, so they are never broadcast (copied) to every row.
+        logits = []
+        for keys, _, mask in blocks:
+            scores = jnp.einsum("bkqd,bksd->bkqs", flat_q, keys, preferred_element_type=jnp.float32)
+            scores = scores.reshape(batch, kv, groups, length, -1) / jnp.sqrt(hd).astype(jnp.float32)
+            # A finite floor rather than -inf: a fully masked (padding) query then gets a harmless
+            # uniform average instead of NaNs that would poison gradients.
+            logits.append(jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min))
+        weights = jax.nn.softmax(jnp.concatenate(logits, axis=-1), axis=-1).astype(self.dtype)
+        weights = weights.reshape(batch, kv, groups * length, -1)
+        out, start = 0, 0
+        for keys, values, _ in blocks:
+            size = keys.shape[2]
+            out = out + jnp.einsum("bkqs,bksd->bkqd", weights[..., start:start + size], values)
+            start += size
         return out.reshape(batch, kv, groups, length, hd)
+

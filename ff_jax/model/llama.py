@@ -30,8 +30,10 @@ class Block(nnx.Module):
         self.mlp_norm = RMSNorm(cfg)
         self.mlp = SwiGLU(cfg, rngs=rngs)
 
-    def __call__(self, x, positions, segment_ids, cache_kv=None, cache_meta=None):
-        attended, new_kv = self.attn(self.attn_norm(x), positions, segment_ids, cache_kv, cache_meta)
+    def __call__(self, x, positions, segment_ids, cache_kv=None, cache_meta=None, prefix_segments=None,
+                 shared_kv=None):
+        attended, new_kv = self.attn(self.attn_norm(x), positions, segment_ids, cache_kv, cache_meta,
+                                     prefix_segments, shared_kv)
         x = constrain(x + attended, _ACTIVATION)
         x = constrain(x + self.mlp(self.mlp_norm(x)), _ACTIVATION)
         return x, new_kv
@@ -55,13 +57,23 @@ class Llama(nnx.Module):
 
     def __call__(self, tokens: jax.Array, *, positions: Optional[jax.Array] = None,
                  segment_ids: Optional[jax.Array] = None, cache: Optional[KVCache] = None,
-                 compute_logits: bool = True) -> ModelOutput:
-        """Runs tokens [B, T]; docs/contracts.md ("Model inputs") for positions, segments and the cache."""
+                 compute_logits: bool = True, prefix_segments: Optional[jax.Array] = None,
+                 shared_cache: Optional[KVCache] = None) -> ModelOutput:
+        """Runs tokens [B, T]; docs/contracts.md ("Model inputs") for positions, segments and the caches.
+
+        prefix_segments [B, T]: a second segment each token reads (its shared prefix; 0 = none).
+        shared_cache: a prefilled KVCache every row reads and none writes (batch 1: broadcast to
+        all rows, never copied); `cache` must then be None.
+        """
         cfg = self.config
         batch, length = tokens.shape
         if segment_ids is None:
             segment_ids = jnp.ones((batch, length), jnp.int32)
+        if shared_cache is not None and cache is not None:
+            raise ValueError("pass a cache to extend or a shared_cache to read, not both")
         start = jnp.zeros((), jnp.int32) if cache is None else cache.length
+        if shared_cache is not None:
+            start = shared_cache.length
         if positions is None:
             positions = jnp.broadcast_to(start + jnp.arange(length, dtype=jnp.int32), (batch, length))
         x = constrain(self.embed(tokens).astype(cfg.jnp_dtype), _ACTIVATION)
@@ -72,27 +84,35 @@ class Llama(nnx.Module):
                                                         (jnp.zeros((), jnp.int32), start))
             cache_meta = (start, key_segments)
 
-        def run_block(block, x, kv):
-            return block(x, positions, segment_ids, kv, cache_meta)
+        def run_block(block, x, kv, shared_kv=None):
+            if shared_kv is not None:
+                shared_kv = (*shared_kv, shared_cache.segment_ids)
+            return block(x, positions, segment_ids, kv, cache_meta, prefix_segments, shared_kv)
 
         if cfg.remat:
             run_block = nnx.remat(run_block)
 
         new_cache = None
         if cfg.scan_layers:
-            if cache is None:
+            if shared_cache is not None:
+                scan = nnx.scan(lambda blk, h, skv: run_block(blk, h, None, skv)[0], in_axes=(0, nnx.Carry, 0),
+                                out_axes=nnx.Carry)
+                x = scan(self.layers, x, (shared_cache.k, shared_cache.v))
+            elif cache is None:
                 scan = nnx.scan(lambda blk, h: run_block(blk, h, None)[0], in_axes=(0, nnx.Carry),
                                 out_axes=nnx.Carry)
                 x = scan(self.layers, x)
             else:
-                scan = nnx.scan(run_block, in_axes=(0, nnx.Carry, 0), out_axes=(nnx.Carry, 0))
+                scan = nnx.scan(lambda blk, h, kv: run_block(blk, h, kv), in_axes=(0, nnx.Carry, 0),
+                                out_axes=(nnx.Carry, 0))
                 x, (k, v) = scan(self.layers, x, (cache.k, cache.v))
                 new_cache = KVCache(k=k, v=v, segment_ids=cache_meta[1], length=start + length)
         else:
             new_k, new_v = [], []
             for i, block in enumerate(self.layers):
                 kv = None if cache is None else (cache.k[i], cache.v[i])
-                x, kv = run_block(block, x, kv)
+                shared_kv = None if shared_cache is None else (shared_cache.k[i], shared_cache.v[i])
+                x, kv = run_block(block, x, kv, shared_kv)
                 if kv is not None:
                     new_k.append(kv[0])
                     new_v.append(kv[1])
