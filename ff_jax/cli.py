@@ -83,6 +83,16 @@ def _eval(args) -> None:
         evaluate.evaluate_run(workdir=args.workdir)
 
 
+def _export(args) -> None:
+    if not args.out:
+        raise CommandLineError("--out=DIR is required (where the bundle goes; it must not exist yet)")
+    if args.ranker:
+        raise CommandLineError("--ranker: not yet; no ranker checkpoint kind exists (ff_jax.rank)")
+    export = _module("ff_jax.serving.export")
+    with gin_cli.configured(_files_with_workdir_config(args), args.gin_bindings):
+        print(f"bundle: {export.export_bundle(args.workdir, args.out)}")
+
+
 def _demo(args) -> None:
     _module("ff_jax.demo").run(Path(args.workdir), args.steps, args.gin_bindings)
 
@@ -94,6 +104,11 @@ def _distributed_flag(fv: flags.FlagValues) -> None:
 
 def _steps_flag(fv: flags.FlagValues) -> None:
     flags.DEFINE_integer("steps", 100, "dual-encoder training steps (the STEPS macro)", lower_bound=1, flag_values=fv)
+
+
+def _export_flags(fv: flags.FlagValues) -> None:
+    flags.DEFINE_string("out", None, "the bundle folder to write (must not exist)", flag_values=fv)
+    flags.DEFINE_string("ranker", None, "a ranker training run to include (not available yet)", flag_values=fv)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,6 +135,10 @@ COMMANDS = {
                     "widths, ScaNN against exact.", "runs/train.gin",
                     "where `ff-jax embed` wrote its embeddings (its config.gin is read first)",
                     macros_note="already set when --workdir holds a training run's config.gin"),
+    "export": Command(_export, "Exports a training run's towers, weights, prompts, catalogue and index as a verified "
+                      "serving bundle (--out).", "runs/train.gin", "a training run's workdir (its config.gin is read "
+                      "first)", extra_flags=_export_flags,
+                      macros_note="already set when --workdir holds a training run's config.gin"),
     "demo": Command(_demo, "The whole job end to end on a CPU: a pretrained backbone, feed data, a tiny dual encoder "
                     "trained, then embedded and evaluated against baselines.", "experiments/compact_feed_world.gin",
                     "where data, checkpoints and logs go (emptied first)", workdir_default="workdirs/demo",

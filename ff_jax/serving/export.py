@@ -1,0 +1,195 @@
+"""`ff-jax export --workdir=RUN --out=BUNDLE`: a training run turned into a serving bundle.
+
+The run's config.gin gives the model, data and token budgets (as for `ff-jax embed`); its newest
+checkpoint (or `step`) gives the weights. The towers are exported with jax.export for every
+platform in `platforms`, with symbolic batch and length, the weights an argument (so the program
+holds no parameters and the weights file is checked like any other). The corpus is embedded by
+ff_jax.retrieval.embed_job into `<workdir>/bundle_embeddings` (resumable; reused by a second
+export of the same checkpoint) and indexed with `create_index` (its gin bindings apply).
+
+Everything is written into a hidden folder beside BUNDLE, synced, and renamed to BUNDLE last, so
+an export that crashes leaves no folder that `load_bundle` accepts. bundle.py holds the layout.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+from flax import nnx
+from jax import export
+
+from ff_jax import files
+from ff_jax.data.pipeline import as_text
+from ff_jax.files import MANIFEST
+from ff_jax.model.sharding import logical_axis_rules, make_mesh
+from ff_jax.retrieval import create_index
+from ff_jax.retrieval.embed_job import EmbedConfig, embed_towers, load_model, train_arguments
+from ff_jax.retrieval.embedding_store import read_tower
+from ff_jax.serving import bundle as layout
+from ff_jax.serving.bundle import BundleError
+from ff_jax.train.losses import l2_normalize
+
+PLATFORMS = ("cpu", "cuda")
+EMBEDDINGS = "bundle_embeddings"
+# One dense attention tile: the tiled path picks its tiles with Python comparisons on the length,
+# which a symbolic length cannot answer. The result is the same attention (a parity test checks).
+SERVING_OVERRIDES = {"attention_chunk": 0, "remat": False}
+
+
+def weight_name(path) -> str:
+    """'backbone/layers/0/attn/q/kernel' for a state key path (the trailing `.value` dropped)."""
+    keys = [str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path]
+    return "/".join(k for k in keys if k != "value")
+
+
+def split_weights(model) -> tuple[nnx.GraphDef, list[str], dict[str, jax.Array], object]:
+    """(graphdef, weight names in state order, {name: array}, state treedef)."""
+    graphdef, state = nnx.split(model)
+    flat, treedef = jax.tree_util.tree_flatten_with_path(state)
+    names = [weight_name(path) for path, _ in flat]
+    if len(set(names)) != len(names):
+        raise ValueError(f"model state paths collide as weight names: {names}")
+    for name, (_, leaf) in zip(names, flat):
+        if not isinstance(leaf, jax.Array) or jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            raise ValueError(f"model state {name} is {type(leaf).__name__}, not an array safetensors can hold")
+    return graphdef, names, {n: leaf for n, (_, leaf) in zip(names, flat)}, treedef
+
+
+def tower_function(graphdef, names: list[str], treedef):
+    """(weights {name: array}, tokens, segment_ids [B, L]) -> unit embeddings float32 [B, E].
+
+    Prompts are right-padded one per row (segment id 1 on tokens, 0 on padding): the packed-batch
+    encoder with one segment per row and every example on its own row."""
+
+    def tower(weights, tokens, segment_ids):
+        model = nnx.merge(graphdef, jax.tree.unflatten(treedef, [weights[n] for n in names]))
+        batch, length = tokens.shape
+        positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
+        slot = jnp.arange(batch, dtype=jnp.int32)[None]
+        return l2_normalize(model.encode(tokens[None], segment_ids[None], positions[None], slot, 1))
+
+    return tower
+
+
+def export_towers(model, platforms=PLATFORMS) -> tuple[dict[str, export.Exported], dict[str, jax.Array]]:
+    """The member and item towers exported for `platforms` (shared backbone: one program each),
+    and the weights they take."""
+    graphdef, names, weights, treedef = split_weights(model)
+    batch, length = export.symbolic_shape("batch, length")
+    prompts = jax.ShapeDtypeStruct((batch, length), jnp.int32)
+    specs = {n: jax.ShapeDtypeStruct(w.shape, w.dtype) for n, w in weights.items()}
+    fn = jax.jit(tower_function(graphdef, names, treedef))
+    out = {}
+    for tower in layout.TOWERS:
+        exported = export.export(fn, platforms=tuple(platforms))(specs, prompts, prompts)
+        layout.check_custom_calls(exported, f"the {tower} tower")
+        out[tower] = exported
+    return out, weights
+
+
+def _item_catalogue(data) -> pd.DataFrame:
+    """The corpus records as the catalogue. The prepared corpus carries no creation time or author,
+    so those stay empty for its items (fresh items added while serving bring their own)."""
+    corpus = data.open_dataset(f"{data.dataset}_corpus")[0]["corpus"]
+    records = [corpus[i] for i in range(len(corpus))]
+    return pd.DataFrame({"item_id": [as_text(r["item_id"]) for r in records],
+                         "prompt": [as_text(r["item_prompt"]) for r in records],
+                         "created_at": pd.Series([None] * len(records), dtype="Int64"),
+                         "author": pd.Series([None] * len(records), dtype="string")})
+
+
+def _prompts_document(data) -> dict:
+    _, fmt, metadata = data.open_dataset(data.dataset)
+    batch = data.batch
+    return {"template": metadata["template"], "schema": metadata["schema"], "quantizer": metadata["quantizer"],
+            "prompt_format": fmt.to_dict(), "member_tokens": batch.member_tokens, "item_tokens": batch.item_tokens,
+            "add_bos": batch.add_bos, "add_eos": batch.add_eos, "dataset": f"{data.dataset}/{data.config_name}"}
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sync_tree(root: Path) -> None:
+    """fsync every file and folder under `root`, deepest first (the rename that publishes it comes after)."""
+    for path in [*sorted(root.rglob("*"), reverse=True), root]:
+        _fsync(path)
+
+
+def export_bundle(workdir: str | Path, out: str | Path, *, step: int | None = None, platforms=PLATFORMS,
+                  progress: bool = True) -> Path:
+    """Writes the bundle of training run `workdir` to `out` (which must not exist yet), under the
+    gin configuration in force (the run's config.gin, parsed by the caller)."""
+    workdir, out = Path(workdir), Path(out)
+    if out.exists():
+        raise BundleError(f"{out}: already exists; export into a new folder")
+    args = train_arguments()
+    data = args["data"]
+    # The corpus, embedded by the embed job on the run's own mesh (resumable, reused on re-export).
+    folders = embed_towers(workdir, args, EmbedConfig(towers=("item",), output=EMBEDDINGS, checkpoint_step=step,
+                                                      overwrite=True), progress)
+    item_ids, item_vectors = read_tower(folders["item"])
+    embedded_from = json.loads((folders["item"] / MANIFEST).read_text())["settings"]["model"]
+
+    serving_args = dict(args, model_overrides={**(args["model_overrides"] or {}), **SERVING_OVERRIDES})
+    mesh = make_mesh(num_devices=1)  # whole weights on one device: what gets written and served
+    model, tokenizer, origin = load_model(workdir, serving_args, False, step, mesh, logical_axis_rules())
+    if origin != embedded_from:
+        raise BundleError(f"{workdir}: the checkpoint changed while exporting (embedded {embedded_from}, "
+                          f"now {origin}); export again")
+    functions, weights = export_towers(model, platforms)
+    catalogue = _item_catalogue(data)
+    if sorted(catalogue["item_id"]) != sorted(item_ids.tolist()):
+        raise BundleError(f"{folders['item']}: embeddings do not cover the corpus of {data.dataset}")
+    catalogue = catalogue.set_index("item_id").loc[item_ids.tolist()].reset_index()  # the index's order
+
+    staging = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    (staging / "functions").mkdir(parents=True)
+    try:
+        for tower, exported in functions.items():
+            files.write_atomic(staging / layout.function_file(tower), bytes(exported.serialize()))
+        from safetensors.flax import save_file
+
+        save_file({n: np.asarray(w) for n, w in weights.items()}, str(staging / layout.WEIGHTS))
+        tokenizer.save(staging / layout.TOKENIZER)
+        files.write_atomic(staging / layout.PROMPTS, json.dumps(_prompts_document(data), indent=1, sort_keys=True))
+        buffer = io.BytesIO()
+        catalogue.to_parquet(buffer, index=False)
+        files.write_atomic(staging / layout.CATALOGUE, buffer.getvalue())
+        create_index().build(item_vectors, item_ids).save(staging / layout.INDEX)
+        backbone = model.backbone.config
+        manifest = {
+            "format": layout.FORMAT, "version": layout.VERSION, **layout.jax_versions(),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "calling_convention": functions["item"].calling_convention_version,
+            "platforms": list(functions["item"].platforms),
+            "model": {"backbone": dataclasses.asdict(backbone.replace(**SERVING_OVERRIDES)),
+                      "encoder": dataclasses.asdict(args["encoder"]), "embedding_dim": model.embedding_dim,
+                      "origin": origin, "workdir": str(workdir.absolute())},
+            "weights": [{"name": n, "dtype": str(w.dtype), "shape": list(w.shape)} for n, w in weights.items()],
+            "items": len(catalogue),
+            "files": layout.file_table(staging),
+        }
+        files.write_manifest(staging / MANIFEST, manifest)
+        _sync_tree(staging)
+        os.rename(staging, out)
+        _fsync(out.parent)  # the rename itself survives a power loss
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out
