@@ -154,7 +154,8 @@ def load_model(workdir: Path, args: dict, zero_shot: bool, step: int | None, mes
         step, weights = ckpt.restore_fields({"params": params, "frozen": frozen}, step=step)
     finally:
         ckpt.close()
-    origin = {"source": "checkpoint", "checkpoints": str((workdir / "checkpoints").absolute()), "step": int(step)}
+    # Relative to the workdir (where the embeddings live too), so a copied or moved workdir resumes.
+    origin = {"source": "checkpoint", "checkpoints": "checkpoints", "step": int(step)}
     return nnx.merge(graphdef, weights["params"], weights["frozen"]), tokenizer, origin
 
 

@@ -9,8 +9,11 @@ A tower folder (e.g. `<workdir>/embeddings/items/`) holds, for shard s (records
     manifest.json             the settings and, per finished shard, its row count and file checksums
 Files are written under a temporary name and renamed, and a shard enters the manifest only after
 all its files are in place, so after a crash every shard in the manifest is whole. A rerun with
-the same settings skips those shards; different settings (another model, dtype, widths, shard
-size or input) are refused with the differing field named, unless `overwrite` wipes the folder.
+the same settings skips those shards once their files pass their checksums (a shard whose files
+were damaged since is computed again, with a warning naming the file); different settings
+(another model, dtype, widths, shard size or input) are refused with the differing field named,
+unless `overwrite` wipes the folder. The settings hold no absolute path, so a copied or moved
+workdir resumes.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from absl import logging
 
 from ff_jax import files
 from ff_jax.files import MANIFEST, STORAGE_DTYPES
@@ -32,6 +36,12 @@ FORMAT_VERSION = 1
 
 class EmbeddingStoreError(ValueError):
     """A tower folder is missing, incomplete, corrupt, or holds embeddings made with other settings."""
+
+
+class CorruptEmbeddingFile(EmbeddingStoreError):
+    """A shard file that is missing or not what was written (its checksum does not match)."""
+
+    label = "corrupt file"
 
 
 def truncate_normalise(vectors: np.ndarray, dim: int) -> np.ndarray:
@@ -96,12 +106,35 @@ class ShardWriter:
         size = self.settings["shard_size"]
         return shard * size, min((shard + 1) * size, self.settings["records"])
 
-    def is_done(self, shard: int) -> bool:
-        entry = self.manifest["shards"].get(str(shard))
-        return entry is not None and all((self.directory / name).exists() for name in entry["files"])
+    def shard_files(self, shard: int) -> list[str]:
+        stem = f"shard-{shard:05d}"
+        return [f"{stem}.ids.npy", *(f"{stem}.d{dim}.npy" for dim in self.settings["dims"])]
+
+    def damage(self, shard: int) -> str | None:
+        """Why finished shard `shard` cannot be trusted (a file missing, unlisted or failing its
+        checksum), or None when it is whole."""
+        listed = self.manifest["shards"][str(shard)]["files"]
+        for name in self.shard_files(shard):
+            if name not in listed:
+                return f"{self.directory / name}: no checksum in {MANIFEST}"
+            try:
+                files.verify(self.directory / name, listed[name], CorruptEmbeddingFile)
+            except CorruptEmbeddingFile as err:
+                return str(err)
+        return None
 
     def pending(self) -> list[int]:
-        return [s for s in range(self.num_shards) if not self.is_done(s)]
+        """The shards to compute: those not finished, and finished ones that fail their checksums
+        now (each said in a warning); reads every finished shard once."""
+        todo = []
+        for shard in range(self.num_shards):
+            if str(shard) in self.manifest["shards"]:
+                problem = self.damage(shard)
+                if problem is None:
+                    continue
+                logging.warning("recomputing shard %d of %s: %s", shard, self.directory, problem)
+            todo.append(shard)
+        return todo
 
     def write(self, shard: int, ids: Sequence[str], vectors: np.ndarray) -> None:
         """Stores shard `shard` (its ids and full-width un-normalised vectors) and records it."""
@@ -113,9 +146,9 @@ class ShardWriter:
         if not self.primary:
             return
         dtype = STORAGE_DTYPES[self.settings["dtype"]]
-        stem = f"shard-{shard:05d}"
-        arrays = {f"{stem}.d{dim}.npy": truncate_normalise(vectors, dim).astype(dtype) for dim in self.settings["dims"]}
-        arrays[f"{stem}.ids.npy"] = np.asarray(list(ids), dtype=str)
+        names = self.shard_files(shard)
+        arrays = {name: truncate_normalise(vectors, dim).astype(dtype) for name, dim in zip(names[1:], self.settings["dims"])}
+        arrays[names[0]] = np.asarray(list(ids), dtype=str)
         checksums = {name: files.save_npy(self.directory / name, array) for name, array in arrays.items()}
         self.manifest["shards"][str(shard)] = {"rows": stop - start, "files": checksums}
         self._flush()
@@ -141,10 +174,14 @@ def read_tower(directory: str | Path, dim: int | None = None, verify: bool = Tru
     ids, vectors = [], []
     for s in range(shards):
         checksums = manifest["shards"][str(s)]["files"]
+        names = (f"shard-{s:05d}.ids.npy", f"shard-{s:05d}.d{dim}.npy")
+        unlisted = [name for name in names if name not in checksums]
+        if verify and unlisted:
+            raise CorruptEmbeddingFile(f"{directory / unlisted[0]}: no checksum in {path}")
         shard_id, stored = (files.load_npy(directory / name, checksums[name] if verify else None,
                                            bfloat16=name.endswith(f".d{dim}.npy") and settings["dtype"] == "bfloat16",
-                                           error=EmbeddingStoreError)
-                            for name in (f"shard-{s:05d}.ids.npy", f"shard-{s:05d}.d{dim}.npy"))
+                                           error=CorruptEmbeddingFile)
+                            for name in names)
         ids.append(shard_id)
         vectors.append(stored.astype(np.float32))
     return np.concatenate(ids), np.concatenate(vectors)
