@@ -18,6 +18,15 @@ import pandas as pd
 
 TABLES = ("users", "items", "interactions")
 KINDS = ("id", "text", "categorical", "numeric", "timestamp", "bool")
+# Cells that mean "missing" in numeric, timestamp and bool columns, compared after trimming spaces
+# and lower-casing (so NaN, NA, N/A, NULL, None too), also when a column's kind is inferred; text,
+# categorical and id cells are kept as written. docs/data_tables.md lists them.
+MISSING_VALUES = frozenset({"", "nan", "+nan", "-nan", "na", "n/a", "null", "none"})
+
+
+def is_missing(text: pd.Series) -> pd.Series:
+    """Which cells of a column of strings are a missing-value token (MISSING_VALUES)."""
+    return text.str.strip().str.lower().isin(MISSING_VALUES)
 
 
 @dataclass(frozen=True)
@@ -139,7 +148,7 @@ def _looks_numeric(values: pd.Series) -> bool:
         return False
     if pd.api.types.is_numeric_dtype(values):
         return True
-    present = values[values.astype(str).str.strip() != ""]
+    present = values[~is_missing(values.astype(str))]  # a 'nan' or 'NA' cell does not make a column text
     return len(present) > 0 and pd.to_numeric(present, errors="coerce").notna().all()
 
 
@@ -147,7 +156,8 @@ def infer_column(name: str, values: pd.Series, max_categories: int = 64) -> Colu
     """Guess one undeclared column's kind (documented in docs/data_tables.md).
 
     Names ending in _at / _time / _date are timestamps; *_count columns are numeric with
-    min_value 0; bool dtypes are bool; other numbers are numeric; strings with at most
+    min_value 0; bool dtypes are bool; other numbers are numeric (missing-value cells, see
+    MISSING_VALUES, aside); strings with at most
     `max_categories` distinct values (or shorter than 4 words on average and repeated) are
     categorical; other strings are text.
     """

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from ff_jax.data.tables import FeedTables
+from ff_jax.data.tables import FeedTables, NotEnoughData
 from ff_jax.data.tables_checks import factorize, index_in
 
 TRAIN, VALIDATION, TEST = 0, 1, 2
@@ -168,6 +168,25 @@ def _cohorts(user_ids: list[str], pre_test_positives: np.ndarray, evaluated: np.
     return {u: ("new" if i in new else "established") for i, u in enumerate(user_ids)}
 
 
+def _check_not_empty(tables: FeedTables, period: np.ndarray, positive: np.ndarray, test_fraction: float) -> None:
+    """Refuses, before any example is built, a split without training examples or (test_fraction
+    above 0) without test members, naming the interactions file and what a member needs. An empty
+    validation split is left to its users (a prepared dataset refuses it: ff_jax.data.tfds_builders)."""
+    source = tables.summary.tables["interactions"].source if "interactions" in tables.summary.tables else tables.name
+    positives = tables.interactions["user_id"].to_numpy()[positive]
+    most = int(pd.Series(positives).value_counts().max()) if len(positives) else 0
+
+    def refuse(what: str, need: str):
+        raise NotEnoughData(f"{source}: no {what}: a member needs {need}, and the most any member has is {most}; "
+                            "add interactions, or change test_fraction / validation_fraction")
+
+    if not (positive & (period == TRAIN)).any():
+        refuse("training examples", "engaged items")
+    if test_fraction > 0 and not (positive & (period == TEST)).any():
+        refuse("test members", f"at least {int(np.ceil(1 / test_fraction - 1e-9))} engaged items for one test "
+                               f"target at test_fraction={test_fraction:g}")
+
+
 def temporal_split(tables: FeedTables, test_fraction: float = 0.2, validation_fraction: float = 0.1,
                    new_quantile: float = 0.25, max_hard_negatives: int = 2,
                    hard_negative_window_s: float = 7 * 86400, max_history: int | None = None,
@@ -175,7 +194,8 @@ def temporal_split(tables: FeedTables, test_fraction: float = 0.2, validation_fr
     """Split a dataset by time per member (see the module docstring for the protocol).
 
     max_history: keep only the newest N history items per example (None = all; prompts
-    truncate to their token budget anyway).
+    truncate to their token budget anyway). A split without training examples, or without test
+    members while test_fraction is above 0, is a NotEnoughData error.
     """
     stats_split = tables.meta.get("item_stats_split")
     wanted = {"test_fraction": test_fraction, "validation_fraction": validation_fraction}
@@ -185,6 +205,7 @@ def temporal_split(tables: FeedTables, test_fraction: float = 0.2, validation_fr
                          "Reload the dataset with the same fractions.")
     inter = tables.interactions
     period, positive = assign_periods(inter, test_fraction, validation_fraction)
+    _check_not_empty(tables, period, positive, test_fraction)
     item_ids = inter["item_id"].to_numpy(dtype=object)
     engaged = inter["engaged"].to_numpy(bool)
     times = inter["timestamp"].to_numpy(np.int64)

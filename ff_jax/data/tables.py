@@ -28,6 +28,14 @@ class LoadError(ValueError):
     """Bad input that no rule repairs. The message names the file, row and field."""
 
 
+class NotEnoughData(LoadError):
+    """Input with nothing left to learn or evaluate from: a table without usable rows, no engaged
+    interaction, or an empty split. The message names the file and what is missing."""
+
+    label = "not enough data"
+
+
+
 @dataclass
 class TableReport:
     """What happened to one table: rows read, kept, dropped (by reason) and values changed."""
@@ -172,6 +180,15 @@ def read_table_file(path: str | Path, report: TableReport, encoding_errors: str 
     return frame
 
 
+def _no_rows(report: TableReport, summary: LoadSummary) -> NotEnoughData:
+    """The error for a table left empty: empty as given, or emptied by the rules (then the summary says why)."""
+    if not report.rows_read:
+        return NotEnoughData(f"{report.source}: no rows (a header only, or an empty table); the {report.table} "
+                             "table needs at least one")
+    return NotEnoughData(f"{report.source}: no usable {report.table} row: all {report.rows_read:,} were dropped; "
+                         f"what the loader dropped and why:\n{summary}")
+
+
 def validate_tables(users: pd.DataFrame, items: pd.DataFrame, interactions: pd.DataFrame,
                     schema: TableSchema | None = None, name: str = "dataset",
                     sources: dict[str, str] | None = None, summary: LoadSummary | None = None,
@@ -182,7 +199,8 @@ def validate_tables(users: pd.DataFrame, items: pd.DataFrame, interactions: pd.D
     schema, columns it does not declare are ignored (noted in the summary). options: the rules
     for shapes outside the schema (ratings instead of `engaged`, ids as numbers; TablesOptions).
     Interactions without a `timestamp` column are in time order as written (rule: timestamp =
-    row number).
+    row number). A table left without rows, or interactions without one engagement, is a
+    NotEnoughData error naming the file.
     """
     options = options or TablesOptions()
     sources = sources or {t: f"{name}:{t}" for t in ("users", "items", "interactions")}
@@ -249,6 +267,10 @@ def validate_tables(users: pd.DataFrame, items: pd.DataFrame, interactions: pd.D
     items = checks.dedupe_ids(typed["items"], "item_id", summary["items"], sources["items"])
     items = checks.drop_rows(items, items["text"].str.strip() == "", "item with no text", "text",
                              summary["items"], sources["items"])
+    for table, frame in (("users", users), ("items", items)):
+        summary[table].rows_kept = len(frame)
+        if frame.empty:
+            raise _no_rows(summary[table], summary)
 
     def lost(before: pd.Series, after: pd.Series) -> pd.Series:
         return before[checks.index_in(before, after) < 0]
@@ -263,6 +285,13 @@ def validate_tables(users: pd.DataFrame, items: pd.DataFrame, interactions: pd.D
                 summary["interactions"].notes.append(hint)
     inter = checks.check_interactions(typed["interactions"], known, dropped_ids, summary["interactions"],
                                       sources["interactions"])
+    summary["interactions"].rows_kept = len(inter)
+    if inter.empty:
+        raise _no_rows(summary["interactions"], summary)
+    if not inter["engaged"].any():  # impressions only: no positive to train on or hold out
+        raise NotEnoughData(f"{sources['interactions']}: no engaged interaction among its {len(inter):,} usable rows "
+                            f"(every one is engaged=false): there is nothing to train on or evaluate; the "
+                            f"load summary:\n{summary}")
 
     idle = int((checks.index_in(users["user_id"], inter["user_id"].unique()) < 0).sum())
     if idle:
@@ -271,9 +300,6 @@ def validate_tables(users: pd.DataFrame, items: pd.DataFrame, interactions: pd.D
     unseen = int((checks.index_in(items["item_id"], inter["item_id"].unique()) < 0).sum())
     if unseen:
         summary["items"].notes.append(f"{unseen:,} items have no interactions (kept in the corpus)")
-
-    for table, frame in (("users", users), ("items", items), ("interactions", inter)):
-        summary[table].rows_kept = len(frame)
     return FeedTables(name, users.reset_index(drop=True), items.reset_index(drop=True),
                       inter.reset_index(drop=True), schema, summary)
 

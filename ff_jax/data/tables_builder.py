@@ -23,7 +23,8 @@ from ff_jax.data.tables_options import TablesOptions
 
 TABLE_FILES = ("users", "items", "interactions")
 SUFFIXES = (".csv", ".tsv", ".csv.gz", ".tsv.gz", ".parquet", ".pq")
-KEY_VERSION = "tables-2"  # bump when a loading rule changes, so older preparations are not reused
+KEY_VERSION = "tables-3"  # bump when a loading rule changes, so older preparations are not reused
+# tables-3: 'nan', 'NA', ... no longer make an inferred column text (schema.MISSING_VALUES)
 
 
 def find_table_files(folder: str | Path) -> dict[str, Path]:
@@ -98,12 +99,8 @@ def tables_config(folder: str | Path, options: Optional[TablesOptions] = None, n
 def load_table_folder(folder: str | Path, options: Optional[TablesOptions] = None) -> FeedTables:
     """The folder's three tables through `load_tables` (schema.json when present, else inferred)."""
     files = find_table_files(folder)
-    tables = load_tables(files["users"], files["items"], files["interactions"], schema=files.get("schema"),
-                         name=Path(folder).resolve().name, options=options or TablesOptions())
-    if not tables.interactions["engaged"].any():
-        raise LoadError(f"{files['interactions']}: no engaged interaction is left to train on; what the "
-                        f"loader dropped and why:\n{tables.summary}")
-    return tables
+    return load_tables(files["users"], files["items"], files["interactions"], schema=files.get("schema"),
+                       name=Path(folder).resolve().name, options=options or TablesOptions())
 
 
 class _TableFiles:

@@ -13,14 +13,13 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ff_jax.data.schema import Column
+from ff_jax.data.schema import MISSING_VALUES, Column, is_missing
 
 if TYPE_CHECKING:
     from ff_jax.data.tables import TableReport
 
 # Timestamps outside [1970-01-01, 2200-01-01) are absurd for a feed.
 MAX_TIMESTAMP = 7_258_118_400
-MISSING_WORDS = frozenset({"", "nan", "+nan", "-nan", "na", "n/a", "null", "none"})
 TRUE_WORDS = frozenset({"true", "t", "yes", "y", "1"})
 FALSE_WORDS = frozenset({"false", "f", "no", "n", "0"})
 
@@ -115,7 +114,7 @@ def _numbers(s: pd.Series, frame: pd.DataFrame, field: str, source: str) -> pd.S
         return s.astype(float)
     text = as_text(s).str.strip()
     values = pd.to_numeric(text, errors="coerce")
-    bad = values.isna() & ~text.str.lower().isin(MISSING_WORDS)
+    bad = values.isna() & ~is_missing(text)
     if bad.any():
         _error(source, frame, bad, field, "is not a number")
     return values.astype(float)
@@ -130,7 +129,7 @@ def _seconds(s: pd.Series, frame: pd.DataFrame, field: str, source: str) -> pd.S
         return s.astype(float)
     text = as_text(s).str.strip()
     values = pd.to_numeric(text, errors="coerce").astype(float)
-    dated = values.isna() & ~text.str.lower().isin(MISSING_WORDS)
+    dated = values.isna() & ~is_missing(text)
     if dated.any():
         parsed = pd.to_datetime(text[dated], utc=True, errors="coerce", format="ISO8601")
         values[dated] = (parsed - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1)
@@ -150,7 +149,7 @@ def _bools(s: pd.Series, frame: pd.DataFrame, field: str, source: str) -> pd.Ser
     out = pd.Series(pd.NA, index=s.index, dtype="boolean")
     out[text.isin(TRUE_WORDS)] = True
     out[text.isin(FALSE_WORDS)] = False
-    bad = out.isna() & ~text.isin(MISSING_WORDS)
+    bad = out.isna() & ~text.isin(MISSING_VALUES)
     if bad.any():
         _error(source, frame, bad, field, "is not a boolean (true/false, 1/0, yes/no)")
     return out

@@ -146,9 +146,14 @@ def test_items_without_text_and_unknown_references_are_dropped_with_reasons(tmp_
 
 
 def test_members_without_history_are_kept_but_not_evaluated(tmp_path):
-    tables = load_tables(*_write(tmp_path), SCHEMA)
+    # u1 and u2 engage with five items each (one test target apiece); u3 never appears.
+    items = "item_id,text\n" + "".join(f"i{i},post {i}\n" for i in range(5))
+    inter = "user_id,item_id,timestamp,engaged\n" + "".join(
+        f"{u},i{i},{1700000000 + 10 * i + k},true\n" for i in range(5) for k, u in enumerate(("u1", "u2")))
+    tables = load_tables(*_write(tmp_path, items=items, interactions=inter), SCHEMA)
     assert "u3" in set(tables.users["user_id"])
     splits = temporal_split(tables, progress=False)
+    assert {m.user_id for m in splits.test} == {"u1", "u2"}
     assert "u3" not in {m.user_id for m in splits.test + splits.validation}
     assert "u3" not in {e.user_id for e in splits.train}
 
