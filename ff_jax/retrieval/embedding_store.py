@@ -147,7 +147,8 @@ class ShardWriter:
             return
         dtype = STORAGE_DTYPES[self.settings["dtype"]]
         names = self.shard_files(shard)
-        arrays = {name: truncate_normalise(vectors, dim).astype(dtype) for name, dim in zip(names[1:], self.settings["dims"])}
+        arrays = {name: truncate_normalise(vectors, dim).astype(dtype)
+                  for name, dim in zip(names[1:], self.settings["dims"])}
         arrays[names[0]] = np.asarray(list(ids), dtype=str)
         checksums = {name: files.save_npy(self.directory / name, array) for name, array in arrays.items()}
         self.manifest["shards"][str(shard)] = {"rows": stop - start, "files": checksums}

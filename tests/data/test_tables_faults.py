@@ -34,7 +34,8 @@ def feed(n_items=12):
     """Items, and interactions where every member engages with 10 items (test and validation
     targets for each) at distinct times."""
     items = "item_id,text\n" + "".join(f"i{i},post number {i} about topic {i % 3}\n" for i in range(n_items))
-    rows = [f"m{u},i{(u + k) % n_items},{1_700_000_000 + 100 * k + u},true\n" for k in range(10) for u in range(len(AGES))]
+    rows = [f"m{u},i{(u + k) % n_items},{1_700_000_000 + 100 * k + u},true\n"
+            for k in range(10) for u in range(len(AGES))]
     return items, "user_id,item_id,timestamp,engaged\n" + "".join(rows)
 
 
@@ -97,15 +98,18 @@ def make_folder(tmp_path):
 
 
 HEADER = "user_id,item_id,timestamp,engaged\n"
+NO_TEXT = "item_id,text\n" + "".join(f"i{i}, \n" for i in range(12))  # every item dropped: no text
+# case -> (interactions, items (None: feed()'s), the error)
 CASES = {
-    "items_without_text": (feed()[1], r"items.csv: no usable items row: all 12 were dropped; what the loader "
-                                      r"dropped and why:\n", "item_id,text\n" + "".join(f"i{i}, \n" for i in range(12))),
-    "header_only": (HEADER, r"interactions.csv: no rows \(a header only, or an empty table\); the interactions "
-                            r"table needs at least one"),
-    "never_engaged": (HEADER + "".join(f"m{u},i{u},{1_700_000_000 + u},false\n" for u in range(5)),
+    "items_without_text": (feed()[1], NO_TEXT,
+                           r"items.csv: no usable items row: all 12 were dropped; what the loader dropped and why:\n"),
+    "header_only": (HEADER, None,
+                    r"interactions.csv: no rows \(a header only, or an empty table\); the interactions table needs "
+                    r"at least one"),
+    "never_engaged": (HEADER + "".join(f"m{u},i{u},{1_700_000_000 + u},false\n" for u in range(5)), None,
                       r"interactions.csv: no engaged interaction among its 5 usable rows \(every one is "
                       r"engaged=false\)"),
-    "one_row": (HEADER + "m0,i0,1700000000,true\n",
+    "one_row": (HEADER + "m0,i0,1700000000,true\n", None,
                 r"interactions.csv: no test members: a member needs at least 5 engaged items for one test target "
                 r"at test_fraction=0.2, and the most any member has is 1"),
 }
@@ -114,8 +118,8 @@ CASES = {
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_row8_no_usable_rows_no_positive_or_no_test_member_is_an_error_naming_the_file(
         make_folder, tmp_path, case):
-    interactions, message, *items = CASES[case]
-    folder, before = make_folder(case, interactions, *items)
+    interactions, items, message = CASES[case]
+    folder, before = make_folder(case, interactions, items)
     source = folder / ("items.csv" if items else "interactions.csv")
     files = [folder / "users.csv", folder / "items.csv", folder / "interactions.csv"]
     # The library: load_tables (rows and positives), then temporal_split (its test members).
@@ -132,7 +136,7 @@ def test_row8_no_usable_rows_no_positive_or_no_test_member_is_an_error_naming_th
 
 @pytest.mark.slow
 def test_row8_ff_jax_train_says_not_enough_data_and_trains_nothing(make_folder, tmp_path, capsys):
-    folder, before = make_folder("one_row", CASES["one_row"][0])
+    folder, before = make_folder("one_row", CASES["one_row"][0])  # the one-row dataset
     workdir = tmp_path / "run"
     code = cli.main(["train", "--gin_file=experiments/tiny_smoke.gin", "--gin.DATASET=tables",
                      f"--gin.TABLES={folder}", f"--gin.DATA_DIR={tmp_path / 'tfds'}", f"--workdir={workdir}",
