@@ -35,7 +35,6 @@ class NotEnoughData(LoadError):
     label = "not enough data"
 
 
-
 @dataclass
 class TableReport:
     """What happened to one table: rows read, kept, dropped (by reason) and values changed."""
