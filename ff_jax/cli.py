@@ -97,6 +97,24 @@ def _demo(args) -> None:
     _module("ff_jax.demo").run(Path(args.workdir), args.steps, args.gin_bindings)
 
 
+def _sweep(args) -> None:
+    _module("ff_jax.sweep").main(args)
+
+
+def _sweep_flags(fv: flags.FlagValues) -> None:
+    flags.DEFINE_string("sweep", None, "a sweep file: a path, or a name in configs/sweeps/", flag_values=fv)
+    flags.DEFINE_boolean("dry_run", False, "print each run's commands, one per line, instead of running them",
+                         flag_values=fv)
+    flags.DEFINE_boolean("multihost", False, "with --dry_run: train commands for one process per host "
+                         "(ff-jax train --distributed)", flag_values=fv)
+    flags.DEFINE_boolean("prepare_only", False, "only prepare the datasets the sweep's runs read", flag_values=fv)
+    flags.DEFINE_list("seeds", None, "only these of the sweep file's seeds (default: all)", flag_values=fv)
+    flags.DEFINE_string("data_dir", "workdirs/tfds", "where datasets are prepared (the runs' DATA_DIR)",
+                        flag_values=fv)
+    flags.DEFINE_string("results_dir", "experiments/results", "summary.csv, summary.md, plots and per-run "
+                        "results go to RESULTS_DIR/<sweep>/", flag_values=fv)
+
+
 def _distributed_flag(fv: flags.FlagValues) -> None:
     flags.DEFINE_boolean("distributed", False, "one process per host: jax.distributed.initialize() with the "
                          "coordinator and process ids from the environment", flag_values=fv)
@@ -139,6 +157,11 @@ COMMANDS = {
                       "serving bundle (--out).", "runs/train.gin", "a training run's workdir (its config.gin is read "
                       "first)", extra_flags=_export_flags,
                       macros_note="already set when --workdir holds a training run's config.gin"),
+    "sweep": Command(_sweep, "Runs a sweep (configs/sweeps/*.toml): each variant x seed trained, embedded and "
+                     "evaluated by ff-jax commands in its own workdir, finished runs skipped, then summary.csv, "
+                     "summary.md and plots.", "runs/train.gin", "the runs' workdirs go to WORKDIR/<sweep>/<run>",
+                     workdir_default="workdirs/sweeps", extra_flags=_sweep_flags,
+                     macros_note="DATA_DIR is --data_dir; --gin_file and --gin.NAME=VALUE go to every run's training"),
     "demo": Command(_demo, "The whole job end to end on a CPU: a pretrained backbone, feed data, a tiny dual encoder "
                     "trained, then embedded and evaluated against baselines.", "experiments/compact_feed_world.gin",
                     "where data, checkpoints and logs go (emptied first)", workdir_default="workdirs/demo",

@@ -1,0 +1,289 @@
+"""`ff-jax sweep`: sweep files, launch commands, the runner end to end with resume, the summary."""
+
+import json
+import math
+import shlex
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ff_jax import cli, sweep
+from ff_jax.gin_cli import CONFIGS_DIR
+
+pytestmark = pytest.mark.xdist_group("sweep")
+
+TINY = """
+description = "two tiny variants"
+gin_file = "experiments/compact_feed_world.gin"
+prepare = "compact_feed_world"
+seeds = [0]
+
+[bindings]
+STEPS = 3
+"OptimizerConfig.warmup_steps" = 1
+"FeedData.validation_members" = 16
+
+[eval]
+"evaluate_run.ann" = false
+
+[variants.mean]
+"EncoderConfig.pooling" = "mean"
+
+[variants.last_n]
+"EncoderConfig.pooling" = "last_n"
+"EncoderConfig.last_n" = 4
+"""
+
+
+def _write(tmp_path, text, name="s.toml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def _main(capsys, *argv):
+    code = cli.main(["sweep", *argv])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+@pytest.mark.slow
+def test_two_variants_run_end_to_end_then_only_the_removed_run_reruns(tmp_path, capsys):
+    path = _write(tmp_path, TINY)
+    flags = [f"--sweep={path}", f"--data_dir={tmp_path / 'tfds'}", f"--workdir={tmp_path / 'runs'}",
+             f"--results_dir={tmp_path / 'results'}"]
+    code, out, err = _main(capsys, *flags)
+    assert code == 0, err
+    assert "2 ran, 0 already finished, 0 failed" in out
+    results = tmp_path / "results" / "s"
+    table = pd.read_csv(results / "summary.csv")
+    assert table["variant"].tolist() == ["mean", "last_n"] and table["seed"].tolist() == [0, 0]
+    assert table["bind:EncoderConfig.pooling"].tolist() == ["mean", "last_n"]
+    assert table["train/steps"].tolist() == [3, 3] and (table["train_seconds"] > 0).all()
+    # Every metric of the eval report, by cohort and width, is in the row, with the eval's own value.
+    for run in ("mean_seed0", "last_n_seed0"):
+        report = json.loads((tmp_path / "runs" / "s" / run / "eval" / "metrics_test.json").read_text())
+        row = table[table["variant"] == run.rsplit("_seed", 1)[0]].iloc[0]
+        width = report["width"]
+        for cohort in ("all", "new", "established"):
+            for metric in ("recall@10", "recall@100", "ndcg@10", "mrr"):
+                assert row[f"test/{metric}/{cohort}/d{width}"] == pytest.approx(
+                    report["by_dim"][str(width)]["metrics"][cohort][metric])
+        assert row["test/popularity_spearman"] == pytest.approx(report["popularity_similarity"]["spearman"])
+    # The two runs really differ in what they trained (pooling reached the model).
+    configs = [(tmp_path / "runs" / "s" / r / "config.gin").read_text() for r in ("mean_seed0", "last_n_seed0")]
+    assert "pooling = 'mean'" in configs[0] and "pooling = 'last_n'" in configs[1] and "last_n = 4" in configs[1]
+    assert (results / "summary.md").read_text().count("(1 seed)") > 5
+    assert (results / "recall.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    examples = json.loads((results / "runs" / "mean_seed0" / "examples.json").read_text())
+    top = examples["members"][0]["top"]
+    assert len(top) == 10 and all(a["score"] >= b["score"] for a, b in zip(top, top[1:]))
+    assert "<author_industry>" in top[0]["text"]
+
+    # A second call finds everything finished and runs nothing.
+    code, out, _ = _main(capsys, *flags)
+    assert code == 0 and "0 ran, 2 already finished" in out
+
+    # Remove one run's eval results: only that run runs again (train resumes at its last step).
+    removed = tmp_path / "runs" / "s" / "last_n_seed0" / "eval" / "metrics_test.json"
+    removed.unlink()
+    before = (tmp_path / "runs" / "s" / "mean_seed0" / "sweep_run.json").read_text()
+    code, out, err = _main(capsys, *flags)
+    assert code == 0, err
+    assert "1 ran, 1 already finished" in out and "last_n_seed0" in out and "mean_seed0" not in out
+    assert removed.exists()
+    assert (tmp_path / "runs" / "s" / "mean_seed0" / "sweep_run.json").read_text() == before
+    assert len(pd.read_csv(results / "summary.csv")) == 2
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+def test_dry_run_prints_commands_that_parse_back_into_the_runs_commands(tmp_path, capsys):
+    path = _write(tmp_path, TINY.replace("seeds = [0]", "seeds = [0, 1]"))
+    code, out, err = _main(capsys, f"--sweep={path}", "--dry_run", "--data_dir=/data", "--workdir=/w",
+                           "--gin.STEPS=2")
+    assert code == 0, err
+    lines = out.strip().splitlines()
+    runs = sweep.plan(sweep.load(str(path)), sweep.Path("/w"), sweep.Path("/data"), bindings=["STEPS=2"])
+    assert [shlex.split(line) for line in lines[1:]] == [list(c) for r in runs for c in r.commands]
+    assert shlex.split(lines[0]) == ["ff-jax", "sweep", f"--sweep={path}", "--prepare_only", "--data_dir=/data"]
+    assert len(lines) == 1 + 2 * 2 * 3  # the preparation, then 2 variants x 2 seeds x (train, embed, eval)
+    train = shlex.split(lines[1])
+    assert train[:3] == ["ff-jax", "train", "--gin_file=experiments/compact_feed_world.gin"]
+    assert "--gin.DATA_DIR=/data/compact_feed_world" in train and "--gin.train.seed=0" in train
+    assert train[-2:] == ["--gin.STEPS=2", "--workdir=/w/s/mean_seed0"]  # the flag's binding comes last: it wins
+    assert shlex.split(lines[-1]) == ["ff-jax", "eval", "--gin.evaluate_run.ann=False", "--workdir=/w/s/last_n_seed1"]
+    # --multihost: each training command for one process per host.
+    code, out, _ = _main(capsys, f"--sweep={path}", "--dry_run", "--multihost", "--data_dir=/data", "--seeds=1")
+    trains = [shlex.split(line) for line in out.splitlines() if " train " in line]
+    assert len(trains) == 2 and all(t[2] == "--distributed" and "--gin.train.seed=1" in t for t in trains)
+
+
+def test_every_value_reaches_gin_as_written_in_the_sweep_file():
+    """Each flag value the sweep writes is parsed by ff_jax.gin_cli back into the TOML value."""
+    import gin
+
+    from ff_jax.gin_cli import parse
+    from ff_jax.retrieval import evaluate  # noqa: F401  (registers evaluate_run)
+    from ff_jax.train import loop  # noqa: F401  (registers the configurables)
+
+    values = {"EncoderConfig.pooling": "last_n", "DATA_DIR": "/data/x y", "FeedData.numbers": "raw",
+              "train.pca_dims": [32, 16, 8], "evaluate_run.baselines": ["popularity"], "InfoNCE.temperature": 0.1,
+              "InfoNCE.learn_temperature": True, "train.model_overrides": {"remat": True, "dtype": "bfloat16"},
+              "DATASET": "None"}
+    bindings = [f"{k}={sweep.gin_text(v, k)}" for k, v in values.items()]
+    parse(["experiments/tiny_smoke.gin"], bindings)
+    for key, value in values.items():
+        expected = tuple(value) if isinstance(value, list) else value
+        assert gin.query_parameter(key if "." in key else f"%{key}") == expected, key
+    assert sweep.gin_text("@MatryoshkaInfoNCE()", "x") == "@MatryoshkaInfoNCE()"
+
+
+def test_every_shipped_sweep_file_loads_and_its_runs_parse_as_gin(tmp_path):
+    import gin
+
+    from ff_jax.gin_cli import parse
+    from ff_jax.retrieval import embed_job, evaluate  # noqa: F401  (register EmbedConfig, evaluate_run)
+    from ff_jax.train import loop  # noqa: F401
+
+    files = sorted((CONFIGS_DIR / "sweeps").glob("*.toml"))
+    names = {f.stem for f in files}
+    for ablation in ("loss", "dims", "numbers", "hard_negatives", "pooling", "history"):
+        assert {f"{ablation}_feed_world", f"{ablation}_movielens"} <= names
+    for path in files:
+        loaded = sweep.load(str(path))
+        assert loaded.seeds == (0, 1, 2), path.name
+        for run in sweep.plan(loaded, tmp_path / "w", tmp_path / "data"):
+            train = run.commands[0]
+            files_ = [a.split("=", 1)[1] for a in train if a.startswith("--gin_file=")]
+            bindings = [a[len("--gin."):] for a in train if a.startswith("--gin.")]
+            parse(files_, bindings)  # every name is a real configurable or macro, every value parses
+            assert gin.query_parameter("train.seed") == run.seed
+            gin.clear_config()
+
+
+# ----------------------------------------------------------------------------- bad sweep files
+
+
+@pytest.mark.parametrize("text, message", [
+    ("seeds = [0]\n[variants.a]\nX = 1", "gin_file must name the base experiment"),
+    ('gin_file = "a.gin"\n', "either [variants.NAME] tables or one [grid]"),
+    ('gin_file = "a.gin"\nseeds = [1, 1]\n[grid]\nNEGATIVES = [0]', "seeds must be a non-empty list of distinct"),
+    ('gin_file = "a.gin"\nprepare = "elsewhere"\n[grid]\nNEGATIVES = [0]', "prepare = 'elsewhere'"),
+    ('gin_file = "a.gin"\nsteps = 3\n[grid]\nNEGATIVES = [0]', "unknown key(s) ['steps']"),
+    ('gin_file = "a.gin"\n[grid]\nNEGATIVES = 0', "grid.NEGATIVES must be a non-empty list"),
+    ('gin_file = "a.gin"\n[variants.a]\nX = 1979-05-27', "variants.a.X: date values have no gin form"),
+    ('gin_file = "a.gin"\n[variants."a b"]\nX = 1', "a variant name is a folder name"),
+    ('gin_file = "a.gin"\n[variants.a]\ndata = { numbers = "raw" }', "needs a prepared dataset variant"),
+    ('gin_file = "a.gin"\nprepare = "movielens"\n[variants.a]\ndata = { size = 3 }', "unknown key(s) ['size']"),
+    ('gin_file = "a.gin"\n[variants.a\n', "not valid TOML"),
+])
+def test_a_bad_sweep_file_is_one_line_naming_file_and_key(tmp_path, capsys, text, message):
+    path = _write(tmp_path, text)
+    code, _, err = _main(capsys, f"--sweep={path}", "--dry_run")
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith("ff-jax sweep: bad sweep file:") and str(path) in err and message in err
+
+
+def test_missing_sweep_and_unknown_seed_are_refused(tmp_path, capsys):
+    code, _, err = _main(capsys, "--sweep=no_such_sweep", "--dry_run")
+    assert code == 2 and "no such file" in err and "no_such_sweep" in err
+    code, _, err = _main(capsys, "--sweep=pooling_feed_world", "--dry_run", "--seeds=7")
+    assert code == 2 and "--seeds=7" in err and "[0, 1, 2]" in err
+    code, _, err = _main(capsys, "--sweep=pooling_feed_world", "--multihost", f"--workdir={tmp_path}")
+    assert code == 2 and "--multihost" in err
+
+
+def test_grid_variants_are_the_product_named_by_their_values(tmp_path):
+    path = _write(tmp_path, 'gin_file = "a.gin"\n[grid]\nNEGATIVES = [0, 2]\n"EncoderConfig.pooling" = ["mean", "last"]')
+    variants = sweep.load(str(path)).variants
+    assert [v.name for v in variants] == ["NEGATIVES_0-pooling_mean", "NEGATIVES_0-pooling_last",
+                                          "NEGATIVES_2-pooling_mean", "NEGATIVES_2-pooling_last"]
+    assert variants[3].train == {"NEGATIVES": 2, "EncoderConfig.pooling": "last"}
+
+
+def test_a_workdir_of_other_commands_is_refused_not_reused(tmp_path):
+    path = _write(tmp_path, TINY)
+    runs = sweep.plan(sweep.load(str(path)), tmp_path / "w", tmp_path / "data")
+    run = runs[0]
+    run.workdir.mkdir(parents=True)
+    record = {"commands": [list(c) for c in run.commands], "seconds": {}}
+    record["commands"][0][-2] = "--gin.FeedData.seed=5"
+    (run.workdir / sweep.RECORD).write_text(json.dumps(record))
+    with pytest.raises(sweep.SweepError, match="holds a run of other commands.*FeedData.seed=5"):
+        sweep.is_finished(run)
+    (runs[1].workdir).mkdir(parents=True)
+    (runs[1].workdir / "checkpoints").mkdir()
+    with pytest.raises(sweep.SweepError, match="not empty and holds no sweep_run.json"):
+        sweep.is_finished(runs[1])
+
+
+def test_a_run_is_finished_only_while_its_recorded_eval_results_are_there(tmp_path):
+    run = sweep.plan(sweep.load(str(_write(tmp_path, TINY))), tmp_path / "w", tmp_path / "data")[0]
+    (run.workdir / "eval").mkdir(parents=True)
+    run.eval_file.write_text('{"a": 1}')
+    record = {"commands": [list(c) for c in run.commands], "seconds": {},
+              "eval_sha256": sweep.sha256_file(run.eval_file)}
+    (run.workdir / sweep.RECORD).write_text(json.dumps(record))
+    assert sweep.is_finished(run)
+    run.eval_file.write_text('{"a": 2}')  # another eval's results (or a half-written file)
+    assert not sweep.is_finished(run)
+    run.eval_file.unlink()
+    assert not sweep.is_finished(run)
+
+
+# ----------------------------------------------------------------------------- summary statistics
+
+
+def test_mean_and_sample_std_against_a_hand_computed_case():
+    # 0.10, 0.20, 0.60: mean 0.30; deviations -0.2, -0.1, 0.3; squares .04 + .01 + .09 = .14; /(3-1) = .07
+    mean, std, n = sweep.mean_std([0.10, 0.20, 0.60])
+    assert (mean, n) == (pytest.approx(0.30), 3) and std == pytest.approx(math.sqrt(0.07))
+    assert sweep.format_mean_std([0.10, 0.20, 0.60]) == "0.300 ± 0.265"
+    assert sweep.format_mean_std([0.25]) == "0.250 (1 seed)" and math.isnan(sweep.mean_std([0.25])[1])
+    assert sweep.mean_std([0.1, float("nan"), 0.3])[2] == 2  # a missing metric is not a zero
+    assert sweep.format_mean_std([]) == "—" and sweep.format_mean_std([120.0, 130.0]) == "125.0 ± 7.1"
+
+
+def _report(recall: float, width: int = 64) -> dict:
+    metrics = {c: {"users": 10, "recall@10": recall, "recall@100": recall * 2, "ndcg@10": recall / 2, "mrr": 0.1}
+               for c in ("all", "new", "established")}
+    return {"width": width, "by_dim": {str(width): {"metrics": metrics}},
+            "popularity_similarity": {"spearman": recall / 10, "pearson_log": 0.0, "pairs": 1},
+            "baselines": {"popularity": {"metrics": {"all": {"users": 10, "recall@10": 0.05}}}}}
+
+
+def test_summary_is_one_row_per_run_and_mean_std_over_seeds_per_variant(tmp_path):
+    text = 'gin_file = "a.gin"\nseeds = [0, 1, 2]\n[variants.a]\nX = 1\n[variants.b]\nX = 2'
+    loaded = sweep.load(str(_write(tmp_path, text)))
+    runs = sweep.plan(loaded, tmp_path / "w", tmp_path / "d")
+    recalls = {"a": [0.10, 0.20, 0.60], "b": [0.30, 0.50, None]}  # b's seed 2 never finished
+    results = tmp_path / "results"
+    for run in runs:
+        recall = recalls[run.variant.name][run.seed]
+        if recall is None:
+            continue
+        folder = results / "runs" / run.name
+        folder.mkdir(parents=True)
+        (folder / "metrics_test.json").write_text(json.dumps(_report(recall)))
+        (folder / sweep.RECORD).write_text(json.dumps({"seconds": {"train": 60.0 + run.seed, "embed": 1, "eval": 1}}))
+        (folder / "metrics.jsonl").write_text(
+            json.dumps({"step": 5, "split": "train", "loss": 3.0}) + "\n"
+            + json.dumps({"step": 5, "split": "validation", "recall@10": recall, "recall@10/pca32": recall / 2}) + "\n")
+    table = sweep.summarize(loaded, runs, results)
+    csv = pd.read_csv(results / "summary.csv")
+    assert len(csv) == len(table) == 5 and csv["bind:X"].tolist() == [1, 1, 1, 2, 2]
+    assert np.allclose(csv["test/recall@10/new/d64"], [0.1, 0.2, 0.6, 0.3, 0.5])
+    assert np.allclose(csv["validation/recall@10/pca32"], [0.05, 0.1, 0.3, 0.15, 0.25])
+    assert np.allclose(csv["train_seconds"], [60, 61, 62, 60, 61])
+    md = (results / "summary.md").read_text()
+    assert "| test/recall@10/all/d64 | 0.300 ± 0.265 | 0.400 ± 0.141 |" in md  # b: (.3, .5) -> .4 ± .1414
+    assert "| baseline/popularity/recall@10/all | 0.050 ± 0.000 | 0.050 ± 0.000 |" in md
+    assert "- `b` (2 runs): X=2" in md
+    for png in ("recall.png", "popularity_correlation.png"):
+        assert (results / png).read_bytes()[:4] == b"\x89PNG"
