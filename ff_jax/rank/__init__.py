@@ -1,0 +1,2 @@
+"""The cross-encoder ranker: the same LLaMA scores (member, candidate) pairs, the member's context
+prefilled once (docs/ranker.md)."""
