@@ -74,7 +74,24 @@ class EmbeddingBatch:
     ids: Optional[list[str]] = struct.field(pytree_node=False, default=None)
 
 
-Batch = TypeVar("Batch", DualTowerBatch, EmbeddingBatch)
+@struct.dataclass
+class RankerBatch:
+    """One training batch of the cross-encoder ranker (ff_jax.rank.data.RankerData → the train
+    step and ff_jax.rank.train's objective). A row holds one member: its context (segment 1), then
+    its K candidates (segments 2..K+1), each seeing the context and itself only: candidate tokens
+    name the context in `prefix_segments`, the model's shared-prefix extension of the mask rule."""
+
+    tokens: Array  # int32 [N, R, L]: context then candidates (item prompt + question), right-padded
+    segment_ids: Array  # int32 [N, R, L]: 1 = context, 2..K+1 = candidate, 0 = padding
+    positions: Array  # int32 [N, R, L]: 0.. through the context; each candidate continues from its length
+    prefix_segments: Array  # int32 [N, R, L]: 1 on candidate tokens (they read the context), else 0
+    last: Array  # int32 [N, R, K]: slot of each candidate's last token, where its score is read
+    labels: Array  # float32 [N, R, K]: 1 = the member engaged with it, 0 = not
+    candidate_mask: Array  # float32 [N, R, K]: 1 = a real candidate, 0 = none there
+    example_mask: Array  # float32 [N, R]: 1 = a real member, 0 = filler
+
+
+Batch = TypeVar("Batch", DualTowerBatch, EmbeddingBatch, RankerBatch)
 
 
 def host_fields(batch_type: type) -> list[str]:
