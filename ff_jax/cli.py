@@ -93,6 +93,15 @@ def _export(args) -> None:
         print(f"bundle: {export.export_bundle(args.workdir, args.out)}")
 
 
+def _serve(args) -> None:
+    if not args.bundle:
+        raise CommandLineError("--bundle=DIR is required (a folder written by `ff-jax export`)")
+    server = _module("ff_jax.serving.server")
+    with gin_cli.configured(args.gin_file or [], args.gin_bindings):
+        config = server.ServerConfig()  # limits and batching; the server then runs without gin
+    server.serve(args.bundle, args.workdir, args.host, args.port, config)
+
+
 def _demo(args) -> None:
     _module("ff_jax.demo").run(Path(args.workdir), args.steps, args.gin_bindings)
 
@@ -129,6 +138,12 @@ def _export_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_string("ranker", None, "a ranker training run to include (not available yet)", flag_values=fv)
 
 
+def _serve_flags(fv: flags.FlagValues) -> None:
+    flags.DEFINE_string("bundle", None, "a bundle folder written by `ff-jax export`", flag_values=fv)
+    flags.DEFINE_string("host", "127.0.0.1", "address to listen on", flag_values=fv)
+    flags.DEFINE_integer("port", 8000, "port to listen on", lower_bound=0, upper_bound=65535, flag_values=fv)
+
+
 @dataclasses.dataclass(frozen=True)
 class Command:
     run: Callable
@@ -162,6 +177,10 @@ COMMANDS = {
                      "summary.md and plots.", "runs/train.gin", "the runs' workdirs go to WORKDIR/<sweep>/<run>",
                      workdir_default="workdirs/sweeps", extra_flags=_sweep_flags,
                      macros_note="DATA_DIR is --data_dir; --gin_file and --gin.NAME=VALUE go to every run's training"),
+    "serve": Command(_serve, "Serves a bundle over HTTP: /v1/recommend, /v1/items, /healthz, /readyz, /metrics.",
+                     "runs/serve.gin", "where the fresh-items log lives (replayed at start-up)",
+                     workdir_default="workdirs/serve", extra_flags=_serve_flags,
+                     macros_note="ServerConfig bindings, from --gin_file or --gin.ServerConfig.NAME=VALUE"),
     "demo": Command(_demo, "The whole job end to end on a CPU: a pretrained backbone, feed data, a tiny dual encoder "
                     "trained, then embedded and evaluated against baselines.", "experiments/compact_feed_world.gin",
                     "where data, checkpoints and logs go (emptied first)", workdir_default="workdirs/demo",

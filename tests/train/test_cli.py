@@ -89,7 +89,7 @@ def test_help_of_every_subcommand_lists_its_flags_and_required_macros(name, caps
     assert ("--gin_file" in out) == (name != "demo")
     assert ("--[no]distributed" in out) == (name == "train") and ("--steps" in out) == (name == "demo")
     required = required_macros_in(cli.COMMANDS[name].run_file)
-    assert "DATA_DIR" in required and f"required: {', '.join(required)}" in out
+    assert ("DATA_DIR" in required) == (name != "serve") and f"required: {', '.join(required)}" in out
     assert cli.main(["--help"]) == 0 and name in capsys.readouterr().out
 
 

@@ -1,0 +1,165 @@
+"""What the server computes, without HTTP: member prompts -> member tower -> filtered retrieval, and
+fresh items -> item tower -> log -> index.
+
+Prompts are padded to a few fixed shapes (batch sizes a power of two up to ServerConfig.max_batch,
+lengths from ServerConfig.length_buckets up to the token budget), so `warm_up` can compile every
+shape that will be served before the server says it is ready. All model and index work runs in
+one worker thread (the server's executor): batches never interleave, and fresh items become
+visible between two batches.
+
+The ranker's seam: a bundle with a ranker adds a prefill of the member context, started before
+retrieval and joined after it, and a scoring step over the retrieved candidates
+(`Recommendation.ranker_score`). Bundles have no ranker yet, so `ranker_score` stays None.
+"""
+
+import dataclasses
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Optional
+
+import jax
+import numpy as np
+
+from ff_jax.retrieval.filters import filtered_search
+from ff_jax.serving.api import ServerConfig
+from ff_jax.serving.bundle import TOWERS, load_bundle
+from ff_jax.serving.items_log import ItemLog, ItemLogError
+from ff_jax.serving.metrics import ServingMetrics
+from ff_jax.serving.prompting import FieldError, ServingPrompts, padded
+
+
+class ConflictError(ValueError):
+    """A fresh item reuses an id the catalogue already holds; `field` names it."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+@dataclasses.dataclass
+class Query:
+    """One recommendation request, its member prompt already tokenised."""
+
+    tokens: np.ndarray
+    k: int
+    exclude: list[str]
+    blocked_authors: list[str]
+
+
+def bucket(value: int, sizes: Sequence[int]) -> int:
+    """The first of the ascending `sizes` that holds `value`."""
+    for size in sizes:
+        if value <= size:
+            return size
+    raise ValueError(f"{value} exceeds the largest served size {sizes[-1]}")
+
+
+class Engine:
+    def __init__(self, bundle_dir: str | Path, state_dir: str | Path, config: ServerConfig,
+                 metrics: Optional[ServingMetrics] = None):
+        self.config, self.metrics = config, metrics or ServingMetrics()
+        self.bundle = load_bundle(bundle_dir)
+        self.prompts = ServingPrompts(self.bundle.prompts, self.bundle.tokenizer)
+        self.index = self.bundle.index
+        catalogue = self.bundle.catalogue
+        self.prompt_of: dict[str, str] = dict(zip(catalogue["item_id"], catalogue["prompt"]))
+        self.author_of: dict[str, str] = {i: a for i, a in zip(catalogue["item_id"], catalogue["author"])
+                                          if isinstance(a, str)}
+        self.log = ItemLog(Path(state_dir) / config.log_file)
+        self.towers = {tower: jax.jit(self.bundle.functions[tower].call) for tower in TOWERS}
+        self.batch_sizes = sorted({1 << i for i in range(config.max_batch.bit_length()) if 1 << i <= config.max_batch}
+                                  | {config.max_batch})
+        budgets = {"member": self.prompts.member_tokens, "item": self.prompts.item_tokens}
+        self.lengths = {tower: sorted({b for b in config.length_buckets if b < budget} | {budget})
+                        for tower, budget in budgets.items()}
+        self.ready = False
+        self.metrics.index_size.set(self.index.count)
+
+    def shapes(self) -> list[tuple[str, int, int]]:
+        """(tower, batch, length) of every shape the towers are called with."""
+        return [(t, b, n) for t in TOWERS for b in self.batch_sizes for n in self.lengths[t]]
+
+    def start(self) -> None:
+        """Compiles every served shape, then replays the fresh-items log; ready afterwards."""
+        for tower, batch, length in self.shapes():
+            ones = np.ones((batch, length), np.int32)
+            np.asarray(self.towers[tower](self.bundle.weights, ones, ones))
+        self._replay()
+        self.ready = True
+
+    # -- towers --------------------------------------------------------------------------------
+
+    def embed(self, tower: str, token_ids: Sequence[np.ndarray]) -> np.ndarray:
+        """Unit vectors [len(token_ids), E], in chunks of max_batch padded to the served shapes."""
+        out = []
+        started = time.perf_counter()
+        for start in range(0, len(token_ids), self.config.max_batch):
+            chunk = list(token_ids[start:start + self.config.max_batch])
+            rows = bucket(len(chunk), self.batch_sizes)
+            length = bucket(max(len(t) for t in chunk), self.lengths[tower])
+            chunk += [chunk[0]] * (rows - len(chunk))  # filler rows: computed, then dropped
+            tokens, segments = padded(chunk, length, self.bundle.tokenizer.pad_id)
+            out.append(np.asarray(self.towers[tower](self.bundle.weights, tokens, segments))[: rows])
+        self.metrics.compute_seconds.labels(f"{tower}_tower").observe(time.perf_counter() - started)
+        vectors = np.concatenate(out) if out else np.zeros((0, self.bundle.embedding_dim), np.float32)
+        return vectors[: len(token_ids)]
+
+    # -- requests ------------------------------------------------------------------------------
+
+    def check_query(self, k: int, exclude: Sequence[str]) -> None:
+        """Refuses what retrieval could not answer, naming the field (before the request queues)."""
+        if k > self.index.count:
+            raise FieldError("k", f"{k} is more than the catalogue holds ({self.index.count} items)")
+        for i, item_id in enumerate(exclude):
+            if item_id not in self.prompt_of:
+                raise FieldError(f"exclude_items[{i}]", f"unknown item {item_id!r}")
+
+    def recommend(self, queries: Sequence[Query]) -> list[Any]:
+        """One micro-batch: (scores, ids, authors) per query, or the error of that query."""
+        vectors = self.embed("member", [q.tokens for q in queries])
+        started = time.perf_counter()
+        k = max(q.k for q in queries)  # a filtered top-k is the prefix of the filtered top-K, K >= k
+        scores, ids = filtered_search(self.index, vectors, k, seen=[q.exclude for q in queries],
+                                      blocked_authors=[q.blocked_authors for q in queries], item_authors=self.author_of)
+        self.metrics.compute_seconds.labels("retrieval").observe(time.perf_counter() - started)
+        results = []
+        for q, row_scores, row_ids in zip(queries, scores, ids):
+            keep = [(str(i), float(s)) for i, s in zip(row_ids[: q.k], row_scores[: q.k]) if np.isfinite(s)]
+            results.append([(i, s, self.author_of.get(i)) for i, s in keep])
+        return results
+
+    def add_items(self, items: Sequence[dict[str, Any]]) -> int:
+        """Embeds `items` ({item_id, prompt, author, created_at}), logs them durably, then indexes
+        them; returns the index size. Runs in the worker thread, so ids are checked race-free."""
+        seen = set()
+        for i, item in enumerate(items):
+            if item["item_id"] in self.prompt_of or item["item_id"] in seen:
+                raise ConflictError(f"items[{i}].item_id", f"{item['item_id']!r} is already in the catalogue"
+                                    if item["item_id"] in self.prompt_of else f"{item['item_id']!r} is repeated")
+            seen.add(item["item_id"])
+        vectors = self.embed("item", self.prompts.item_token_ids([item["prompt"] for item in items]))
+        self.log.append(list(items))  # durable before visible, and before the acknowledgement
+        self._index(items, vectors)
+        return self.index.count
+
+    def _index(self, items: Sequence[dict[str, Any]], vectors: np.ndarray) -> None:
+        self.index.add(vectors, np.asarray([item["item_id"] for item in items]))
+        for item in items:
+            self.prompt_of[item["item_id"]] = item["prompt"]
+            if item.get("author"):
+                self.author_of[item["item_id"]] = item["author"]
+        self.metrics.index_size.set(self.index.count)
+
+    def _replay(self) -> None:
+        records = self.log.replay()
+        clash = next((r["item_id"] for r in records if r["item_id"] in self.prompt_of), None)
+        if clash is not None:
+            raise ItemLogError(f"{self.log.path}: item {clash!r} is also in the bundle's catalogue (a log of "
+                               "another bundle?)")
+        for start in range(0, len(records), 256):
+            chunk = records[start:start + 256]
+            self._index(chunk, self.embed("item", self.prompts.item_token_ids([r["prompt"] for r in chunk])))
+
+    def close(self) -> None:
+        self.log.close()

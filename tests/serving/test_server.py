@@ -1,0 +1,281 @@
+"""The server in-process (FastAPI's TestClient): recommendations equal a numpy ranking of the bundle's
+own embeddings, exclusions and blocked authors hold, fresh items are served at once and need the
+bearer token, every malformed request is a 4xx naming its field, schema fuzzing finds no 5xx, the
+micro-batcher batches and keeps each answer with its request, and the items log survives a torn
+last line."""
+
+import asyncio
+import concurrent.futures
+import json
+
+import numpy as np
+import pytest
+
+from ff_jax.serving.api import ServerConfig
+from ff_jax.serving.batching import MicroBatcher
+from ff_jax.serving.items_log import ItemLog, ItemLogError
+from ff_jax.serving.prompting import HistoryItem, padded
+
+TOKEN = "test-token-1234"
+CONFIG = ServerConfig(max_batch=4, max_queue_delay_ms=5.0, max_k=64, max_history=8, max_body_bytes=20_000,
+                      length_buckets=(128,), max_items_per_request=8)
+AUTH = {"authorization": f"Bearer {TOKEN}"}
+
+
+def start(bundle_dir, state_dir, config=CONFIG):
+    from fastapi.testclient import TestClient
+
+    from ff_jax.serving.server import create_app
+
+    client = TestClient(create_app(bundle_dir, state_dir, config))
+    client.__enter__()
+    for _ in range(6000):  # warm-up compiles 9 shapes
+        if client.get("/readyz").status_code == 200:
+            return client
+        import time
+
+        time.sleep(0.05)
+    raise AssertionError(f"not ready: {client.get('/readyz').json()}")
+
+
+@pytest.fixture(scope="module")
+def client(bundle_dir, tmp_path_factory):
+    client = start(bundle_dir, tmp_path_factory.mktemp("state"))
+    yield client
+    client.__exit__(None, None, None)
+
+
+@pytest.fixture(scope="module")
+def engine(client):
+    return client.app.state.engine
+
+
+def numpy_ranking(engine, profile, history, k, exclude=()):
+    """The top-k by cosine, computed here from the bundle's towers on every catalogue item."""
+    prompts = engine.prompts
+    member = prompts.member_token_ids(profile, [HistoryItem(item_id=h) for h in history], engine.prompt_of)
+    ids = list(engine.prompt_of)
+    item_tokens = prompts.item_token_ids([engine.prompt_of[i] for i in ids])
+    tokens, segments = padded(item_tokens, max(map(len, item_tokens)), engine.bundle.tokenizer.pad_id)
+    items = engine.bundle.embed("item", tokens, segments).astype(np.float64)
+    tokens, segments = padded([member], len(member), engine.bundle.tokenizer.pad_id)
+    query = engine.bundle.embed("member", tokens, segments)[0].astype(np.float64)
+    scores = items @ query
+    order = [j for j in np.argsort(-scores, kind="stable") if ids[j] not in set(exclude)][:k]
+    return [ids[j] for j in order], scores[order]
+
+
+def test_recommendations_are_the_numpy_ranking_of_the_bundles_embeddings(client, engine):
+    profile, history = {"headline": "cook number 3", "age": 33}, ["p04", "p10", "p02"]
+    body = {"member": {"profile": profile, "history": [{"item_id": h} for h in history]}, "k": 7}
+    got = client.post("/v1/recommend", json=body)
+    assert got.status_code == 200, got.json()
+    items = got.json()["items"]
+    expected_ids, expected_scores = numpy_ranking(engine, profile, history, 7)
+    assert [i["item_id"] for i in items] == expected_ids
+    np.testing.assert_allclose([i["retrieval_score"] for i in items], expected_scores, atol=1e-5)
+    assert all(i["ranker_score"] is None for i in items)  # no ranker in this bundle
+    excluded = client.post("/v1/recommend", json={**body, "exclude_items": expected_ids[:3]}).json()["items"]
+    expected_ids, _ = numpy_ranking(engine, profile, history, 7, exclude=expected_ids[:3])
+    assert [i["item_id"] for i in excluded] == expected_ids
+
+
+def test_history_as_text_or_fields_is_the_catalogue_items_prompt(client):
+    """A recent item given by its fields ranks exactly as the same item given by catalogue id."""
+    from .conftest import tables
+
+    row = tables().items.set_index("item_id").loc["p07"]
+    fields = {"topic": row["topic"], "likes": float(row["likes"]), "author": row["author"], "text": row["text"]}
+    by_id = client.post("/v1/recommend", json={"member": {"history": [{"item_id": "p07"}]}, "k": 5}).json()
+    by_fields = client.post("/v1/recommend", json={"member": {"history": [{"fields": fields}]}, "k": 5}).json()
+    assert by_id == by_fields
+    by_text = client.post("/v1/recommend", json={"member": {"history": [{"text": row["text"]}]}, "k": 5})
+    assert by_text.status_code == 200 and by_text.json() != by_id  # topic and likes are missing from it
+
+
+def test_fresh_items_are_served_at_once_and_blocked_authors_hold(client, engine, monkeypatch):
+    monkeypatch.setenv(CONFIG.token_env, TOKEN)
+    before = engine.index.count
+    fresh = [{"item_id": f"new{i}", "fields": {"topic": "food", "text": f"fresh soup recipe {i}", "likes": 3},
+              "author": "chef"} for i in range(3)]
+    answer = client.post("/v1/items", json={"items": fresh}, headers=AUTH)
+    assert answer.status_code == 200 and answer.json() == {"added": 3, "index_size": before + 3}
+    everything = client.post("/v1/recommend", json={"member": {}, "k": before + 3}).json()["items"]
+    assert {"new0", "new1", "new2"} <= {i["item_id"] for i in everything}
+    assert {i["author"] for i in everything if i["item_id"].startswith("new")} == {"chef"}
+    blocked = client.post("/v1/recommend", json={"member": {}, "k": before, "blocked_authors": ["chef"]}).json()
+    assert not [i for i in blocked["items"] if i["item_id"].startswith("new")] and len(blocked["items"]) == before
+    again = client.post("/v1/items", json={"items": fresh[:1]}, headers=AUTH)
+    assert again.status_code == 409 and again.json()["detail"][0]["field"] == "items[0].item_id"
+    twice = client.post("/v1/items", json={"items": [fresh[0] | {"item_id": "x"}, fresh[1] | {"item_id": "x"}]},
+                        headers=AUTH)
+    assert twice.status_code == 409 and twice.json()["detail"][0]["field"] == "items[1].item_id"
+    assert engine.index.count == before + 3
+    log = [json.loads(line) for line in engine.log.path.read_text().splitlines()]
+    assert [r["item_id"] for r in log] == ["new0", "new1", "new2"]
+
+
+def test_writes_need_the_bearer_token(client, monkeypatch):
+    body = {"items": [{"item_id": "tok1", "fields": {"text": "x"}}]}
+    monkeypatch.delenv(CONFIG.token_env, raising=False)
+    disabled = client.post("/v1/items", json=body, headers=AUTH)
+    assert disabled.status_code == 403 and CONFIG.token_env in disabled.json()["detail"][0]["message"]
+    monkeypatch.setenv(CONFIG.token_env, TOKEN)
+    for headers in ({}, {"authorization": "Bearer wrong"}, {"authorization": TOKEN}):
+        refused = client.post("/v1/items", json=body, headers=headers)
+        assert refused.status_code == 401 and refused.headers["www-authenticate"] == "Bearer"
+    assert client.post("/v1/items", json=body, headers=AUTH).status_code == 200
+
+
+def post_raw(client, path, content, **headers):
+    return client.post(path, content=content, headers={"content-type": "application/json", **headers})
+
+
+@pytest.mark.parametrize("content, status, field", [
+    (b'{"member": ', 422, "body"),  # malformed JSON
+    (b'{"member": {}, "k": 10', 422, "body"),
+    (b'[1, 2]', 422, "body"),
+    (b'{"member": {"profile": {"age": NaN}}}', 422, "member.profile.age"),
+    (b'{"member": {"profile": {"age": Infinity}}}', 422, "member.profile.age"),
+    (b'{"member": {"profile": {"nosuch": "x"}}}', 422, "member.profile.nosuch"),
+    (b'{"member": {"profile": {"headline": {"a": 1}}}}', 422, "member.profile.headline"),
+    (b'{"member": {"history": [{"item_id": "p99"}]}}', 422, "member.history[0].item_id"),
+    (b'{"member": {"history": [{"item_id": "p01", "text": "x"}]}}', 422, "member.history[0]"),
+    (b'{"member": {"history": [{"text": "a\\ud800b"}]}}', 422, "member.history[0].text"),
+    (b'{"member": {"history": [{"text": "nul \\u0000 here"}]}}', 422, "member.history[0].text"),
+    (b'{"member": {"profile": {"headline": "\\udfff"}}}', 422, "member.profile.headline"),
+    (b'{"member": {"history": [{"fields": {"likes": "many", "text": "x"}}]}}', 422, "member.history[0].fields.likes"),
+    (b'{"member": {}, "k": 0}', 422, "k"),
+    (b'{"member": {}, "k": 65}', 422, "k"),  # over ServerConfig.max_k
+    (b'{"member": {}, "k": 50}', 422, "k"),  # within max_k, beyond the catalogue
+    (b'{"member": {}, "k": "ten"}', 422, "k"),
+    (b'{"member": {}, "exclude_items": ["p01", "zzz"]}', 422, "exclude_items[1]"),
+    (b'{"member": {}, "surprise": 1}', 422, "surprise"),
+    (b'{}', 422, "member"),
+    (json.dumps({"member": {"history": [{"item_id": "p01"}] * 9}}).encode(), 422, "member.history"),
+    (json.dumps({"member": {"history": [{"text": "x" * 4001}]}}).encode(), 422, "member.history[0].text"),
+    (json.dumps({"member": {"profile": {"headline": "é" * 30_000}}}).encode(), 413, "body"),  # huge body
+])
+def test_bad_requests_are_4xx_naming_the_field(client, content, status, field):
+    answer = post_raw(client, "/v1/recommend", content)
+    assert answer.status_code == status, answer.json()
+    assert field in [d["field"] for d in answer.json()["detail"]], answer.json()
+
+
+def test_odd_but_valid_unicode_is_served(client):
+    for text in ("emoji 🍲 and ﷽", "zero\u200bwidth", "RTL \u202e text", "combining e\u0301", "tab\tand\nnewline"):
+        answer = client.post("/v1/recommend", json={"member": {"profile": {"headline": text},
+                                                               "history": [{"text": text}]}, "k": 3})
+        assert answer.status_code == 200, (text, answer.json())
+
+
+def test_a_chunked_huge_body_is_refused(client):
+    def chunks():
+        for _ in range(30):
+            yield b" " * 1000
+        yield b'{"member": {}}'
+
+    answer = client.post("/v1/recommend", content=chunks(), headers={"content-type": "application/json"})
+    assert answer.status_code == 413 and answer.json()["detail"][0]["field"] == "body"
+
+
+def test_health_readiness_and_metrics(client, engine):
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz").json()
+    # Batch 1, 2, 4 times length bucket 128 and budget 192 (members) or budget 96 alone (items).
+    assert sorted(engine.shapes()) == sorted([("member", b, n) for b in (1, 2, 4) for n in (128, 192)]
+                                             + [("item", b, 96) for b in (1, 2, 4)])
+    assert ready["status"] == "ready" and ready["shapes"] == 9
+    engine.ready = False  # the gate: nothing is served while warming up
+    try:
+        assert client.get("/readyz").status_code == 503
+        assert client.post("/v1/recommend", json={"member": {}}).status_code == 503
+    finally:
+        engine.ready = True
+    client.post("/v1/recommend", json={"member": {}, "k": 2})
+    text = client.get("/metrics").text
+    for name in ("ff_jax_requests_total", "ff_jax_request_seconds_bucket", "ff_jax_queue_seconds_bucket",
+                 'ff_jax_compute_seconds_bucket{le="0.001",stage="member_tower"}', "ff_jax_batch_size_bucket",
+                 "ff_jax_errors_total", f"ff_jax_index_size {float(engine.index.count)}"):
+        assert name in text, name
+
+
+def test_openapi_bounds_every_field(client):
+    schema = client.get("/openapi.json").json()["components"]["schemas"]
+    request = schema["RecommendRequest"]["properties"]
+    assert request["k"]["maximum"] == CONFIG.max_k and request["k"]["minimum"] == 1
+    assert request["exclude_items"]["maxItems"] == CONFIG.max_exclude
+    assert schema["Member"]["properties"]["history"]["maxItems"] == CONFIG.max_history
+    assert schema["ItemsRequest"]["properties"]["items"]["maxItems"] == CONFIG.max_items_per_request
+
+
+def fuzz(schema, headers, examples=40):
+    """Every operation of `schema` with generated requests (valid and not): none may get a 5xx."""
+    from hypothesis import HealthCheck, given, settings
+    from schemathesis.checks import not_a_server_error
+
+    for result in schema.get_all_operations():
+        operation = result.ok()
+
+        @settings(max_examples=examples, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+        @given(case=operation.as_strategy())
+        def check(case):
+            case.validate_response(case.call(headers=headers), checks=[not_a_server_error])
+
+        check()
+
+
+def test_schema_fuzzing_finds_no_server_error(bundle_dir, tmp_path, monkeypatch):
+    import time
+
+    import schemathesis
+    from schemathesis.python import asgi
+
+    from ff_jax.serving.server import create_app
+
+    monkeypatch.setenv(CONFIG.token_env, TOKEN)
+    app = create_app(bundle_dir, tmp_path, CONFIG)
+    schema = schemathesis.openapi.from_asgi("/openapi.json", app)  # runs the app's lifespan: warm-up starts
+    with asgi.get_client(app) as probe:
+        while probe.get("/readyz").status_code != 200:
+            time.sleep(0.05)
+    fuzz(schema, AUTH)
+    fuzz(schema, {})  # without the token too
+
+
+# ----------------------------------------------------------------------------- pieces
+
+
+def test_the_micro_batcher_batches_and_keeps_answers_with_their_requests():
+    seen = []
+
+    def process(items):
+        seen.append(list(items))
+        return [ValueError(f"bad {i}") if i == 6 else i * 10 for i in items]
+
+    async def main():
+        with concurrent.futures.ThreadPoolExecutor(1) as executor:
+            batcher = MicroBatcher(process, max_batch=4, max_delay=0.05, executor=executor)
+            batcher.start()
+            results = await asyncio.gather(*(batcher.submit(i) for i in range(10)), return_exceptions=True)
+            await batcher.stop()
+        return results
+
+    results = asyncio.run(main())
+    assert [len(b) for b in seen] == [4, 4, 2] and sorted(sum(seen, [])) == list(range(10))
+    assert [r if not isinstance(r, Exception) else str(r) for r in results] == \
+        [0, 10, 20, 30, 40, 50, "bad 6", 70, 80, 90]
+
+
+def test_the_items_log_drops_a_torn_tail_and_refuses_corruption(tmp_path):
+    log = ItemLog(tmp_path / "items.jsonl")
+    log.append([{"item_id": "a", "prompt": "<item>a</item>"}, {"item_id": "b", "prompt": "<item>b</item>"}])
+    log.close()
+    with open(log.path, "ab") as f:
+        f.write(b'{"item_id": "c", "pro')  # a crash mid-write: never acknowledged
+    assert [r["item_id"] for r in ItemLog(log.path).replay()] == ["a", "b"]
+    assert log.path.read_bytes().endswith(b"}\n")  # the torn tail is gone
+    lines = log.path.read_bytes().splitlines(keepends=True)
+    log.path.write_bytes(b"#" + lines[0][1:] + lines[1])  # a flipped byte in an acknowledged line
+    with pytest.raises(ItemLogError, match=r"items.jsonl:1: not a JSON record"):
+        ItemLog(log.path).replay()
