@@ -83,6 +83,26 @@ def _eval(args) -> None:
         evaluate.evaluate_run(workdir=args.workdir)
 
 
+def _rank_train(args) -> None:
+    if not args.gin_file:
+        raise CommandLineError("give at least one --gin_file (e.g. --gin_file=ranker/tiny_smoke.gin)")
+    _module("ff_jax.rank.evaluate")  # importing registers the configurables the files bind
+    rank_train = _module("ff_jax.rank.train")
+    with gin_cli.configured(args.gin_file, args.gin_bindings):
+        result = rank_train.train_ranker(workdir=args.workdir, config_text=gin.config_str())
+    print("train: " + ", ".join(f"{k} {v:.4g}" for k, v in result["train"].items() if isinstance(v, float)))
+
+
+def _eval_or_rerank(args) -> None:
+    """A ranker run's workdir reranks its retriever's top-K; any other is the dual encoder's eval."""
+    checkpoints = _module("ff_jax.rank.checkpoints")
+    if checkpoints.run_kind(Path(args.workdir)) != checkpoints.RANKER:
+        return _eval(args)
+    rerank = _module("ff_jax.rank.evaluate")
+    with gin_cli.configured(_files_with_workdir_config(args), args.gin_bindings):
+        rerank.rerank_run(workdir=args.workdir)
+
+
 def _export(args) -> None:
     if not args.out:
         raise CommandLineError("--out=DIR is required (where the bundle goes; it must not exist yet)")
@@ -164,10 +184,14 @@ COMMANDS = {
                      "(resumable shards under --workdir/embeddings).", "runs/train.gin",
                      "a training run's workdir (its config.gin is read first), or where to write",
                      macros_note="already set when --workdir holds a training run's config.gin"),
-    "eval": Command(_eval, "Ranks the corpus for the embedded members: recall@K, NDCG, MRR, cohorts, Matryoshka "
-                    "widths, ScaNN against exact.", "runs/train.gin",
-                    "where `ff-jax embed` wrote its embeddings (its config.gin is read first)",
+    "eval": Command(_eval_or_rerank, "Ranks the corpus for the embedded members: recall@K, NDCG, MRR, cohorts, "
+                    "Matryoshka widths, ScaNN against exact. With a ranker run's --workdir: reranks its retriever's "
+                    "top-K and reports both.", "runs/train.gin",
+                    "where `ff-jax embed` wrote its embeddings, or a ranker run (its config.gin is read first)",
                     macros_note="already set when --workdir holds a training run's config.gin"),
+    "rank-train": Command(_rank_train, "Trains a cross-encoder ranker into --workdir; the same command again resumes "
+                          "from its newest checkpoint.", "ranker/train.gin",
+                          "where checkpoints, metrics and config.gin go"),
     "export": Command(_export, "Exports a training run's towers, weights, prompts, catalogue and index as a verified "
                       "serving bundle (--out).", "runs/train.gin", "a training run's workdir (its config.gin is read "
                       "first)", extra_flags=_export_flags,

@@ -46,6 +46,9 @@ class StepConfig:
     item_segments: int
     schedule: Optional[Callable] = None  # learning rate of an update count, for logging
     accumulation_steps: int = 1
+    # (model, batch) -> (loss, metrics) for a model other than the dual encoder (the ranker,
+    # ff_jax.rank.train); None: the dual encoder's towers under `loss`.
+    objective: Optional[Callable] = None
 
 
 def split_model(model: DualEncoder, lora_rank: int):
@@ -122,6 +125,9 @@ def _tokens(batch: DualTowerBatch) -> jax.Array:
 
 def _loss_and_metrics(graphdef, cfg: StepConfig, params, frozen, batch):
     model = nnx.merge(graphdef, params, frozen)
+    if cfg.objective is not None:
+        loss, metrics = cfg.objective(model, batch)
+        return loss, (metrics, None)
     towers = model.towers(batch, cfg.member_segments, cfg.item_segments)
     loss, metrics = cfg.loss(towers, model.scoring.log_scale[...], model.scoring.bias[...])
     return loss, (metrics, towers)

@@ -1,0 +1,174 @@
+"""RankerBatches from the prepared TFDS feed datasets (the dual encoder's, ff_jax.train.data_source).
+
+Each training record becomes one row: the member's context (its member prompt within
+`context_budget`), then K = 1 + impressed + negatives candidates, each an item prompt plus the
+ranker's question within `RankerConfig.candidate_budget`:
+  - the engaged item (label 1);
+  - up to `impressed` items the member was shown and did not engage with (the records' hard
+    negatives, label 0);
+  - negatives to fill the row (label 0): with `retriever` (a dual-encoder workdir where
+    `ff-jax embed` wrote item embeddings), items drawn from the engaged item's nearest
+    neighbours in that embedding space, those a retriever would serve beside it; else uniform
+    over the corpus.
+The pipeline is grain's: index shuffle, per-record random draws seeded by the record's position
+(`random_map`), fixed-shape rows, so the iterator's state resumes it exactly (orbax checkpoints).
+"""
+
+import dataclasses
+from pathlib import Path
+from typing import Optional
+
+import gin
+import grain
+import jax
+import numpy as np
+
+from ff_jax.data.batches import RankerBatch
+from ff_jax.data.pipeline import PromptTokenizer, as_text
+from ff_jax.rank import layout
+from ff_jax.rank.checkpoints import DUAL_ENCODER, check_kind
+from ff_jax.rank.cross_encoder import RankerConfig
+from ff_jax.retrieval.embedding_store import read_tower
+from ff_jax.train.data_source import FeedData
+
+
+def neighbours(vectors: np.ndarray, wanted: np.ndarray, count: int, chunk: int = 1024) -> np.ndarray:
+    """[len(wanted), count] corpus positions nearest each wanted row by dot product, itself excluded."""
+    out = np.zeros((len(wanted), count), np.int64)
+    for lo in range(0, len(wanted), chunk):
+        rows = wanted[lo:lo + chunk]
+        scores = vectors[rows] @ vectors.T
+        scores[np.arange(len(rows)), rows] = -np.inf
+        top = np.argpartition(-scores, count, axis=1)[:, :count]
+        order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1)
+        out[lo:lo + chunk] = np.take_along_axis(top, order, axis=1)
+    return out
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class RankerData:
+    """feed: the dataset (and its tokenizer choice) as the dual encoder reads it. K candidates per
+    member: 1 + impressed + negatives. neighbour_pool: retrieved negatives are drawn from this many
+    nearest items of the engaged one."""
+
+    feed: FeedData = gin.REQUIRED
+    ranker: RankerConfig = RankerConfig()
+    context_budget: int = 512
+    impressed: int = 2
+    negatives: int = 5
+    retriever: Optional[str] = None
+    neighbour_pool: int = 20
+    members_per_shard: int = 4
+
+    def __post_init__(self):
+        if self.impressed < 0 or self.negatives < 0 or self.impressed + self.negatives < 1:
+            raise ValueError("RankerData needs impressed + negatives >= 1 (and neither negative)")
+
+    @property
+    def candidates(self) -> int:
+        return 1 + self.impressed + self.negatives
+
+    @property
+    def row_length(self) -> int:
+        return self.context_budget + self.candidates * self.ranker.candidate_budget
+
+    def prompt_tokenizers(self, tokenizer, fmt):
+        """(member tokenizer, item tokenizer, question ids): the member context starts with BOS;
+        the candidate is its item prompt (no BOS/EOS) then the question, within the budget."""
+        question = tokenizer.encode(self.ranker.question)
+        room = self.ranker.candidate_budget - len(question)
+        if room < 4:
+            raise ValueError(f"RankerConfig.question takes {len(question)} of the candidate_budget's "
+                             f"{self.ranker.candidate_budget} tokens: raise the budget")
+        batch = dataclasses.replace(self.feed.batch, length=max(self.context_budget, room),
+                                    member_budget=self.context_budget, item_budget=room, mode="padded",
+                                    add_eos=False)
+        member = PromptTokenizer(tokenizer, fmt, batch)
+        items = PromptTokenizer(tokenizer, fmt, dataclasses.replace(batch, add_bos=False))
+        return member, items, question
+
+    def corpus(self) -> tuple[list[str], list[str]]:
+        source = self.feed.open_dataset(f"{self.feed.dataset}_corpus")[0]["corpus"]
+        records = [source[i] for i in range(len(source))]
+        return [as_text(r["item_id"]) for r in records], [as_text(r["item_prompt"]) for r in records]
+
+    def train_iterator(self, tokenizer, num_shards: int, seed: int = 0):
+        """An endless, checkpointable grain iterator of RankerBatch with N = num_shards."""
+        sources, fmt, _ = self.feed.open_dataset(self.feed.dataset)
+        item_ids, prompts = self.corpus()
+        records = sources["train"]
+        make_row = _RowMaker(self, tokenizer, fmt, item_ids, prompts, self._pools(item_ids, records))
+        ds = grain.MapDataset.source(records)
+        if jax.process_count() > 1:
+            ds = ds[jax.process_index()::jax.process_count()]
+        ds = ds.shuffle(seed=seed).repeat(None).random_map(make_row, seed=seed)
+        ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=self.feed.read_threads, prefetch_buffer_size=16))
+        rows = self.members_per_shard
+        ds = ds.batch(num_shards * rows, drop_remainder=True,
+                      batch_fn=lambda examples: _stack(examples, num_shards, rows))
+        return iter(ds)
+
+    def _pools(self, item_ids: list[str], records) -> Optional[dict[str, np.ndarray]]:
+        """item id → positions of its nearest items in the retriever's embeddings (only for the
+        items that are some record's engaged item); None without a retriever."""
+        if not self.retriever:
+            return None
+        check_kind(Path(self.retriever), DUAL_ENCODER)
+        stored_ids, vectors = read_tower(Path(self.retriever) / "embeddings" / "items")
+        order = {item: i for i, item in enumerate(stored_ids.tolist())}
+        missing = [i for i in item_ids if i not in order]
+        if missing:
+            raise ValueError(f"{self.retriever}: the retriever's item embeddings lack {len(missing)} corpus items "
+                             f"(first {missing[0]!r}); embed this dataset's corpus with it (`ff-jax embed`)")
+        vectors = vectors[[order[i] for i in item_ids]]
+        positives = sorted({as_text(records[i]["positive_id"]) for i in range(len(records))})
+        position = {item: i for i, item in enumerate(item_ids)}
+        near = neighbours(vectors, np.asarray([position[p] for p in positives]), min(self.neighbour_pool,
+                                                                                   len(item_ids) - 1))
+        return dict(zip(positives, near))
+
+
+class _RowMaker:
+    """A training record and a generator → one member row (dict of numpy arrays, no N/R axes)."""
+
+    def __init__(self, config: RankerData, tokenizer, fmt, item_ids, prompts, pools):
+        self.config, self.item_ids, self.prompts, self.pools = config, item_ids, prompts, pools
+        self.member, self.items, self.question = config.prompt_tokenizers(tokenizer, fmt)
+        self.position = {item: i for i, item in enumerate(item_ids)}
+
+    def __call__(self, record: dict, rng: np.random.Generator) -> dict:
+        c = self.config
+        positive = as_text(record["positive_id"])
+        impressed = [as_text(i) for i in record["negative_ids"]][: c.impressed]
+        taken = {positive, *impressed}
+        wanted = c.candidates - 1 - len(impressed)
+        pool = self.pools.get(positive) if self.pools is not None else None
+        negatives = []
+        if pool is not None:
+            for p in rng.permutation(pool):
+                if len(negatives) == wanted:
+                    break
+                if self.item_ids[p] not in taken:
+                    negatives.append(self.item_ids[p])
+                    taken.add(self.item_ids[p])
+        while len(negatives) < wanted:  # uniform over the corpus (also tops up a short pool)
+            item = self.item_ids[int(rng.integers(len(self.item_ids)))]
+            if item not in taken or len(taken) >= len(self.item_ids):
+                negatives.append(item)
+                taken.add(item)
+        chosen = [positive, *impressed, *negatives]
+        candidates = [list(ids) + self.question
+                      for ids in self.items.items([self.prompts[self.position[i]] for i in chosen])]
+        rows = layout.multi_candidate_row(list(self.member.member(record)), candidates, c.ranker.candidate_budget,
+                                          c.candidates, c.row_length)
+        labels = np.zeros(c.candidates, np.float32)
+        labels[0] = 1.0
+        return dict(tokens=rows.tokens[0], segment_ids=rows.segment_ids[0], positions=rows.positions[0],
+                    prefix_segments=rows.prefix_segments[0], last=rows.last[0], labels=labels,
+                    candidate_mask=(rows.last[0] >= 0).astype(np.float32), example_mask=np.float32(1.0))
+
+
+def _stack(examples: list[dict], num_shards: int, rows: int) -> RankerBatch:
+    return RankerBatch(**{name: np.stack([e[name] for e in examples]).reshape(num_shards, rows, *np.shape(value))
+                          for name, value in examples[0].items()})
