@@ -1,0 +1,67 @@
+"""The whole ranker path through the CLI on the committed Parquet tables: a dual encoder trained and
+embedded, a ranker trained with negatives from its neighbours, then `ff-jax eval` on the ranker's
+workdir reranking the retriever's top-K. And the wrong kind of workdir where another is expected."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ff_jax import cli
+
+pytestmark = [pytest.mark.xdist_group("train_subprocess"), pytest.mark.slow]
+
+TABLES = Path(__file__).resolve().parents[1] / "data" / "tables_parquet"
+DATA = [f"--gin.TABLES={TABLES}", "--gin.DATASET=tables", "--gin.TablesOptions.rating_threshold=4",
+        "--gin.TablesOptions.numeric_ids=True"]
+TOP_K = 20
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("rerank")
+    data_dir, retriever, ranker = root / "tfds", root / "retriever", root / "ranker"
+    common = [*DATA, f"--gin.DATA_DIR={data_dir}"]
+    assert cli.main(["train", "--gin_file=experiments/tiny_smoke.gin", *common, f"--workdir={retriever}",
+                     "--gin.STEPS=4", "--gin.train.eval_every=-1", "--gin.make_mesh.num_devices=1",
+                     "--gin.BatchConfig.examples_per_shard=2", "--gin.train.progress=False"]) == 0
+    assert cli.main(["embed", f"--workdir={retriever}"]) == 0
+    ranker_flags = ["rank-train", "--gin_file=ranker/tiny_smoke.gin", *common, f"--gin.RETRIEVER={retriever}",
+                    "--gin.STEPS=3", "--gin.train_ranker.progress=False", "--gin.train_ranker.tensorboard=False"]
+    assert cli.main([*ranker_flags, f"--workdir={ranker}"]) == 0
+    return retriever, ranker, ranker_flags
+
+
+def test_eval_of_a_ranker_workdir_reranks_the_retrievers_top_k(runs):
+    retriever, ranker, _ = runs
+    assert cli.main(["eval", f"--workdir={ranker}", f"--gin.rerank_run.top_k={TOP_K}",
+                     "--gin.rerank_run.progress=False"]) == 0
+    report = json.loads((ranker / "eval" / "rerank_test.json").read_text())
+    assert report["top_k"] == TOP_K and report["members"] > 0
+    before, after = report["retrieval"]["metrics"], report["reranked"]["metrics"]
+    assert set(before) == set(after) and "all" in before and len(before) > 1  # overall and by cohort
+    for cohort in before:
+        # Reranking reorders the same top-K: what it found at K is unchanged, the order is not.
+        np.testing.assert_allclose(after[cohort][f"recall@{TOP_K}"], before[cohort][f"recall@{TOP_K}"])
+        for metric in ("ndcg@10", "recall@10", "mrr"):
+            assert 0.0 <= after[cohort][metric] <= 1.0
+    assert any(after[c]["mrr"] != before[c]["mrr"] for c in before)
+    # The dual encoder's own eval is untouched by the routing.
+    assert cli.main(["eval", f"--workdir={retriever}", "--gin.evaluate_run.ann=False",
+                     "--gin.evaluate_run.progress=False"]) == 0
+    assert (retriever / "eval" / "metrics_test.json").exists()
+
+
+def test_a_workdir_of_the_wrong_kind_is_refused_naming_it(runs, tmp_path, capsys):
+    retriever, ranker, ranker_flags = runs
+    # A ranker where the retriever (a dual encoder) is expected.
+    assert cli.main(["eval", f"--workdir={ranker}", f"--gin.RETRIEVER={ranker}"]) == 2
+    assert f"{ranker} holds a ranker run, not a dual encoder" in capsys.readouterr().err
+    # A ranker as init_from, which takes a dual encoder.
+    assert cli.main([*ranker_flags, f"--workdir={tmp_path / 'new'}", f"--gin.INIT_FROM={ranker}"]) == 2
+    assert "holds a ranker run, not a dual encoder" in capsys.readouterr().err
+    # A ranker workdir given to the dual encoder's training: refused before anything is written.
+    assert cli.main(["rank-train", "--gin_file=ranker/tiny_smoke.gin", *DATA, "--gin.DATA_DIR=/nonexistent",
+                     f"--workdir={retriever}"]) == 2
+    assert f"{retriever} holds a dual encoder run, not a ranker" in capsys.readouterr().err
