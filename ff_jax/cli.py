@@ -119,7 +119,10 @@ def _serve(args) -> None:
     server = _module("ff_jax.serving.server")
     with gin_cli.configured(args.gin_file or [], args.gin_bindings):
         config = server.ServerConfig()  # limits and batching; the server then runs without gin
-    server.serve(args.bundle, args.workdir, args.host, args.port, config)
+    if args.replicas:
+        _module("ff_jax.serving.ray_serve").run(args.bundle, args.workdir, args.host, args.port, config, args.replicas)
+    else:
+        server.serve(args.bundle, args.workdir, args.host, args.port, config)
 
 
 def _demo(args) -> None:
@@ -162,6 +165,8 @@ def _serve_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_string("bundle", None, "a bundle folder written by `ff-jax export`", flag_values=fv)
     flags.DEFINE_string("host", "127.0.0.1", "address to listen on", flag_values=fv)
     flags.DEFINE_integer("port", 8000, "port to listen on", lower_bound=0, upper_bound=65535, flag_values=fv)
+    flags.DEFINE_integer("replicas", 0, "0: one uvicorn process; N: a Ray Serve deployment of N replicas "
+                         "(pip install 'ff_jax[ray]')", lower_bound=0, flag_values=fv)
 
 
 @dataclasses.dataclass(frozen=True)

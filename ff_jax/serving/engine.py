@@ -5,7 +5,8 @@ Prompts are padded to a few fixed shapes (batch sizes a power of two up to Serve
 lengths from ServerConfig.length_buckets up to the token budget), so `warm_up` can compile every
 shape that will be served before the server says it is ready. All model and index work runs in
 one worker thread (the server's executor): batches never interleave, and fresh items become
-visible between two batches.
+visible between two batches. Replicas sharing one items log (same host) see each other's fresh
+items: every batch first indexes what the log gained since the last one (`sync`).
 
 The ranker's seam: a bundle with a ranker adds a prefill of the member context, started before
 retrieval and joined after it, and a scoring step over the retrieved candidates
@@ -107,41 +108,61 @@ class Engine:
 
     # -- requests ------------------------------------------------------------------------------
 
-    def check_query(self, k: int, exclude: Sequence[str]) -> None:
-        """Refuses what retrieval could not answer, naming the field (before the request queues)."""
-        if k > self.index.count:
-            raise FieldError("k", f"{k} is more than the catalogue holds ({self.index.count} items)")
-        for i, item_id in enumerate(exclude):
+    def refusal(self, query: Query) -> Optional[FieldError]:
+        """What retrieval cannot answer for `query`, naming the field (checked after `sync`, so the
+        items other replicas added count)."""
+        if query.k > self.index.count:
+            return FieldError("k", f"{query.k} is more than the catalogue holds ({self.index.count} items)")
+        for i, item_id in enumerate(query.exclude):
             if item_id not in self.prompt_of:
-                raise FieldError(f"exclude_items[{i}]", f"unknown item {item_id!r}")
+                return FieldError(f"exclude_items[{i}]", f"unknown item {item_id!r}")
+        return None
 
     def recommend(self, queries: Sequence[Query]) -> list[Any]:
-        """One micro-batch: (scores, ids, authors) per query, or the error of that query."""
-        vectors = self.embed("member", [q.tokens for q in queries])
+        """One micro-batch: [(item id, score, author)] per query, or the error of that query."""
+        self.sync()
+        results: list[Any] = [self.refusal(q) for q in queries]
+        valid = [i for i, refused in enumerate(results) if refused is None]
+        if not valid:
+            return results
+        vectors = self.embed("member", [queries[i].tokens for i in valid])
         started = time.perf_counter()
-        k = max(q.k for q in queries)  # a filtered top-k is the prefix of the filtered top-K, K >= k
-        scores, ids = filtered_search(self.index, vectors, k, seen=[q.exclude for q in queries],
-                                      blocked_authors=[q.blocked_authors for q in queries], item_authors=self.author_of)
+        k = max(queries[i].k for i in valid)  # a filtered top-k is the prefix of the filtered top-K, K >= k
+        scores, ids = filtered_search(self.index, vectors, k, seen=[queries[i].exclude for i in valid],
+                                      blocked_authors=[queries[i].blocked_authors for i in valid],
+                                      item_authors=self.author_of)
         self.metrics.compute_seconds.labels("retrieval").observe(time.perf_counter() - started)
-        results = []
-        for q, row_scores, row_ids in zip(queries, scores, ids):
-            keep = [(str(i), float(s)) for i, s in zip(row_ids[: q.k], row_scores[: q.k]) if np.isfinite(s)]
-            results.append([(i, s, self.author_of.get(i)) for i, s in keep])
+        for i, row_scores, row_ids in zip(valid, scores, ids):
+            keep = [(str(j), float(s)) for j, s in zip(row_ids[: queries[i].k], row_scores[: queries[i].k])
+                    if np.isfinite(s)]
+            results[i] = [(j, s, self.author_of.get(j)) for j, s in keep]
         return results
 
     def add_items(self, items: Sequence[dict[str, Any]]) -> int:
         """Embeds `items` ({item_id, prompt, author, created_at}), logs them durably, then indexes
-        them; returns the index size. Runs in the worker thread, so ids are checked race-free."""
-        seen = set()
-        for i, item in enumerate(items):
-            if item["item_id"] in self.prompt_of or item["item_id"] in seen:
-                raise ConflictError(f"items[{i}].item_id", f"{item['item_id']!r} is already in the catalogue"
-                                    if item["item_id"] in self.prompt_of else f"{item['item_id']!r} is repeated")
-            seen.add(item["item_id"])
-        vectors = self.embed("item", self.prompts.item_token_ids([item["prompt"] for item in items]))
-        self.log.append(list(items))  # durable before visible, and before the acknowledgement
+        them; returns the index size. Under the log's lock, after taking in what other replicas
+        logged, so an id is accepted once across every replica sharing the log."""
+        with self.log.locked():
+            self.sync()
+            seen = set()
+            for i, item in enumerate(items):
+                if item["item_id"] in self.prompt_of or item["item_id"] in seen:
+                    raise ConflictError(f"items[{i}].item_id", f"{item['item_id']!r} is already in the catalogue"
+                                        if item["item_id"] in self.prompt_of else f"{item['item_id']!r} is repeated")
+                seen.add(item["item_id"])
+            vectors = self.embed("item", self.prompts.item_token_ids([item["prompt"] for item in items]))
+            self.log.append(list(items))  # durable before visible, and before the acknowledgement
         self._index(items, vectors)
         return self.index.count
+
+    def sync(self) -> None:
+        """Indexes the items other replicas sharing the log have added since the last look."""
+        self._index_records(self.log.read_new())
+
+    def _index_records(self, records: Sequence[dict[str, Any]]) -> None:
+        for start in range(0, len(records), 256):
+            chunk = records[start:start + 256]
+            self._index(chunk, self.embed("item", self.prompts.item_token_ids([r["prompt"] for r in chunk])))
 
     def _index(self, items: Sequence[dict[str, Any]], vectors: np.ndarray) -> None:
         self.index.add(vectors, np.asarray([item["item_id"] for item in items]))
@@ -157,9 +178,7 @@ class Engine:
         if clash is not None:
             raise ItemLogError(f"{self.log.path}: item {clash!r} is also in the bundle's catalogue (a log of "
                                "another bundle?)")
-        for start in range(0, len(records), 256):
-            chunk = records[start:start + 256]
-            self._index(chunk, self.embed("item", self.prompts.item_token_ids([r["prompt"] for r in chunk])))
+        self._index_records(records)
 
     def close(self) -> None:
         self.log.close()

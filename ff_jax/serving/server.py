@@ -16,6 +16,7 @@ import asyncio
 import concurrent.futures
 import hmac
 import os
+import socket
 import time
 from pathlib import Path
 from typing import Optional
@@ -34,6 +35,7 @@ from ff_jax.serving.metrics import ServingMetrics
 from ff_jax.serving.prompting import FieldError, HistoryItem
 
 
+REPLICA = f"{socket.gethostname()}:{os.getpid()}"
 KNOWN_PATHS = {"/v1/recommend", "/v1/items", "/healthz", "/readyz", "/metrics"}  # metric labels stay bounded
 
 
@@ -114,6 +116,7 @@ def create_app(bundle_dir: str | Path, state_dir: str | Path, config: ServerConf
         started = time.perf_counter()
         endpoint = request.url.path if request.url.path in KNOWN_PATHS else "other"
         response = await call_next(request)
+        response.headers["x-served-by"] = REPLICA  # which replica answered, behind a load balancer
         metrics.requests.labels(endpoint, str(response.status_code)).inc()
         metrics.request_seconds.labels(endpoint).observe(time.perf_counter() - started)
         if response.status_code >= 400:
@@ -159,7 +162,6 @@ def create_app(bundle_dir: str | Path, state_dir: str | Path, config: ServerConf
     async def recommend(body: M["RecommendRequest"]):
         if (refusal := not_ready()) is not None:
             return refusal
-        engine.check_query(body.k, body.exclude_items)
         history = [HistoryItem(item_id=h.item_id) if h.item_id is not None
                    else HistoryItem(fields=h.fields if h.fields is not None else {"text": h.text})
                    for h in body.member.history]

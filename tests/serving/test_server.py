@@ -115,6 +115,28 @@ def test_fresh_items_are_served_at_once_and_blocked_authors_hold(client, engine,
     assert [r["item_id"] for r in log] == ["new0", "new1", "new2"]
 
 
+def test_replicas_sharing_the_items_log_serve_each_others_fresh_items(client, engine, monkeypatch):
+    """A second server on the same state folder (a replica): what one acknowledges, the other
+    serves at its next request, and an id taken on one is refused on the other."""
+    monkeypatch.setenv(CONFIG.token_env, TOKEN)
+    replica = start(engine.bundle.path, engine.log.path.parent)
+    try:
+        item = {"item_id": "shared1", "fields": {"text": "shared stew", "topic": "food"}, "author": "cook2"}
+        assert client.post("/v1/items", json={"items": [item]}, headers=AUTH).status_code == 200
+        count = engine.index.count
+        served = replica.post("/v1/recommend", json={"member": {}, "k": count}).json()["items"]
+        assert "shared1" in {i["item_id"] for i in served}
+        assert {i["author"] for i in served if i["item_id"] == "shared1"} == {"cook2"}
+        again = replica.post("/v1/items", json={"items": [item]}, headers=AUTH)
+        assert again.status_code == 409 and again.json()["detail"][0]["field"] == "items[0].item_id"
+        other = {"item_id": "shared2", "fields": {"text": "from the replica"}}
+        assert replica.post("/v1/items", json={"items": [other]}, headers=AUTH).json()["index_size"] == count + 1
+        served = client.post("/v1/recommend", json={"member": {}, "k": count + 1}).json()["items"]
+        assert "shared2" in {i["item_id"] for i in served}
+    finally:
+        replica.__exit__(None, None, None)
+
+
 def test_writes_need_the_bearer_token(client, monkeypatch):
     body = {"items": [{"item_id": "tok1", "fields": {"text": "x"}}]}
     monkeypatch.delenv(CONFIG.token_env, raising=False)
