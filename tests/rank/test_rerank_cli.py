@@ -65,3 +65,24 @@ def test_a_workdir_of_the_wrong_kind_is_refused_naming_it(runs, tmp_path, capsys
     assert cli.main(["rank-train", "--gin_file=ranker/tiny_smoke.gin", *DATA, "--gin.DATA_DIR=/nonexistent",
                      f"--workdir={retriever}"]) == 2
     assert f"{retriever} holds a dual encoder run, not a ranker" in capsys.readouterr().err
+
+
+def test_ranker_trains_data_parallel_with_lora(tmp_path):
+    """Two data shards (N = 2 on a 2-device mesh) and LoRA adapters: the step runs sharded, each
+    step sees both shards' members, and only adapters and the head train (the backbone's kernels
+    are frozen, so the optimiser state holds adapters and head only)."""
+    workdir = tmp_path / "lora"
+    assert cli.main(["rank-train", "--gin_file=ranker/tiny_smoke.gin", *DATA, f"--gin.DATA_DIR={tmp_path / 'tfds'}",
+                     f"--workdir={workdir}", "--gin.STEPS=3", "--gin.make_mesh.num_devices=2",
+                     "--gin.train.model_overrides={'lora_rank': 4}", "--gin.train_ranker.progress=False",
+                     "--gin.train_ranker.tensorboard=False"]) == 0
+    steps = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert [s["examples"] for s in steps] == [4.0] * 3  # 2 shards x 2 members
+    assert json.loads((workdir / "run.json").read_text())["model"]["lora_rank"] == 4
+    # The saved TrainState's keys (orbax's metadata of the flat dict): what the optimiser updates.
+    step = max(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+    keys = json.loads((workdir / "checkpoints" / str(step) / "state" / "_METADATA").read_text())["tree_metadata"]
+    trained = [k.strip("(',)") for k in keys if k.startswith("('params/")]
+    assert "params/kernel/value" in trained and "params/bias/value" in trained  # the ranker's head
+    assert any("lora_a" in k for k in trained)
+    assert all("lora_" in k or k in ("params/kernel/value", "params/bias/value") for k in trained), trained
