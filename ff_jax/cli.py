@@ -43,12 +43,6 @@ def _module(name: str):
     return importlib.import_module(name)
 
 
-def _write_config(workdir: str) -> None:
-    path = Path(workdir)
-    path.mkdir(parents=True, exist_ok=True)
-    (path / "config.gin").write_text(gin.config_str())
-
-
 def _files_with_workdir_config(args) -> list[str]:
     """The workdir's config.gin (a training run's, when there is one), then --gin_file."""
     run_config = Path(args.workdir) / "config.gin"
@@ -62,8 +56,8 @@ def _train(args) -> None:
         _module("jax").distributed.initialize()
     loop = _module("ff_jax.train.loop")  # importing registers the configurables the files bind
     with gin_cli.configured(args.gin_file, args.gin_bindings):
-        _write_config(args.workdir)
-        result = loop.train(workdir=args.workdir)
+        # config.gin is written by train once every check has passed: a refused run changes nothing.
+        result = loop.train(workdir=args.workdir, config_text=gin.config_str())
     for split, values in result.items():
         if values:
             print(f"{split}: " + ", ".join(f"{k} {v:.4g}" for k, v in values.items() if isinstance(v, float)))
@@ -269,6 +263,8 @@ def label(err: BaseException) -> Optional[str]:
     """What failed, for the one-line message; None for a bug (which keeps its traceback)."""
     if isinstance(err, (gin_cli.GinError, CommandLineError)):
         return err.label
+    if isinstance(err, (ValueError, OSError)) and isinstance(getattr(err, "label", None), str):
+        return err.label  # a library error naming what failed, e.g. "corrupt checkpoint"
     if isinstance(err, flags.UnrecognizedFlagError):
         return "unknown flag"
     if isinstance(err, flags.Error):

@@ -1,20 +1,28 @@
 """`train(...)`: the gin-configured entry of `ff-jax train`.
 
 model (preset / from_pretrained / scratch) → DualEncoder → sharded TrainState → resume from the
-workdir's newest checkpoint when there is one → steps with periodic validation and checkpoints.
+workdir's newest good checkpoint when there is one → steps with periodic validation and checkpoints.
+
+Nothing is written to the workdir until every check has passed (the run's signature against
+run.json, the checkpoint's shapes, the step's memory): a refused run leaves it as it was. A step
+whose loss, gradient or updated parameters are not finite stops training before anything of it is
+saved (or, with `max_skipped_steps`, is skipped: its update not applied).
 """
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import gin
 import jax
 import numpy as np
+from absl import logging
 from flax import nnx
 
 from ff_jax import assets
+from ff_jax.files import write_atomic
 from ff_jax.data.ranking_metrics import ranking_metrics, top_k
 from ff_jax.model import Llama, LlamaConfig, from_pretrained
 from ff_jax.model.sharding import batch_shards, create_sharded, logical_axis_rules, make_mesh, state_shardings
@@ -38,6 +46,16 @@ class IncompatibleWorkdir(ValueError):
     """The workdir holds checkpoints of a run with another model, encoder or loss."""
 
 
+class NonFiniteTraining(ValueError):
+    """A step's loss, gradient or updated parameters were NaN or infinite."""
+
+    label = "non-finite loss"
+
+
+class ValidationStopped(Exception):
+    """A stop signal arrived during validation."""
+
+
 def _signature(model_config: Optional[LlamaConfig], pretrained, overrides: dict, encoder: EncoderConfig, loss,
                optimizer: OptimizerConfig) -> dict:
     """What a checkpoint's shapes depend on: a resume must agree on all of it."""
@@ -58,7 +76,7 @@ _SHAPE_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_layers",
 
 
 def check_workdir(workdir: Path, signature: dict) -> None:
-    """Refuses a workdir whose run.json describes a different run; writes it for a new one."""
+    """Refuses a workdir whose run.json describes a different run (`accept_run` writes it)."""
     path = workdir / "run.json"
     signature = json.loads(json.dumps(signature, default=str))  # compare as JSON (tuples → lists)
     if path.exists():
@@ -67,8 +85,17 @@ def check_workdir(workdir: Path, signature: dict) -> None:
         if diffs:
             raise IncompatibleWorkdir(f"{workdir} holds an incompatible run:\n  " + "\n  ".join(diffs)
                                       + "\nUse a new --workdir, or the gin config that run was started with.")
-    elif jax.process_index() == 0:
-        path.write_text(json.dumps(signature, indent=2, default=str))
+
+
+def accept_run(workdir: Path, signature: dict, config_text: Optional[str]) -> None:
+    """Every check passed: run.json (a new run's) and config.gin are written now, each atomically."""
+    if jax.process_index() != 0:
+        return
+    workdir.mkdir(parents=True, exist_ok=True)
+    if not (workdir / "run.json").exists():
+        write_atomic(workdir / "run.json", json.dumps(signature, indent=2, default=str))
+    if config_text is not None:
+        write_atomic(workdir / "config.gin", config_text)
 
 
 def _tokenizer(data: FeedData, pretrained_tokenizer):
@@ -110,14 +137,15 @@ def build_model(data: FeedData, encoder: EncoderConfig, loss, model_config: Opti
     return model, tokenizer
 
 
-@gin.configurable(denylist=["workdir"])
+@gin.configurable(denylist=["workdir", "config_text"])
 def train(workdir: str, data: FeedData = gin.REQUIRED, model_config: Optional[LlamaConfig] = None,
           pretrained: Optional[str] = None, model_overrides: Optional[dict] = None,
           encoder: EncoderConfig = EncoderConfig(), loss: Callable = InfoNCE(),
           optimizer: OptimizerConfig = OptimizerConfig(), checkpoint: CheckpointConfig = CheckpointConfig(),
           mesh_factory: Callable = make_mesh, num_steps: int = 1000, seed: int = 0, eval_every: int = 0,
           recall_ks: Sequence[int] = (10, 50), pca_dims: Sequence[int] = (), tensorboard: bool = True,
-          progress: bool = True, memory_limit_gb: Optional[float] = None) -> dict:
+          progress: bool = True, memory_limit_gb: Optional[float] = None, max_skipped_steps: int = 0,
+          config_text: Optional[str] = None) -> dict:
     """Trains a dual encoder into `workdir`; returns the last logged metrics as
     {"train": {...}, "validation": {...}}.
 
@@ -126,13 +154,19 @@ def train(workdir: str, data: FeedData = gin.REQUIRED, model_config: Optional[Ll
     lora_rank=16, ...). eval_every: validation period in steps (0: only at the end).
     memory_limit_gb: refuse a step XLA says needs more than this per device (default: the device's
     memory; for CPU devices, the host's physical memory shared among them).
+    max_skipped_steps: how many steps with a non-finite loss, gradient or update may be skipped (their
+    update not applied) before training stops; 0: the first one stops it. None is ever saved.
+    config_text: written to workdir/config.gin once every check has passed (the CLI's gin config,
+    which `ff-jax embed --workdir` reads back).
     """
+    if max_skipped_steps < 0:
+        raise ValueError(f"train.max_skipped_steps must be >= 0, got {max_skipped_steps}")
     workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
     rules = logical_axis_rules()
     mesh = mesh_factory()
     overrides = dict(model_overrides or {})
-    check_workdir(workdir, _signature(model_config, pretrained, overrides, encoder, loss, optimizer))
+    signature = _signature(model_config, pretrained, overrides, encoder, loss, optimizer)
+    check_workdir(workdir, signature)
     model, tokenizer = build_model(data, encoder, loss, model_config, pretrained, overrides, mesh, rules, seed)
     cfg = model.backbone.config
 
@@ -143,13 +177,13 @@ def train(workdir: str, data: FeedData = gin.REQUIRED, model_config: Optional[Ll
     iterator = data.train_iterator(tokenizer, num_shards)
     ckpt = Checkpointer(workdir / "checkpoints", checkpoint)
     start = 0
-    if ckpt.latest_step() is not None:
-        start, state = ckpt.restore(state, shardings, iterator)
-    ckpt.install_sigterm()
+    good = ckpt.newest_good()  # newer ones that fail verification are skipped, saying why
+    if good is not None:
+        start, state = ckpt.restore(state, shardings, iterator, step=good)
 
     member_s, item_s = data.segments
     step_cfg = steps.StepConfig(loss, tx, member_s, item_s, learning_rate_schedule(optimizer),
-                                optimizer.accumulation_steps)
+                                optimizer.accumulation_steps, skip_nonfinite=max_skipped_steps > 0)
     first = next(iterator)
     batch_sharding = steps.batch_shardings(first, mesh, rules)
     train_step, eval_step = steps.jit_steps(graphdef, step_cfg, shardings, batch_sharding, mesh, rules)
@@ -157,35 +191,68 @@ def train(workdir: str, data: FeedData = gin.REQUIRED, model_config: Optional[Ll
                                        mesh, rules)
     limit = int(memory_limit_gb * GIB) if memory_limit_gb else device_memory_bytes(mesh)
     check_step_fits(step_memory, limit)
+    accept_run(workdir, signature, config_text)
+    ckpt.prepare_to_write()
+    ckpt.install_stop_signals()
+
     validation = data.validation(tokenizer, num_shards * jax.process_count()) if eval_every >= 0 else None
-    validator = Validator(graphdef, step_cfg, eval_step, shardings, mesh, rules, recall_ks, pca_dims)
+    validator = Validator(graphdef, step_cfg, eval_step, shardings, mesh, rules, recall_ks, pca_dims,
+                          should_stop=ckpt.stop_requested)
     log = MetricsLog(workdir, num_steps, start, tensorboard=tensorboard, progress=progress)
     last: dict = {"train": {}, "validation": {}}
-    step, batch = start, first
+    step, batch, skipped, stopped, finished = start, first, 0, False, False
     try:
-        while step < num_steps:
+        while step < num_steps and not ckpt.stop_requested():
             state, metrics = train_step(state, steps.device_batch(batch, batch_sharding))
             step += 1
             last["train"] = log.log(step, metrics)
+            if not last["train"]["finite"]:
+                skipped += 1
+                if skipped > max_skipped_steps:
+                    raise _non_finite(step, last["train"], skipped, max_skipped_steps, ckpt)
+                logging.warning("step %d: loss %s, gradient norm %s: its update was skipped (%d of at most %d)",
+                                step, last["train"]["loss"], last["train"]["grad_norm"], skipped, max_skipped_steps)
             if step == start + 1 and jax.process_index() == 0:
-                (workdir / "operative_config.gin").write_text(gin.operative_config_str())
-            preempted = ckpt.preempted(step)
-            if ckpt.should_save(step) or preempted or step == num_steps:
-                ckpt.save(step, state, iterator, force=True)
-            if preempted:
-                ckpt.wait()
-                break
-            if validation is not None and (step == num_steps or (eval_every and step % eval_every == 0)):
-                last["validation"] = log.log(step, validator(state, validation), split="validation")
+                write_atomic(workdir / "operative_config.gin", gin.operative_config_str())
+            stopped = ckpt.preempted(step)
+            saved = ckpt.check_saves(step, state, iterator)  # a failed earlier save is retried with this step
+            if not saved and (ckpt.should_save(step) or stopped or step == num_steps):
+                saved = ckpt.save(step, state, iterator, force=True)
+            validate = validation is not None and (step == num_steps or (eval_every and step % eval_every == 0))
+            if validate and not stopped:
+                try:
+                    last["validation"] = log.log(step, validator(state, validation), split="validation")
+                except ValidationStopped:
+                    stopped = True
+                    if not saved:
+                        ckpt.save(step, state, iterator, force=True)
                 log.pause_clock()
+            if stopped:
+                break
             if step < num_steps:
                 batch = next(iterator)
+        ckpt.finish(step, state, iterator)
+        if stopped or ckpt.stop_signal:
+            logging.warning("%s: training stopped at step %d; %s. Run the same command to resume",
+                            ckpt.stop_signal or "preempted", step, ckpt.describe(ckpt.newest_sealed()))
+        finished = True
     finally:
-        log.close()
-        ckpt.close()
+        log.close(raise_errors=finished)
+        ckpt.close(raise_errors=finished)
     if jax.process_index() == 0:
         _write_memory_report(workdir, step_memory, limit)
     return last
+
+
+def _non_finite(step: int, values: dict, skipped: int, allowed: int, ckpt: Checkpointer) -> NonFiniteTraining:
+    what = f"loss {values['loss']}, gradient norm {values['grad_norm']}"
+    if math.isfinite(values["loss"]) and math.isfinite(values["grad_norm"]):
+        what += ", and its update made a parameter non-finite"
+    skips = f"; {skipped - 1} earlier step(s) skipped, train.max_skipped_steps={allowed}" if allowed else ""
+    return NonFiniteTraining(
+        f"step {step}: {what}{skips}. Training stopped; nothing of this step was saved and "
+        f"{ckpt.describe(ckpt.newest_sealed())}. Lower OptimizerConfig.learning_rate or look at this step's "
+        "data; train.max_skipped_steps=N skips up to N such steps")
 
 
 def _write_memory_report(workdir: Path, step_memory, limit) -> None:
@@ -225,16 +292,27 @@ class Validator:
     """Loss and in-batch accuracy on validation pairs; recall@K over the corpus at the full size,
     the nested Matryoshka sizes and PCA sizes. Compiled once per run."""
 
-    def __init__(self, graphdef, step_cfg, eval_step, shardings, mesh, rules, recall_ks=(10,), pca_dims=()):
+    def __init__(self, graphdef, step_cfg, eval_step, shardings, mesh, rules, recall_ks=(10,), pca_dims=(),
+                 should_stop: Callable[[], bool] = lambda: False):
         self.eval_step, self.mesh, self.rules = eval_step, mesh, rules
+        self.should_stop = should_stop  # checked before each batch: raises ValidationStopped
         self.recall_ks, self.pca_dims = tuple(recall_ks), tuple(pca_dims)
         self.embed_members = steps.jit_embed(graphdef, step_cfg.member_segments, shardings, mesh, rules)
         self.embed_items = (self.embed_members if step_cfg.item_segments == step_cfg.member_segments  # one compile
                             else steps.jit_embed(graphdef, step_cfg.item_segments, shardings, mesh, rules))
 
+    def _check_stop(self) -> None:
+        if self.should_stop():
+            raise ValidationStopped()
+
     def _embed(self, fn, state, batches):
         sharding = steps.batch_shardings(batches[0], self.mesh, self.rules)
-        return collect_embeddings(lambda b: fn(state, steps.device_batch(b, sharding, process_local=False)), batches)
+
+        def embed(batch):
+            self._check_stop()
+            return fn(state, steps.device_batch(batch, sharding, process_local=False))
+
+        return collect_embeddings(embed, batches)
 
     def __call__(self, state, validation) -> dict:
         out: dict = {}
@@ -242,6 +320,7 @@ class Validator:
             sharding = steps.batch_shardings(validation.pair_batches[0], self.mesh, self.rules)
             totals, weight = {"loss": 0.0, "in_batch_accuracy": 0.0}, 0.0
             for batch in validation.pair_batches:
+                self._check_stop()
                 metrics = self.eval_step(state, steps.device_batch(batch, sharding, process_local=False))
                 n = float(np.sum(batch.example_mask))
                 for key in totals:

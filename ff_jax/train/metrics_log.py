@@ -1,9 +1,12 @@
 """Where training metrics go: a tqdm bar, TensorBoard event files, and a JSONL log in the workdir.
 
-TensorBoard files are written with tensorboardX (a core dependency; no TensorFlow needed). Only
-process 0 writes, so a multi-host run logs once.
+TensorBoard files are written with tensorboardX (a core dependency; no TensorFlow needed), through
+its synchronous EventsWriter: SummaryWriter's background thread reports a failed write (a full disk)
+only at exit, from an atexit hook. A write that fails raises MetricsLogError at the step it fails.
+Only process 0 writes, so a multi-host run logs once.
 """
 
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -17,6 +20,12 @@ from tqdm.auto import tqdm
 def _scalars(metrics: dict) -> dict:
     metrics = jax.device_get(metrics)  # one transfer for all of them, not one per metric
     return {k: float(v) for k, v in metrics.items() if np.ndim(v) == 0}
+
+
+class MetricsLogError(OSError):
+    """metrics.jsonl or the TensorBoard events could not be written."""
+
+    label = "metrics log write failed"
 
 
 class MetricsLog:
@@ -33,9 +42,15 @@ class MetricsLog:
         self._jsonl = open(self.workdir / "metrics.jsonl", "a") if self.is_writer else None
         self._tb = None
         if tensorboard and self.is_writer:
-            from tensorboardX import SummaryWriter  # imported when used: it pulls in protobuf
+            # Imported when used: tensorboardX pulls in protobuf.
+            from tensorboardX.event_file_writer import EventsWriter
+            from tensorboardX.proto.event_pb2 import Event
+            from tensorboardX.summary import scalar
 
-            self._tb = SummaryWriter(logdir=str(self.workdir / "tensorboard"))
+            self._event, self._scalar = Event, scalar
+            with self._writing("tensorboard"):
+                (self.workdir / "tensorboard").mkdir(exist_ok=True)
+                self._tb = EventsWriter(str(self.workdir / "tensorboard" / "events"))
         self._bar = tqdm(total=total_steps, initial=initial_step, desc="train", unit="step",
                          disable=not (progress and self.is_writer), dynamic_ncols=True)
         self._last_time: Optional[float] = None
@@ -57,23 +72,43 @@ class MetricsLog:
                 shown["tok/s"] = f"{values['tokens_per_s']:.0f}"
             self._bar.set_postfix(shown, refresh=False)
         if self.is_writer:
-            self._jsonl.write(json.dumps({"step": step, "split": split, **values}) + "\n")
-            self._jsonl.flush()
+            with self._writing("metrics.jsonl"):
+                self._jsonl.write(json.dumps({"step": step, "split": split, **values}) + "\n")
+                self._jsonl.flush()
             if self._tb is not None:
-                for key, value in values.items():  # TensorBoard tags allow no '@'
-                    self._tb.add_scalar(f"{split}/{key.replace('@', '_at_')}", value, step)
+                now = time.time()
+                with self._writing("tensorboard"):
+                    for key, value in values.items():  # TensorBoard tags allow no '@'
+                        summary = self._scalar(f"{split}/{key.replace('@', '_at_')}", value)
+                        self._tb.write_event(self._event(wall_time=now, step=step, summary=summary))
         return values
+
+    @contextlib.contextmanager
+    def _writing(self, name: str):
+        try:
+            yield
+        except OSError as err:
+            raise MetricsLogError(f"{self.workdir / name}: {err}") from err
 
     def pause_clock(self) -> None:
         """Forget the last time stamp (after validation or a checkpoint wait), so rates stay honest."""
         self._last_time = None
 
-    def close(self) -> None:
+    def close(self, raise_errors: bool = True) -> None:
+        """Flushes and closes the files; a failed write (a full disk) raises MetricsLogError unless
+        `raise_errors` is False (an error is already on its way out)."""
         self._bar.close()
-        if self._jsonl is not None:
-            self._jsonl.close()
-        if self._tb is not None:
-            self._tb.close()
+        failures = []
+        for name, writer in (("metrics.jsonl", self._jsonl), ("tensorboard", self._tb)):
+            try:
+                with self._writing(name):
+                    if writer is not None:
+                        writer.close()
+            except MetricsLogError as err:
+                failures.append(err)
+        self._jsonl = self._tb = None
+        if failures and raise_errors:
+            raise failures[0]
 
 
 def read_jsonl(path: str | Path, split: str = "train") -> list[dict]:

@@ -49,6 +49,7 @@ class StepConfig:
     # (model, batch) -> (loss, metrics) for a model other than the dual encoder (the ranker,
     # ff_jax.rank.train); None: the dual encoder's towers under `loss`.
     objective: Optional[Callable] = None
+    skip_nonfinite: bool = False  # a step whose loss, gradient or update is not finite keeps the old state
 
 
 def split_model(model: DualEncoder, lora_rank: int):
@@ -133,14 +134,28 @@ def _loss_and_metrics(graphdef, cfg: StepConfig, params, frozen, batch):
     return loss, (metrics, towers)
 
 
+def _all_finite(tree) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
 def train_step(graphdef, cfg: StepConfig, state: TrainState, batch: DualTowerBatch) -> tuple[TrainState, dict]:
-    """One optimiser step (or one accumulation micro-step): a pure function of its arguments."""
+    """One optimiser step (or one accumulation micro-step): a pure function of its arguments.
+
+    metrics["finite"]: loss, gradient norm and the updated parameters are all finite (the loop stops
+    on a step without, before saving it). With cfg.skip_nonfinite such a step keeps the parameters
+    and optimiser state it started from (the batch still counts as consumed).
+    """
     grad_fn = jax.value_and_grad(functools.partial(_loss_and_metrics, graphdef, cfg), has_aux=True)
     (loss, (metrics, _)), grads = grad_fn(state.params, state.frozen, batch)
     updates, opt_state = cfg.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & _all_finite(params)
+    if cfg.skip_nonfinite:
+        params, opt_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
+                                         (params, opt_state), (state.params, state.opt_state))
     rng, _ = jax.random.split(jax.random.wrap_key_data(state.rng))
-    metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads),
+    metrics = dict(metrics, loss=loss, grad_norm=grad_norm, finite=finite,
                    examples=jnp.sum(batch.example_mask), tokens=_tokens(batch))
     if cfg.schedule is not None:
         metrics["learning_rate"] = cfg.schedule(state.step // cfg.accumulation_steps)

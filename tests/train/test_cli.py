@@ -54,8 +54,9 @@ def test_workdir_of_an_incompatible_run_is_refused(tmp_path, capsys):
     assert code == 2
     assert "incompatible run" in err and "'BCE' in the workdir, 'InfoNCE' now" in err
     assert "hidden_size" in err
-    # The effective config of the attempt is still written, for the record.
-    assert "InfoNCE" in (workdir / "config.gin").read_text()
+    # A refused run writes nothing: no config.gin that `ff-jax embed --workdir` would then read.
+    assert sorted(p.name for p in workdir.iterdir()) == ["run.json"]
+    assert json.loads((workdir / "run.json").read_text()) == other
 
 
 def test_missing_gin_file_and_unknown_subcommand(tmp_path, capsys):
