@@ -663,11 +663,13 @@ def run_sweep(sweep: Sweep, workdir: Path, results_dir: Path, data_dir: Path, gi
 
 def with_seeds(sweep: Sweep, seeds: Sequence[str]) -> Sweep:
     """The sweep restricted to `seeds`, which must be among its own (e.g. a first pass with one)."""
-    chosen = [int(s) for s in seeds if str(s).lstrip("-").isdigit()]
-    unknown = [s for s in seeds if str(s).lstrip("-").isdigit() is False or int(s) not in sweep.seeds]
-    if unknown or not chosen:
+    try:
+        chosen = tuple(int(s) for s in seeds)
+    except ValueError:
+        chosen = ()
+    if not chosen or set(chosen) - set(sweep.seeds):
         raise SweepFileError(f"--seeds={','.join(map(str, seeds))}: {sweep.path} has seeds {list(sweep.seeds)}")
-    return dataclasses.replace(sweep, seeds=tuple(chosen))
+    return dataclasses.replace(sweep, seeds=chosen)
 
 
 def main(args) -> None:
