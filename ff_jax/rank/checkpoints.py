@@ -41,16 +41,22 @@ def check_kind(workdir: Path, expected: str, allow_new: bool = False) -> None:
                                      " (init_from takes a dual-encoder workdir)"))
 
 
-def restore_weights(workdir: Path, model, expected: str, step: int | None = None):
+def restore_weights(workdir: Path, model, expected: str, step: int | None = None, part: str | None = None):
     """`model` with the params of the newest (or `step`) checkpoint of `workdir`, a run of kind
-    `expected`; the optimiser state is neither allocated nor read."""
+    `expected`; the optimiser state is neither allocated nor read. part: restore only this
+    submodule (e.g. "backbone": a dual encoder's heads and temperature stay as they are)."""
     check_kind(workdir, expected)
     graphdef, params, frozen = steps.split_model(model, model.backbone.config.lora_rank)
+    fields = {"params": params, "frozen": frozen}
+    if part is not None:
+        fields = {name: nnx.State({part: state[part]} if part in state else {}) for name, state in fields.items()}
     ckpt = Checkpointer(workdir / "checkpoints", CheckpointConfig(async_save=False))
     try:
         if ckpt.latest_step() is None:
             raise FileNotFoundError(f"{workdir / 'checkpoints'}: no checkpoint; train first")
-        _, weights = ckpt.restore_fields({"params": params, "frozen": frozen}, step=step)
+        _, weights = ckpt.restore_fields(fields, step=step)
     finally:
         ckpt.close()
-    return nnx.merge(graphdef, weights["params"], weights["frozen"])
+    model = nnx.merge(graphdef, params, frozen)
+    nnx.update(model, weights["params"], weights["frozen"])
+    return model

@@ -24,7 +24,7 @@ from flax import nnx
 from ff_jax import files
 from ff_jax.model import LlamaConfig
 from ff_jax.model.sharding import logical_axis_rules, make_mesh, state_shardings
-from ff_jax.rank.checkpoints import RANKER, check_kind, restore_weights
+from ff_jax.rank.checkpoints import DUAL_ENCODER, RANKER, check_kind, restore_weights
 from ff_jax.rank.cross_encoder import CrossEncoder
 from ff_jax.rank.data import RankerData
 from ff_jax.rank.losses import ListwiseSoftmax
@@ -52,7 +52,7 @@ def build_ranker(data: RankerData, model_config: Optional[LlamaConfig], pretrain
     dual, tokenizer = loop.build_model(data.feed, EncoderConfig(), InfoNCE(), model_config, pretrained, overrides,
                                        mesh, rules, seed)
     if init_from:
-        dual = restore_weights(Path(init_from), dual, expected="dual_encoder")
+        dual = restore_weights(Path(init_from), dual, expected=DUAL_ENCODER, part="backbone")
     answer_ids = data.ranker.answer_ids(tokenizer)
     with jax.set_mesh(mesh):
         model = CrossEncoder(dual.backbone, data.ranker.head, answer_ids, rngs=nnx.Rngs(seed + 2))

@@ -86,3 +86,35 @@ def test_ranker_trains_data_parallel_with_lora(tmp_path):
     assert "params/kernel/value" in trained and "params/bias/value" in trained  # the ranker's head
     assert any("lora_a" in k for k in trained)
     assert all("lora_" in k or k in ("params/kernel/value", "params/bias/value") for k in trained), trained
+
+
+def test_init_from_starts_the_backbone_from_the_dual_encoders_checkpoint(runs):
+    """The init_from ranker's backbone is the dual encoder's newest checkpoint, read here straight
+    from orbax's flat state; the ranker's own head is new."""
+    import orbax.checkpoint as ocp
+
+    from ff_jax import gin_cli
+    from ff_jax.model.sharding import logical_axis_rules, make_mesh
+    from ff_jax.rank.data import RankerData
+    from ff_jax.rank.evaluate import train_ranker  # noqa: F401  (registers the configurables)
+    from ff_jax.rank.train import build_ranker, model_arguments
+    from ff_jax.train.data_source import FeedData
+
+    retriever, _, _ = runs
+    data_dir = retriever.parent / "tfds"
+    bindings = ["DATASET='tables'", f"TABLES='{TABLES}'", "TablesOptions.rating_threshold=4",
+                "TablesOptions.numeric_ids=True", f"DATA_DIR='{data_dir}'"]
+    with gin_cli.configured(["ranker/tiny_smoke.gin"], bindings):
+        data = RankerData(feed=FeedData())
+        config, pretrained, overrides = model_arguments()
+        mesh, rules = make_mesh(num_devices=1), logical_axis_rules()
+        started, _ = build_ranker(data, config, pretrained, dict(overrides), str(retriever), mesh, rules, seed=0)
+        fresh, _ = build_ranker(data, config, pretrained, dict(overrides), None, mesh, rules, seed=0)
+    step = max(int(p.name) for p in (retriever / "checkpoints").iterdir() if p.name.isdigit())
+    saved = ocp.PyTreeCheckpointer().restore(retriever / "checkpoints" / str(step) / "state")
+    for path, got in (("embed/embedding", started.backbone.embed.embedding),
+                      ("layers/1/mlp/up/kernel", started.backbone.layers[1].mlp.up.kernel)):
+        want = np.asarray(saved[f"params/backbone/{path}/value"])
+        np.testing.assert_array_equal(np.asarray(got[...]), want)
+    assert not np.array_equal(np.asarray(fresh.backbone.embed.embedding[...]),
+                              np.asarray(started.backbone.embed.embedding[...]))
