@@ -100,11 +100,14 @@ def _eval_or_rerank(args) -> None:
 def _export(args) -> None:
     if not args.out:
         raise CommandLineError("--out=DIR is required (where the bundle goes; it must not exist yet)")
-    if args.ranker:
-        raise CommandLineError("--ranker: not yet; no ranker checkpoint kind exists (ff_jax.rank)")
     export = _module("ff_jax.serving.export")
+    ranker = None
+    if args.ranker:  # exported first, under the ranker run's own config.gin
+        _module("ff_jax.rank.checkpoints").check_kind(Path(args.ranker), "ranker")
+        with gin_cli.configured([str(Path(args.ranker) / "config.gin")]):
+            ranker = _module("ff_jax.serving.ranker").export_ranker(args.ranker, export.PLATFORMS)
     with gin_cli.configured(_files_with_workdir_config(args), args.gin_bindings):
-        print(f"bundle: {export.export_bundle(args.workdir, args.out)}")
+        print(f"bundle: {export.export_bundle(args.workdir, args.out, ranker=ranker)}")
 
 
 def _serve(args) -> None:
@@ -152,7 +155,8 @@ def _steps_flag(fv: flags.FlagValues) -> None:
 
 def _export_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_string("out", None, "the bundle folder to write (must not exist)", flag_values=fv)
-    flags.DEFINE_string("ranker", None, "a ranker training run to include (not available yet)", flag_values=fv)
+    flags.DEFINE_string("ranker", None, "a ranker training run (ff-jax rank-train) whose prefill and score steps "
+                        "join the bundle", flag_values=fv)
 
 
 def _serve_flags(fv: flags.FlagValues) -> None:

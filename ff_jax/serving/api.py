@@ -27,6 +27,8 @@ class ServerConfig:
     first bucket that holds them (the token budget is always the last), so warm-up can compile
     every served shape: each power of two up to max_batch times each bucket, per tower.
     token_env: the environment variable holding the bearer token of /v1/items (unset: disabled).
+    With a ranker in the bundle, its context is padded to the same length buckets (up to its
+    context budget) and candidates are scored `ranker_batch` at a time.
     """
 
     max_batch: int = 16
@@ -42,9 +44,12 @@ class ServerConfig:
     length_buckets: tuple[int, ...] = (64, 256)
     token_env: str = "FF_JAX_SERVE_TOKEN"
     log_file: str = "items.jsonl"
+    ranker_batch: int = 64  # candidates per ranker call (padded: one compiled shape)
+    overlap_prefill: bool = True  # False: wait for the member's prefill before retrieval (for comparison)
 
     def __post_init__(self):
-        for name in ("max_batch", "max_k", "max_text_chars", "max_id_chars", "max_items_per_request", "max_body_bytes"):
+        for name in ("max_batch", "max_k", "max_text_chars", "max_id_chars", "max_items_per_request", "max_body_bytes",
+                     "ranker_batch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"ServerConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.max_queue_delay_ms < 0:
@@ -112,7 +117,7 @@ def models(config: ServerConfig) -> dict[str, type[BaseModel]]:
     class Recommendation(BaseModel):
         item_id: str
         retrieval_score: float
-        ranker_score: Optional[float] = None  # filled once a bundle carries a ranker
+        ranker_score: Optional[float] = None  # None when the bundle has no ranker (retrieval order)
         author: Optional[str] = None
 
     class RecommendResponse(BaseModel):

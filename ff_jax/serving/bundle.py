@@ -10,6 +10,10 @@
       prompts.json                   template, schema, quantiser, prompt format, token budgets
       catalogue.parquet              item_id, prompt, created_at, author (the corpus at export)
       index/                         the item index (Index.save, with its own manifest)
+    and with a ranker (ff_jax.serving.ranker):
+      functions/ranker_prefill.jaxexport, functions/ranker_score.jaxexport
+      ranker_weights.safetensors     the cross-encoder's state
+      ranker.json                    head, context and candidate budgets, question token ids
 
 `ff_jax.serving.export` writes it into a temporary folder and renames it, so a folder without
 manifest.json is an export that never finished. `load_bundle` checks every file against the
@@ -23,16 +27,19 @@ import dataclasses
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import jax
 import jaxlib
 import numpy as np
 import pandas as pd
 from jax import export
+from safetensors.flax import load_file
 
 from ff_jax import files
 from ff_jax.files import MANIFEST
+from ff_jax.model.tokenizer import load_tokenizer
+from ff_jax.retrieval import IndexFormatError, load_index
 
 FORMAT = "ff_jax.serving.bundle"
 VERSION = 1
@@ -42,6 +49,9 @@ TOKENIZER = "tokenizer"
 PROMPTS = "prompts.json"
 CATALOGUE = "catalogue.parquet"
 INDEX = "index"
+RANKER_WEIGHTS = "ranker_weights.safetensors"
+RANKER = "ranker.json"
+RANKER_STEPS = ("prefill", "score")
 # Custom calls a bundle may contain: jax.export's own shape checks. A Pallas/Triton kernel
 # (tpu_custom_call, triton_kernel_call, __gpu$xla.gpu.triton) is tied to one chip and one
 # compiler version, so it never enters a bundle.
@@ -55,6 +65,10 @@ class BundleError(ValueError):
 
 def function_file(tower: str) -> str:
     return f"functions/{tower}_tower.jaxexport"
+
+
+def ranker_file(step: str) -> str:
+    return f"functions/ranker_{step}.jaxexport"
 
 
 def custom_calls(exported: export.Exported) -> set[str]:
@@ -125,7 +139,8 @@ def read_manifest(root: Path) -> dict[str, Any]:
     extra = [name for name in file_names(root) if name not in listed]
     if extra:
         raise BundleError(f"{root / extra[0]}: not listed in the manifest ({len(extra)} unlisted file(s))")
-    for required in (WEIGHTS, PROMPTS, CATALOGUE, *map(function_file, TOWERS)):
+    ranker = (RANKER_WEIGHTS, RANKER, *map(ranker_file, RANKER_STEPS)) if "ranker_weights" in manifest else ()
+    for required in (WEIGHTS, PROMPTS, CATALOGUE, *map(function_file, TOWERS), *ranker):
         if required not in listed:
             raise BundleError(f"{path}: lists no {required}")
     return manifest
@@ -143,6 +158,7 @@ class Bundle:
     prompts: dict[str, Any]
     catalogue: pd.DataFrame
     index: Any  # ff_jax.retrieval.Index
+    ranker: Optional[dict] = None  # {"functions", "weights", "document"} when the bundle has one
 
     @property
     def embedding_dim(self) -> int:
@@ -156,33 +172,18 @@ class Bundle:
 
 def load_bundle(path: str | Path) -> Bundle:
     """A bundle, verified file by file (see `read_manifest`), ready to serve on this host's backend."""
-    from safetensors.flax import load_file
-
-    from ff_jax.model.tokenizer import load_tokenizer
-    from ff_jax.retrieval import IndexFormatError, load_index
-
     root = Path(path)
     manifest = read_manifest(root)
     backend = jax.default_backend()
     if backend not in manifest["platforms"]:
         raise BundleError(f"{root / MANIFEST}: exported for {manifest['platforms']}, not for this host's {backend}")
-    functions = {}
-    for tower in TOWERS:
-        file = root / function_file(tower)
-        try:
-            functions[tower] = export.deserialize(bytearray(file.read_bytes()))
-        except Exception as err:  # noqa: BLE001  (flatbuffers raises assorted errors on bad bytes)
-            raise BundleError(f"{file}: not a jax.export program this jax can read ({err})") from None
-        check_custom_calls(functions[tower], str(file))
-    weights = load_file(str(root / WEIGHTS))
-    expected = manifest["weights"]
-    if sorted(weights) != sorted(w["name"] for w in expected):
-        raise BundleError(f"{root / WEIGHTS}: holds other tensors than the manifest lists")
-    for entry in expected:
-        got = weights[entry["name"]]
-        if list(got.shape) != entry["shape"] or str(got.dtype) != entry["dtype"]:
-            raise BundleError(f"{root / WEIGHTS}: {entry['name']} is {got.dtype}{list(got.shape)}, "
-                              f"the manifest says {entry['dtype']}{entry['shape']}")
+    functions = {tower: _program(root / function_file(tower)) for tower in TOWERS}
+    weights = _weights(root / WEIGHTS, manifest["weights"])
+    ranker = None
+    if "ranker_weights" in manifest:
+        ranker = {"functions": {step: _program(root / ranker_file(step)) for step in RANKER_STEPS},
+                  "weights": _weights(root / RANKER_WEIGHTS, manifest["ranker_weights"]),
+                  "document": json.loads((root / RANKER).read_text())}
     try:
         index = load_index(root / INDEX)
     except IndexFormatError as err:
@@ -191,7 +192,30 @@ def load_bundle(path: str | Path) -> Bundle:
     catalogue = pd.read_parquet(root / CATALOGUE)
     if catalogue["item_id"].tolist() != [str(i) for i in index.ids.tolist()]:
         raise BundleError(f"{root / CATALOGUE}: item ids differ from the index's ({root / INDEX})")
-    return Bundle(root, manifest, functions, weights, load_tokenizer(root / TOKENIZER), prompts, catalogue, index)
+    return Bundle(root, manifest, functions, weights, load_tokenizer(root / TOKENIZER), prompts, catalogue, index,
+                  ranker)
+
+
+def _program(file: Path) -> export.Exported:
+    try:
+        exported = export.deserialize(bytearray(file.read_bytes()))
+    except Exception as err:  # noqa: BLE001  (flatbuffers raises assorted errors on bad bytes)
+        raise BundleError(f"{file}: not a jax.export program this jax can read ({err})") from None
+    check_custom_calls(exported, str(file))
+    return exported
+
+
+def _weights(file: Path, expected: list[dict]) -> dict[str, jax.Array]:
+    """A safetensors file holding exactly the tensors the manifest lists, at their dtypes and shapes."""
+    weights = load_file(str(file))
+    if sorted(weights) != sorted(w["name"] for w in expected):
+        raise BundleError(f"{file}: holds other tensors than the manifest lists")
+    for entry in expected:
+        got = weights[entry["name"]]
+        if list(got.shape) != entry["shape"] or str(got.dtype) != entry["dtype"]:
+            raise BundleError(f"{file}: {entry['name']} is {got.dtype}{list(got.shape)}, "
+                              f"the manifest says {entry['dtype']}{entry['shape']}")
+    return weights
 
 
 def jax_versions() -> dict[str, str]:

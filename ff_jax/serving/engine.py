@@ -8,9 +8,11 @@ one worker thread (the server's executor): batches never interleave, and fresh i
 visible between two batches. Replicas sharing one items log (same host) see each other's fresh
 items: every batch first indexes what the log gained since the last one (`sync`).
 
-The ranker's seam: a bundle with a ranker adds a prefill of the member context, started before
-retrieval and joined after it, and a scoring step over the retrieved candidates
-(`Recommendation.ranker_score`). Bundles have no ranker yet, so `ranker_score` stays None.
+With a ranker in the bundle, each member's context prefill is dispatched right after the member
+tower and before retrieval; JAX returns at once, so the prefill computes while the host runs the
+filtered search (ServerConfig.overlap_prefill=False waits for it first, to measure the overlap).
+The retrieved candidates are then scored against that cache and returned in ranker order, with
+both scores. Without a ranker the retrieval order stands and `ranker_score` is None.
 """
 
 import dataclasses
@@ -27,7 +29,8 @@ from ff_jax.serving.api import ServerConfig
 from ff_jax.serving.bundle import TOWERS, load_bundle
 from ff_jax.serving.items_log import ItemLog, ItemLogError
 from ff_jax.serving.metrics import ServingMetrics
-from ff_jax.serving.prompting import FieldError, ServingPrompts, padded
+from ff_jax.serving.prompting import FieldError, RankerPrompts, ServingPrompts, padded
+from ff_jax.serving.ranker import ServedRanker
 
 
 class ConflictError(ValueError):
@@ -46,6 +49,7 @@ class Query:
     k: int
     exclude: list[str]
     blocked_authors: list[str]
+    context: Optional[np.ndarray] = None  # the ranker's context, when the bundle has a ranker
 
 
 def bucket(value: int, sizes: Sequence[int]) -> int:
@@ -74,18 +78,33 @@ class Engine:
         budgets = {"member": self.prompts.member_tokens, "item": self.prompts.item_tokens}
         self.lengths = {tower: sorted({b for b in config.length_buckets if b < budget} | {budget})
                         for tower, budget in budgets.items()}
+        self.ranker, self.ranker_prompts, self.candidates = None, None, {}
+        if self.bundle.ranker is not None:
+            document = self.bundle.ranker["document"]
+            self.ranker = ServedRanker(self.bundle.ranker["functions"], self.bundle.ranker["weights"], document,
+                                       config.ranker_batch)
+            self.ranker_prompts = RankerPrompts(self.prompts, document)
+            budget = document["context_budget"]
+            self.lengths["context"] = sorted({b for b in config.length_buckets if b < budget} | {budget})
         self.ready = False
         self.metrics.index_size.set(self.index.count)
 
     def shapes(self) -> list[tuple[str, int, int]]:
-        """(tower, batch, length) of every shape the towers are called with."""
-        return [(t, b, n) for t in TOWERS for b in self.batch_sizes for n in self.lengths[t]]
+        """(step, batch, length) of every shape served: the towers', and the ranker's context widths
+        (its candidates always come `ranker_batch` at a time)."""
+        shapes = [(t, b, n) for t in TOWERS for b in self.batch_sizes for n in self.lengths[t]]
+        if self.ranker is not None:
+            shapes += [("ranker", self.config.ranker_batch, n) for n in self.lengths["context"]]
+        return shapes
 
     def start(self) -> None:
         """Compiles every served shape, then replays the fresh-items log; ready afterwards."""
-        for tower, batch, length in self.shapes():
+        for step, batch, length in self.shapes():
+            if step == "ranker":
+                self.ranker.score(self.ranker.start([1] * length, length), [[1]])
+                continue
             ones = np.ones((batch, length), np.int32)
-            np.asarray(self.towers[tower](self.bundle.weights, ones, ones))
+            np.asarray(self.towers[step](self.bundle.weights, ones, ones))
         self._replay()
         self.ready = True
 
@@ -119,13 +138,21 @@ class Engine:
         return None
 
     def recommend(self, queries: Sequence[Query]) -> list[Any]:
-        """One micro-batch: [(item id, score, author)] per query, or the error of that query."""
+        """One micro-batch: [(item id, retrieval score, ranker score, author)] per query, or the
+        error of that query."""
         self.sync()
         results: list[Any] = [self.refusal(q) for q in queries]
         valid = [i for i, refused in enumerate(results) if refused is None]
         if not valid:
             return results
         vectors = self.embed("member", [queries[i].tokens for i in valid])
+        pending = {}
+        if self.ranker is not None:  # dispatched now, computed while retrieval runs
+            for i in valid:
+                context = queries[i].context
+                pending[i] = self.ranker.start(context, bucket(len(context), self.lengths["context"]))
+            if not self.config.overlap_prefill:
+                jax.block_until_ready([p[0] for p in pending.values()])
         started = time.perf_counter()
         k = max(queries[i].k for i in valid)  # a filtered top-k is the prefix of the filtered top-K, K >= k
         scores, ids = filtered_search(self.index, vectors, k, seen=[queries[i].exclude for i in valid],
@@ -133,10 +160,23 @@ class Engine:
                                       item_authors=self.author_of)
         self.metrics.compute_seconds.labels("retrieval").observe(time.perf_counter() - started)
         for i, row_scores, row_ids in zip(valid, scores, ids):
-            keep = [(str(j), float(s)) for j, s in zip(row_ids[: queries[i].k], row_scores[: queries[i].k])
-                    if np.isfinite(s)]
-            results[i] = [(j, s, self.author_of.get(j)) for j, s in keep]
+            found = [(str(j), float(s)) for j, s in zip(row_ids[: queries[i].k], row_scores[: queries[i].k])
+                     if np.isfinite(s)]
+            ranked = [(j, s, None) for j, s in found]
+            if i in pending and found:
+                started = time.perf_counter()
+                ranker_scores = self.ranker.score(pending[i], [self._candidate(j) for j, _ in found])
+                self.metrics.compute_seconds.labels("ranker").observe(time.perf_counter() - started)
+                order = np.argsort(-ranker_scores, kind="stable")
+                ranked = [(found[o][0], found[o][1], float(ranker_scores[o])) for o in order]
+            results[i] = [(j, s, r, self.author_of.get(j)) for j, s, r in ranked]
         return results
+
+    def _candidate(self, item_id: str) -> list[int]:
+        """The ranker's candidate tokens of a catalogue item (computed once)."""
+        if item_id not in self.candidates:
+            self.candidates[item_id] = self.ranker_prompts.candidate(self.prompt_of[item_id])
+        return self.candidates[item_id]
 
     def add_items(self, items: Sequence[dict[str, Any]]) -> int:
         """Embeds `items` ({item_id, prompt, author, created_at}), logs them durably, then indexes

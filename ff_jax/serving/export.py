@@ -27,11 +27,13 @@ import numpy as np
 import pandas as pd
 from flax import nnx
 from jax import export
+from safetensors.flax import save_file
 
 from ff_jax import files
 from ff_jax.data.pipeline import as_text
 from ff_jax.files import MANIFEST
 from ff_jax.model.sharding import logical_axis_rules, make_mesh
+from ff_jax.rank.checkpoints import DUAL_ENCODER, check_kind
 from ff_jax.retrieval import create_index
 from ff_jax.retrieval.embed_job import EmbedConfig, embed_towers, load_model, train_arguments
 from ff_jax.retrieval.embedding_store import read_tower
@@ -81,20 +83,28 @@ def tower_function(graphdef, names: list[str], treedef):
     return tower
 
 
+def export_function(fn, args, platforms, what: str) -> export.Exported:
+    """`fn` jitted and exported for `platforms` at the (possibly symbolic) shapes of `args`; only
+    allow-listed custom calls may be in it."""
+    exported = export.export(jax.jit(fn), platforms=tuple(platforms))(*args)
+    layout.check_custom_calls(exported, what)
+    return exported
+
+
+def weight_specs(weights: dict[str, jax.Array]) -> dict[str, jax.ShapeDtypeStruct]:
+    return {n: jax.ShapeDtypeStruct(w.shape, w.dtype) for n, w in weights.items()}
+
+
 def export_towers(model, platforms=PLATFORMS) -> tuple[dict[str, export.Exported], dict[str, jax.Array]]:
     """The member and item towers exported for `platforms` (shared backbone: one program each),
     and the weights they take."""
     graphdef, names, weights, treedef = split_weights(model)
     batch, length = export.symbolic_shape("batch, length")
     prompts = jax.ShapeDtypeStruct((batch, length), jnp.int32)
-    specs = {n: jax.ShapeDtypeStruct(w.shape, w.dtype) for n, w in weights.items()}
-    fn = jax.jit(tower_function(graphdef, names, treedef))
-    out = {}
-    for tower in layout.TOWERS:
-        exported = export.export(fn, platforms=tuple(platforms))(specs, prompts, prompts)
-        layout.check_custom_calls(exported, f"the {tower} tower")
-        out[tower] = exported
-    return out, weights
+    fn = tower_function(graphdef, names, treedef)
+    functions = {tower: export_function(fn, (weight_specs(weights), prompts, prompts), platforms, f"the {tower} tower")
+                 for tower in layout.TOWERS}
+    return functions, weights
 
 
 def _item_catalogue(data) -> pd.DataFrame:
@@ -131,12 +141,14 @@ def _sync_tree(root: Path) -> None:
 
 
 def export_bundle(workdir: str | Path, out: str | Path, *, step: int | None = None, platforms=PLATFORMS,
-                  progress: bool = True) -> Path:
+                  ranker=None, progress: bool = True) -> Path:
     """Writes the bundle of training run `workdir` to `out` (which must not exist yet), under the
-    gin configuration in force (the run's config.gin, parsed by the caller)."""
+    gin configuration in force (the run's config.gin, parsed by the caller). ranker: a
+    ff_jax.serving.ranker.RankerExport to include (exported under the ranker run's own config)."""
     workdir, out = Path(workdir), Path(out)
     if out.exists():
         raise BundleError(f"{out}: already exists; export into a new folder")
+    check_kind(workdir, DUAL_ENCODER, allow_new=True)  # a run.json-less workdir is a dual encoder's
     args = train_arguments()
     data = args["data"]
     # The corpus, embedded by the embed job on the run's own mesh (resumable, reused on re-export).
@@ -152,6 +164,10 @@ def export_bundle(workdir: str | Path, out: str | Path, *, step: int | None = No
         raise BundleError(f"{workdir}: the checkpoint changed while exporting (embedded {embedded_from}, "
                           f"now {origin}); export again")
     functions, weights = export_towers(model, platforms)
+    if ranker is not None and (ranker.tokenizer.vocab_size, ranker.tokenizer.markers) != (tokenizer.vocab_size,
+                                                                                          tokenizer.markers):
+        raise BundleError(f"{ranker.document['origin']['workdir']}: the ranker's tokenizer differs from the dual "
+                          f"encoder's ({workdir}); train both on the same data and tokenizer")
     catalogue = _item_catalogue(data)
     if sorted(catalogue["item_id"]) != sorted(item_ids.tolist()):
         raise BundleError(f"{folders['item']}: embeddings do not cover the corpus of {data.dataset}")
@@ -163,8 +179,6 @@ def export_bundle(workdir: str | Path, out: str | Path, *, step: int | None = No
     try:
         for tower, exported in functions.items():
             files.write_atomic(staging / layout.function_file(tower), bytes(exported.serialize()))
-        from safetensors.flax import save_file
-
         save_file({n: np.asarray(w) for n, w in weights.items()}, str(staging / layout.WEIGHTS))
         tokenizer.save(staging / layout.TOKENIZER)
         files.write_atomic(staging / layout.PROMPTS, json.dumps(_prompts_document(data), indent=1, sort_keys=True))
@@ -172,6 +186,11 @@ def export_bundle(workdir: str | Path, out: str | Path, *, step: int | None = No
         catalogue.to_parquet(buffer, index=False)
         files.write_atomic(staging / layout.CATALOGUE, buffer.getvalue())
         create_index().build(item_vectors, item_ids).save(staging / layout.INDEX)
+        if ranker is not None:
+            for name, exported in ranker.functions.items():
+                files.write_atomic(staging / layout.ranker_file(name), bytes(exported.serialize()))
+            save_file({n: np.asarray(w) for n, w in ranker.weights.items()}, str(staging / layout.RANKER_WEIGHTS))
+            files.write_atomic(staging / layout.RANKER, json.dumps(ranker.document, indent=1, sort_keys=True))
         backbone = model.backbone.config
         manifest = {
             "format": layout.FORMAT, "version": layout.VERSION, **layout.jax_versions(),
@@ -185,6 +204,10 @@ def export_bundle(workdir: str | Path, out: str | Path, *, step: int | None = No
             "items": len(catalogue),
             "files": layout.file_table(staging),
         }
+        if ranker is not None:
+            manifest["model"]["ranker"] = {k: ranker.document[k] for k in ("backbone", "head", "origin")}
+            manifest["ranker_weights"] = [{"name": n, "dtype": str(w.dtype), "shape": list(w.shape)}
+                                          for n, w in ranker.weights.items()]
         files.write_manifest(staging / MANIFEST, manifest)
         _sync_tree(staging)
         os.rename(staging, out)

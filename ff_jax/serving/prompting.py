@@ -56,7 +56,8 @@ class ServingPrompts:
         budgets = dict(member_budget=document["member_tokens"], item_budget=document["item_tokens"])
         config = BatchConfig(length=max(budgets.values()), **budgets, add_bos=document["add_bos"],
                              add_eos=document["add_eos"], mode="padded")
-        self.tokens = PromptTokenizer(tokenizer, PromptFormat.from_dict(document["prompt_format"]), config)
+        self.format = PromptFormat.from_dict(document["prompt_format"])
+        self.tokens = PromptTokenizer(tokenizer, self.format, config)
         self.member_tokens, self.item_tokens = config.member_tokens, config.item_tokens
         self._history_tags = [(c, self._tag(c)) for c in self.renderer.history_fields]
 
@@ -132,10 +133,10 @@ class ServingPrompts:
 
     # -- members -------------------------------------------------------------------------------
 
-    def member_token_ids(self, profile: Mapping[str, Any], history: Sequence[HistoryItem],
-                         catalogue_prompt: Mapping[str, str], where: str = "member") -> np.ndarray:
-        """Token ids of a member prompt; `history` newest first (as prompts list it), catalogue
-        ids looked up in `catalogue_prompt` (item id -> full prompt)."""
+    def member_record(self, profile: Mapping[str, Any], history: Sequence[HistoryItem],
+                      catalogue_prompt: Mapping[str, str], where: str = "member") -> dict:
+        """The member prompt's parts, as the TFDS records hold them; `history` newest first (as
+        prompts list it), catalogue ids looked up in `catalogue_prompt` (item id -> full prompt)."""
         row = self._row("users", profile, f"{where}.profile")
         pieces: dict[str, str] = {}
         keys = []
@@ -154,9 +155,30 @@ class ServingPrompts:
         profiles = self.renderer.profiles(self._frame("users", [row], ["member"]))["member"]
         oldest_first = keys[::-1]
         prompt = self.renderer.member_prompt(profiles, oldest_first, [True] * len(keys), pieces)
-        record = {"member_prefix": prompt.prefix, "member_profile": prompt.profile,
-                  "member_history": prompt.history, "member_suffix": prompt.suffix}
-        return self.tokens.member(record)
+        return {"member_prefix": prompt.prefix, "member_profile": prompt.profile,
+                "member_history": prompt.history, "member_suffix": prompt.suffix}
+
+    def member_token_ids(self, profile: Mapping[str, Any], history: Sequence[HistoryItem],
+                         catalogue_prompt: Mapping[str, str], where: str = "member") -> np.ndarray:
+        """Token ids of the member tower's prompt (see `member_record`)."""
+        return self.tokens.member(self.member_record(profile, history, catalogue_prompt, where))
+
+
+class RankerPrompts:
+    """The ranker's context (member prompt within the context budget, BOS, no EOS) and candidates
+    (item prompt within what the question leaves, then the question), as RankerData makes them."""
+
+    def __init__(self, prompts: ServingPrompts, document: dict):
+        base = prompts.tokens
+        config = dataclasses.replace(base.config, length=max(document["context_budget"], document["item_tokens"]),
+                                     member_budget=document["context_budget"], item_budget=document["item_tokens"],
+                                     add_bos=document["add_bos"], add_eos=False)
+        self.context = PromptTokenizer(base.tok, prompts.format, config)
+        self.items = PromptTokenizer(base.tok, prompts.format, dataclasses.replace(config, add_bos=False))
+        self.question = list(document["question"])
+
+    def candidate(self, item_prompt: str) -> list[int]:
+        return list(self.items.items([item_prompt])[0]) + self.question
 
 
 def padded(token_ids: Sequence[np.ndarray], length: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:

@@ -165,10 +165,13 @@ def create_app(bundle_dir: str | Path, state_dir: str | Path, config: ServerConf
         history = [HistoryItem(item_id=h.item_id) if h.item_id is not None
                    else HistoryItem(fields=h.fields if h.fields is not None else {"text": h.text})
                    for h in body.member.history]
-        tokens = engine.prompts.member_token_ids(body.member.profile, history, engine.prompt_of)
-        found = await batcher.submit(Query(tokens, body.k, list(body.exclude_items), list(body.blocked_authors)))
-        return {"items": [{"item_id": i, "retrieval_score": s, "ranker_score": None, "author": a}
-                          for i, s, a in found]}
+        record = engine.prompts.member_record(body.member.profile, history, engine.prompt_of)
+        context = None if engine.ranker_prompts is None else engine.ranker_prompts.context.member(record)
+        query = Query(engine.prompts.tokens.member(record), body.k, list(body.exclude_items),
+                      list(body.blocked_authors), context)
+        found = await batcher.submit(query)
+        return {"items": [{"item_id": i, "retrieval_score": s, "ranker_score": r, "author": a}
+                          for i, s, r, a in found]}
 
     @app.post("/v1/items", response_model=M["ItemsResponse"],
               responses={401: {"description": "no or wrong bearer token"}, 403: {"description": "writes disabled"},

@@ -104,3 +104,27 @@ def bundle_dir(run_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("bundles") / "bundle"
     assert cli.main(["export", f"--workdir={run_dir}", f"--out={out}"]) == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def ranker_dir(run_dir):
+    """A cross-encoder ranker trained for three steps on the same feed (ff-jax rank-train)."""
+    from ff_jax import cli
+
+    workdir = run_dir.parent / "ranker"
+    assert cli.main(["rank-train", "--gin_file=ranker/tiny_smoke.gin", f"--gin.DATA_DIR={run_dir.parent / 'data'}",
+                     "--gin.DATASET=serve_feed", "--gin.DATASET_CONFIG=base", "--gin.FeedData.prepare=False",
+                     "--gin.STEPS=3", "--gin.RankerData.context_budget=192", "--gin.RankerConfig.candidate_budget=128",
+                     "--gin.train_ranker.progress=False", "--gin.train_ranker.tensorboard=False",
+                     f"--workdir={workdir}"]) == 0
+    return workdir
+
+
+@pytest.fixture(scope="session")
+def ranked_bundle_dir(run_dir, ranker_dir, tmp_path_factory):
+    """The run and the ranker exported together (read-only for tests)."""
+    from ff_jax import cli
+
+    out = tmp_path_factory.mktemp("bundles") / "ranked"
+    assert cli.main(["export", f"--workdir={run_dir}", f"--ranker={ranker_dir}", f"--out={out}"]) == 0
+    return out

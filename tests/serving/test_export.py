@@ -250,10 +250,14 @@ def test_export_killed_midway_leaves_nothing_that_loads(run_dir, tmp_path):
     assert load_bundle(out).index.count == 40
 
 
-def test_export_refuses_an_existing_folder_and_a_ranker(bundle_dir, run_dir, capsys):
+def test_export_refuses_an_existing_folder_and_runs_of_the_wrong_kind(bundle_dir, run_dir, ranker_dir, tmp_path,
+                                                                     capsys):
     from ff_jax import cli
 
     assert cli.main(["export", f"--workdir={run_dir}", f"--out={bundle_dir}"]) == 2
     assert f"ff-jax export: bundle error: {bundle_dir}: already exists" in capsys.readouterr().err
-    assert cli.main(["export", f"--workdir={run_dir}", f"--out={bundle_dir}_2", f"--ranker={run_dir}"]) == 2
-    assert "--ranker: not yet; no ranker checkpoint kind exists" in capsys.readouterr().err
+    assert cli.main(["export", f"--workdir={run_dir}", f"--out={tmp_path / 'b'}", f"--ranker={run_dir}"]) == 2
+    assert f"{run_dir}: no run.json (not a training run's workdir; expected a ranker)" in capsys.readouterr().err
+    assert cli.main(["export", f"--workdir={ranker_dir}", f"--out={tmp_path / 'b'}"]) == 2
+    assert f"{ranker_dir} holds a ranker run, not a dual encoder" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()

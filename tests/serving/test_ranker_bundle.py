@@ -1,0 +1,119 @@
+"""A bundle with the ranker: its exported prefill and score steps give the checkpoint's scores
+(<= 1e-5 fp32), its prompts are RankerData's, the server returns the retrieved top-k in ranker
+order with both scores (the same whether the prefill overlaps retrieval or not), and tampered
+ranker files are refused."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from ff_jax.serving import bundle as layout
+from ff_jax.serving.bundle import BundleError, load_bundle
+from ff_jax.serving.prompting import HistoryItem, RankerPrompts, ServingPrompts
+from ff_jax.serving.ranker import ServedRanker
+
+from .test_server import CONFIG, start
+
+
+@pytest.fixture(scope="module")
+def loaded(ranked_bundle_dir):
+    return load_bundle(ranked_bundle_dir)
+
+
+def ranker_checkpoint(ranker_dir):
+    from ff_jax import gin_cli
+    from ff_jax.rank.evaluate import load_ranker
+
+    with gin_cli.configured([str(ranker_dir / "config.gin")]):
+        model, tokenizer, data = load_ranker(ranker_dir)
+        sources, fmt, _ = data.feed.open_dataset(data.feed.dataset)
+        member, items, question = data.prompt_tokenizers(tokenizer, fmt)
+    return model, data, sources, member, items, question
+
+
+def test_ranker_steps_give_the_checkpoint_scores_and_prompts_are_rankerdatas(ranker_dir, loaded):
+    from ff_jax.rank.cross_encoder import score_candidates
+
+    model, data, sources, member, items, question = ranker_checkpoint(ranker_dir)
+    prompts = RankerPrompts(ServingPrompts(loaded.prompts, loaded.tokenizer), loaded.ranker["document"])
+    catalogue = loaded.catalogue["prompt"].tolist()
+    candidates = [prompts.candidate(p) for p in catalogue[:20]]
+    assert candidates == [list(ids) + list(question) for ids in items.items(catalogue[:20])]
+    ranker = ServedRanker(loaded.ranker["functions"], loaded.ranker["weights"], loaded.ranker["document"], batch=8)
+    budget = data.ranker.candidate_budget
+    test = sources["test"]
+    for i in range(3):
+        context = list(prompts.context.member(test[i]))
+        assert context == list(member.member(test[i]))
+        got = ranker.score(ranker.start(context, data.context_budget), candidates)  # 20 in batches of 8
+        cached = score_candidates(model, context, candidates, budget, mode="cache", max_context=data.context_budget)
+        np.testing.assert_allclose(got, cached, atol=1e-5)
+        naive = score_candidates(model, context, candidates, budget, mode="naive")
+        np.testing.assert_allclose(got, naive, atol=1e-4)
+        assert np.ptp(got) > 1e-3  # the candidates really differ
+        # A wider context cache (another served width) gives the same scores.
+        wider = ranker.score(ranker.start(context, data.context_budget + 64), candidates[:5])
+        np.testing.assert_allclose(wider, got[:5], atol=1e-5)
+
+
+def test_the_server_returns_retrieval_top_k_in_ranker_order(ranked_bundle_dir, ranker_dir, tmp_path, bundle_dir):
+    import dataclasses
+
+    body = {"member": {"profile": {"headline": "coder number 5"}, "history": [{"item_id": "p03"}, {"item_id": "p11"}]},
+            "k": 9}
+    plain = start(bundle_dir, tmp_path / "plain")
+    ranked = start(ranked_bundle_dir, tmp_path / "ranked")
+    sequential = start(ranked_bundle_dir, tmp_path / "sequential", dataclasses.replace(CONFIG, overlap_prefill=False))
+    try:
+        retrieved = plain.post("/v1/recommend", json=body).json()["items"]
+        answer = ranked.post("/v1/recommend", json=body).json()["items"]
+        assert sorted(i["item_id"] for i in answer) == sorted(i["item_id"] for i in retrieved)
+        scores = [i["ranker_score"] for i in answer]
+        assert scores == sorted(scores, reverse=True) and None not in scores
+        by_id = {i["item_id"]: i["retrieval_score"] for i in retrieved}
+        np.testing.assert_allclose([i["retrieval_score"] for i in answer], [by_id[i["item_id"]] for i in answer],
+                                   atol=1e-6)
+        assert [i["item_id"] for i in answer] != [i["item_id"] for i in retrieved]  # the ranker reorders
+        assert sequential.post("/v1/recommend", json=body).json()["items"] == answer
+        # The scores are the checkpoint's for this member's context and these candidates.
+        from ff_jax.rank.cross_encoder import score_candidates
+
+        model, data, _, _, _, _ = ranker_checkpoint(ranker_dir)
+        engine = ranked.app.state.engine
+        record = engine.prompts.member_record(body["member"]["profile"],
+                                              [HistoryItem(item_id=h["item_id"]) for h in body["member"]["history"]],
+                                              engine.prompt_of)
+        context = list(engine.ranker_prompts.context.member(record))
+        expected = score_candidates(model, context, [engine._candidate(i["item_id"]) for i in answer],
+                                    data.ranker.candidate_budget, mode="naive")
+        np.testing.assert_allclose(scores, expected, atol=1e-4)
+        shapes = engine.shapes()
+        assert ("ranker", CONFIG.ranker_batch, 192) in shapes and ("ranker", CONFIG.ranker_batch, 128) in shapes
+    finally:
+        for client in (plain, ranked, sequential):
+            client.__exit__(None, None, None)
+
+
+@pytest.mark.parametrize("name", [layout.ranker_file("prefill"), layout.ranker_file("score"), layout.RANKER_WEIGHTS,
+                                  layout.RANKER])
+def test_tampered_ranker_files_are_refused(ranked_bundle_dir, tmp_path, name):
+    copy = tmp_path / "bundle"
+    shutil.copytree(ranked_bundle_dir, copy)
+    data = bytearray((copy / name).read_bytes())
+    data[len(data) // 3] ^= 0x10
+    (copy / name).write_bytes(bytes(data))
+    with pytest.raises(BundleError, match=f"{copy / name}: checksum mismatch"):
+        load_bundle(copy)
+    (copy / name).unlink()
+    with pytest.raises(BundleError, match="listed in the manifest but missing"):
+        load_bundle(copy)
+
+
+def test_manifest_records_the_ranker(ranked_bundle_dir, ranker_dir):
+    manifest = json.loads((ranked_bundle_dir / "manifest.json").read_text())
+    ranker = manifest["model"]["ranker"]
+    assert ranker["head"] == "linear" and ranker["origin"]["step"] == 3
+    assert ranker["origin"]["workdir"] == str(ranker_dir.absolute())
+    assert {w["name"] for w in manifest["ranker_weights"]} >= {"kernel", "bias"}
