@@ -233,8 +233,9 @@ def flag_values(command: Command) -> flags.FlagValues:
 def usage() -> str:
     lines = ["usage: ff-jax SUBCOMMAND [--gin_file=FILE ...] [--gin.NAME=VALUE ...] --workdir=DIR [flags]", "",
              "subcommands (ff-jax SUBCOMMAND --help for their flags and gin macros):"]
-    lines += [textwrap.fill(command.summary, 100, initial_indent=f"  {name:7}", subsequent_indent=" " * 9)
-              for name, command in COMMANDS.items()]
+    width = max(map(len, COMMANDS)) + 1  # the names' column
+    lines += [textwrap.fill(command.summary, 100, initial_indent=f"  {name:{width}}",
+                            subsequent_indent=" " * (width + 2)) for name, command in COMMANDS.items()]
     return "\n".join(lines)
 
 

@@ -46,5 +46,6 @@ class PointwiseBCE:
         per_candidate = jnp.logaddexp(0.0, scores) - labels * scores  # -log sigmoid(s) or -log(1 - sigmoid(s))
         loss = jnp.sum(per_candidate * weight) / jnp.maximum(jnp.sum(weight), 1.0)
         has_positive = example_mask * (jnp.sum(labels * mask, axis=-1) > 0)
-        top1 = jnp.sum(_first_is_positive(scores, labels, mask) * has_positive) / jnp.maximum(jnp.sum(has_positive), 1.0)
+        top1 = (jnp.sum(_first_is_positive(scores, labels, mask) * has_positive)
+                / jnp.maximum(jnp.sum(has_positive), 1.0))
         return loss, {"top1_accuracy": top1}

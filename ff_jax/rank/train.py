@@ -83,7 +83,8 @@ def model_arguments(model_config=None, pretrained=None, model_overrides=None) ->
 
 
 @gin.configurable(denylist=["workdir", "config_text"])
-def train_ranker(workdir: str, config_text: Optional[str] = None, data: RankerData = gin.REQUIRED, model_config: Optional[LlamaConfig] = None,
+def train_ranker(workdir: str, config_text: Optional[str] = None, data: RankerData = gin.REQUIRED,
+                 model_config: Optional[LlamaConfig] = None,
                  pretrained: Optional[str] = None, model_overrides: Optional[dict] = None,
                  init_from: Optional[str] = None, loss: Callable = ListwiseSoftmax(),
                  optimizer: OptimizerConfig = OptimizerConfig(), checkpoint: CheckpointConfig = CheckpointConfig(),

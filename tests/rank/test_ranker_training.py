@@ -30,8 +30,9 @@ def _env(cache_dir: Path) -> dict:
 
 
 def _command(data_dir: Path, workdir: Path) -> list[str]:
-    return [sys.executable, "-m", "ff_jax.cli", "rank-train", "--gin_file=ranker/tiny_smoke.gin", "--gin.DATASET=tables",
-            f"--gin.TABLES={TABLES}", "--gin.TablesOptions.rating_threshold=4", "--gin.TablesOptions.numeric_ids=True",
+    return [sys.executable, "-m", "ff_jax.cli", "rank-train", "--gin_file=ranker/tiny_smoke.gin",
+            "--gin.DATASET=tables", f"--gin.TABLES={TABLES}", "--gin.TablesOptions.rating_threshold=4",
+            "--gin.TablesOptions.numeric_ids=True",
             f"--gin.DATA_DIR={data_dir}", f"--workdir={workdir}", f"--gin.STEPS={STEPS}",
             "--gin.CheckpointConfig.save_every=2", "--gin.train_ranker.progress=False",
             "--gin.train_ranker.tensorboard=False"]
