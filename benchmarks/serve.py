@@ -10,8 +10,13 @@ QPS, non-200 answers. `--soak S` then holds the last concurrency for S seconds a
 server's resident memory every second: growth = last minute's mean RSS over the first minute's
 after warm-up (the target is <= 10% with 0 errors).
 
+The rows the issue asks for: the tiny and the SmolLM2-135M bundles, each exported without and with
+`--ranker`, the ranker bundles run twice (prefill overlapped with retrieval, and
+`--sequential-prefill`); one run of this script per row.
+
 Usage: python benchmarks/serve.py --bundle=bundles/x [--concurrency 1 8 64] [--requests 2000]
-       [--seconds 60] [--soak 300] [--max-batch 64] [--delay-ms 2] [--out bench_out/serve.json]
+       [--seconds 60] [--soak 300] [--max-batch 64] [--delay-ms 2] [--sequential-prefill]
+       [--label NAME] [--out bench_out/serve.json]
        (--quick: 40 requests a level, 5 s, no soak: checks that it runs)
 """
 
@@ -56,7 +61,8 @@ def members(bundle: Path, count: int, seed: int = 0) -> list[dict]:
 def start_server(args, port: int, state: str) -> subprocess.Popen:
     command = [sys.executable, "-m", "ff_jax.cli", "serve", f"--bundle={args.bundle}", f"--workdir={state}",
                f"--port={port}", f"--gin.ServerConfig.max_batch={args.max_batch}",
-               f"--gin.ServerConfig.max_queue_delay_ms={args.delay_ms}"]
+               f"--gin.ServerConfig.max_queue_delay_ms={args.delay_ms}",
+               f"--gin.ServerConfig.overlap_prefill={not args.sequential_prefill}"]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + args.startup_seconds
     while time.monotonic() < deadline:
@@ -120,6 +126,8 @@ def main() -> None:
     parser.add_argument("--soak", type=float, default=0, help="seconds at the last concurrency (0: none)")
     parser.add_argument("--max-batch", type=int, default=64)
     parser.add_argument("--delay-ms", type=float, default=2.0)
+    parser.add_argument("--sequential-prefill", action="store_true",
+                        help="a ranker bundle: wait for the member's prefill before retrieval (default: overlapped)")
     parser.add_argument("--startup-seconds", type=float, default=900)
     parser.add_argument("--label", default="", help="a name for this configuration in the table")
     parser.add_argument("--out", type=Path, default=Path("bench_out/serve.json"))
@@ -154,7 +162,9 @@ def main() -> None:
             server.wait(timeout=60)
     manifest = json.loads((args.bundle / "manifest.json").read_text())
     report = {"label": args.label, "bundle": str(args.bundle), "model": manifest["model"]["backbone"],
-              "items": manifest["items"], "max_batch": args.max_batch, "delay_ms": args.delay_ms,
+              "items": manifest["items"], "ranker": "ranker" in manifest["model"],
+              "prefill": "sequential" if args.sequential_prefill else "overlapped",
+              "max_batch": args.max_batch, "delay_ms": args.delay_ms,
               "levels": levels, "soak": soak,
               "machine": describe("jax", "fastapi", "uvicorn", "httpx2")}
     args.out.parent.mkdir(parents=True, exist_ok=True)
