@@ -8,7 +8,7 @@ from flax import nnx
 
 from ff_jax.data.packing import OneTowerBatcher, RowSpec, stack_shards
 from ff_jax.model import Llama, presets
-from ff_jax.train.dual_encoder import DualEncoder, EncoderConfig, pool
+from ff_jax.train.dual_encoder import DualEncoder, EncoderConfig, gather_slots, pool
 
 
 def numpy_pool(hidden, segment_ids, segments, pooling, last_n=0):
@@ -170,3 +170,30 @@ def test_towers_of_a_training_batch_with_and_without_hard_negatives(backbone, ha
     expected = _numpy_info_nce(alone_raw[:6].astype(np.float64), item_alone[:, 0].astype(np.float64),
                                item_alone[:, 1:].astype(np.float64), keys[:, 0], keys[:, 1:], 0.05)
     np.testing.assert_allclose(float(loss), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_both_towers_run_through_one_layer_scan_and_equal_each_tower_alone():
+    """Member and item rows of one length share one backbone call: one scan over the layers (and one
+    backward), where two calls would make XLA keep a gradient accumulator per weight per tower."""
+    from train_fakes import toy_batches
+
+    scanned = _jit_init(lambda: Llama(presets.tiny(vocab_size=512, scan_layers=True), rngs=nnx.Rngs(0)))
+    encoder = DualEncoder(scanned, rngs=nnx.Rngs(3))
+    batch = jax.tree.map(jnp.asarray, toy_batches(1, num_shards=2, per_shard=3, hard_negatives=1)[0])
+    graphdef, state = nnx.split(encoder)
+
+    def member_embeddings(state):
+        return nnx.merge(graphdef, state).towers(batch, 3, 3).member
+
+    jaxpr = jax.make_jaxpr(member_embeddings)(state)
+    scans = [e for e in jaxpr.jaxpr.eqns if e.primitive.name == "scan"]
+    assert len(scans) == 1
+
+    towers = nnx.jit(lambda e: e.towers(batch, 3, 3))(encoder)
+    each = nnx.jit(lambda e: (e.encode_rows(batch.member_tokens, batch.member_segment_ids, batch.member_positions, 3),
+                              e.encode_rows(batch.item_tokens, batch.item_segment_ids, batch.item_positions, 3)))
+    members, items = each(encoder)  # each tower through its own backbone call
+    np.testing.assert_allclose(np.asarray(towers.member).reshape(2, 3, -1),
+                               np.asarray(gather_slots(members, batch.member_slot)[0]), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(towers.positive).reshape(2, 3, -1),
+                               np.asarray(gather_slots(items, batch.positive_slot)[0]), atol=1e-5)
