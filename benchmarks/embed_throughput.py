@@ -7,10 +7,12 @@ test-member prompts, embedded with SmolLM2-135M (the shipped GGUF) and mean pool
           --gin.DATASET_CONFIG=100k --gin.EmbedConfig.zero_shot=True`: the gin files are parsed as
           the CLI parses them, the model is built by embed_job.load_model (DualEncoder around the
           pretrained backbone, prompt markers added to the tokenizer and the vocabulary), batches
-          come from ff_jax.data.pipeline.embedding_batches with the run file's BatchConfig (packed
-          rows, segment ids), and embed_job.jit_encoder is the jitted step. Only the writing of
-          the shards to disk is left out. `--ff-batch` adds a second ff_jax case with other
-          BatchConfig fields (e.g. more prompts per call).
+          come from ff_jax.data.pipeline.embedding_batches with the run file's BatchConfig made for
+          embedding (`BatchConfig.for_embedding`: rows as long as the tower's budget, as many
+          prompts a row as fit), and embed_job.jit_encoder is the jitted step. Only the writing of
+          the shards to disk is left out. "ff_jax training rows" is the same with the training
+          batch's rows (what `ff-jax embed` used before); `--ff-batch` adds a case with other
+          BatchConfig fields.
   HF:     transformers' LlamaModel loaded from the same weights (ff_jax.model.save_pretrained of
           the backbone above, markers' rows included), SDPA attention, inference mode; prompts
           sorted by length and right-padded per batch of `--hf-batch`; mean over non-pad tokens.
@@ -140,9 +142,8 @@ def main() -> None:
     parser.add_argument("--members", type=int, default=32, help="test members to embed (the first N)")
     parser.add_argument("--repeats", type=int, default=3, help="timed passes per case; median reported")
     parser.add_argument("--hf-batch", type=int, default=32, help="prompts per length-sorted padded HF batch")
-    parser.add_argument("--ff-batch", default="item_rows=1",
-                        help="a second ff_jax case with these BatchConfig fields ('' = none); the default packs "
-                             "each call's 8 items into one row of 512 instead of the worst case's 4")
+    parser.add_argument("--ff-batch", default="",
+                        help="one more ff_jax case with these BatchConfig fields, e.g. 'item_rows=1'")
     parser.add_argument("--gin", action="append", default=[], help="extra --gin.NAME=VALUE bindings (NAME=VALUE)")
     parser.add_argument("--out", default="benchmarks/results/embed_throughput_cpu_2core.json")
     parser.add_argument("--quick", action="store_true", help="64 items + 16 members, 1 repeat: a smoke run")
@@ -167,10 +168,15 @@ def main() -> None:
         model, tokenizer, _ = embed_job.load_model(Path(tmp), train_args, True, None, mesh, rules)
         results["load_s"] = round(time.perf_counter() - start, 1)
         num_shards = batch_shards(mesh, rules)
-        configs = {"ff_jax": data.batch}
+        # case -> tower -> BatchConfig. "ff_jax" is what `ff-jax embed` uses (the run's BatchConfig
+        # made for embedding: rows as long as the tower's budget, filled with as many prompts as fit).
+        configs = {"ff_jax": {t: data.batch.for_embedding(t) for t in ("item", "member")},
+                   "ff_jax training rows": {t: data.batch for t in ("item", "member")}}
         if args.ff_batch:
-            configs[f"ff_jax {args.ff_batch}"] = dataclasses.replace(data.batch, **parse_fields(args.ff_batch))
-        results["batch_configs"] = {name: dataclasses.asdict(c) for name, c in configs.items()}
+            extra = dataclasses.replace(data.batch, **parse_fields(args.ff_batch))
+            configs[f"ff_jax {args.ff_batch}"] = {t: extra for t in ("item", "member")}
+        results["batch_configs"] = {name: {t: dataclasses.asdict(c) for t, c in per_tower.items()}
+                                    for name, per_tower in configs.items()}
 
         towers = {"item": ("movielens_feed_corpus", "corpus", args.items),
                   "member": ("movielens_feed", "test", args.members)}
@@ -180,7 +186,8 @@ def main() -> None:
             sources, fmt, _ = data.open_dataset(builder)
             records = sources[split]
             records = embed_job.RecordSlice(records, 0, min(count, len(records)))
-            for name, config in configs.items():
+            for name, per_tower in configs.items():
+                config = per_tower[tower]
                 segments = config.max_segments if config.mode == "packed" else 1
                 batches = list(embedding_batches(records, tokenizer=tokenizer, fmt=fmt, config=config, tower=tower,
                                                  num_shards=num_shards, shard_index=0, shard_count=1,

@@ -96,6 +96,23 @@ class BatchConfig:
             return RowSpec(rows or self.rows_for(b, budget), self.length, self.max_segments, self.strategy)
         return RowSpec(b, length or self.length)
 
+    def for_embedding(self, tower: str, max_segments: int = 32) -> "BatchConfig":
+        """Shapes for embedding one tower (packed mode; other modes are returned as they are).
+
+        Training sizes rows for every prompt at its full budget, because a step must hold its B/N
+        examples whatever their lengths; an embedding pass has no such pairing. So rows are as long
+        as the tower's budget (no longer: attention over a row costs its length squared) and hold as
+        many prompts as fit, up to `max_segments`; a call keeps the training batch's token count.
+        `examples_per_shard` becomes the slots a call can fill (rows x max_segments).
+        """
+        if self.mode != "packed":
+            return self
+        budget = self.member_tokens if tower == "member" else self.item_tokens
+        rows = -(-self.tower_spec(tower).rows * self.length // budget)
+        segments = max(1, min(max_segments, budget))
+        return dataclasses.replace(self, length=budget, member_budget=None, item_budget=None, member_rows=rows,
+                                   item_rows=rows, max_segments=segments, examples_per_shard=rows * segments)
+
 
 class BucketBatchIterDataset(grain.IterDataset):
     """Length bucketing: each example waits in the bucket of the smallest boundary that holds its

@@ -188,7 +188,6 @@ def embed_towers(workdir: str | Path, args: dict, config: EmbedConfig, progress:
     if bad:
         raise ValueError(f"EmbedConfig.dims {bad} outside 1..{width} (the model's embedding width)")
     num_shards = batch_shards(mesh, rules)
-    member_segments, item_segments = data.segments
     out_root = workdir / config.output
     out_root.mkdir(parents=True, exist_ok=True)
     written = {}
@@ -205,10 +204,11 @@ def embed_towers(workdir: str | Path, args: dict, config: EmbedConfig, progress:
                     "tokenizer": str(data.tokenizer)}
         writer = ShardWriter(out_root / name, settings, overwrite=config.overwrite,
                              primary=jax.process_index() == 0)
-        make_batches = functools.partial(embedding_batches, tokenizer=tokenizer, fmt=fmt, config=data.batch,
+        batch = data.batch.for_embedding(tower)  # rows filled with as many prompts as fit
+        make_batches = functools.partial(embedding_batches, tokenizer=tokenizer, fmt=fmt, config=batch,
                                          tower=tower, num_shards=num_shards, shard_index=0, shard_count=1,
                                          read_threads=data.read_threads)
-        encode = jit_encoder(model, mesh, rules, member_segments if tower == "member" else item_segments)
+        encode = jit_encoder(model, mesh, rules, batch.max_segments if batch.mode == "packed" else 1)
         embed_records(records, writer, make_batches, encode, TOWERS[tower], progress, desc=f"embedding {name}")
         written[tower] = out_root / name
     return written

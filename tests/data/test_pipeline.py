@@ -152,6 +152,33 @@ def test_processes_read_disjoint_slices_and_embedding_covers_every_record_once()
     assert sorted(seen) == sorted(f"i{i}" for i in range(53))
 
 
+def test_embedding_shapes_fill_rows_with_every_prompt_once_and_pad_less_than_training_rows():
+    corpus = [{"item_id": f"i{i}".encode(), "item_prompt": item_prompt(i).encode()} for i in range(60)]
+    training = BatchConfig(examples_per_shard=4, length=128, member_budget=128, item_budget=64, max_segments=4)
+    config = training.for_embedding("item", max_segments=8)
+    # Rows as long as the item budget, as many of them as keep the training call's token count.
+    assert (config.length, config.tower_spec("item").rows, config.max_segments) == (64, 4, 8)
+    assert config.examples_per_shard == 32
+
+    def embedded(cfg):
+        """(id -> the token ids embedded for it, the fraction of padding slots)."""
+        batches = list(embedding_batches(corpus, tokenizer(), FMT, cfg, tower="item"))
+        seen = {}
+        for batch in batches:
+            for b in np.flatnonzero(batch.example_mask[0]):
+                assert batch.ids[b] not in seen
+                seen[batch.ids[b]] = segment(batch.tokens[0], batch.segment_ids[0], batch.slot[0, b],
+                                             cfg.max_segments).tolist()
+        pad = sum(int((b.segment_ids == 0).sum()) for b in batches) / sum(b.segment_ids.size for b in batches)
+        return seen, pad
+
+    (packed, packed_pad), (rows, rows_pad) = embedded(config), embedded(training)
+    assert packed == rows and len(packed) == 60  # the same tokens for every prompt, each once
+    assert packed_pad < 0.5 * rows_pad
+    assert training.for_embedding("member").tower_spec("member").length == 128
+    assert BatchConfig(mode="padded").for_embedding("item") == BatchConfig(mode="padded")
+
+
 def test_padded_eval_gives_every_process_the_same_number_of_batches():
     corpus = [{"item_id": f"i{i}".encode(), "item_prompt": item_prompt(i).encode()} for i in range(41)]
     config = BatchConfig(examples_per_shard=5, length=80, mode="padded")
