@@ -174,7 +174,7 @@ def load_bundle(path: str | Path) -> Bundle:
     """A bundle, verified file by file (see `read_manifest`), ready to serve on this host's backend."""
     root = Path(path)
     manifest = read_manifest(root)
-    backend = jax.default_backend()
+    backend = export.default_export_platform()  # "cuda" on an NVIDIA host (jax.default_backend() says "gpu")
     if backend not in manifest["platforms"]:
         raise BundleError(f"{root / MANIFEST}: exported for {manifest['platforms']}, not for this host's {backend}")
     functions = {tower: _program(root / function_file(tower)) for tower in TOWERS}

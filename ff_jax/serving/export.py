@@ -140,6 +140,29 @@ def _sync_tree(root: Path) -> None:
         _fsync(path)
 
 
+def weight_table(weights: dict[str, jax.Array]) -> list[dict]:
+    return [{"name": n, "dtype": str(w.dtype), "shape": list(w.shape)} for n, w in weights.items()]
+
+
+def publish(out: Path, write, manifest: dict) -> None:
+    """`write(folder)` into a hidden folder beside `out`, the manifest (sizes, checksums, creation
+    time) last, everything synced, then renamed to `out`: a crash at any point leaves no `out`."""
+    staging = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    (staging / "functions").mkdir(parents=True)
+    try:
+        write(staging)
+        manifest = {**manifest, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    "files": layout.file_table(staging)}
+        files.write_manifest(staging / MANIFEST, manifest)
+        _sync_tree(staging)
+        os.rename(staging, out)
+        _fsync(out.parent)  # the rename itself survives a power loss
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
 def export_bundle(workdir: str | Path, out: str | Path, *, step: int | None = None, platforms=PLATFORMS,
                   ranker=None, progress: bool = True) -> Path:
     """Writes the bundle of training run `workdir` to `out` (which must not exist yet), under the
@@ -173,46 +196,34 @@ def export_bundle(workdir: str | Path, out: str | Path, *, step: int | None = No
         raise BundleError(f"{folders['item']}: embeddings do not cover the corpus of {data.dataset}")
     catalogue = catalogue.set_index("item_id").loc[item_ids.tolist()].reset_index()  # the index's order
 
-    staging = out.parent / f".{out.name}.partial-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    (staging / "functions").mkdir(parents=True)
-    try:
+    index = create_index().build(item_vectors, item_ids)
+    manifest = {
+        "format": layout.FORMAT, "version": layout.VERSION, **layout.jax_versions(),
+        "calling_convention": functions["item"].calling_convention_version,
+        "platforms": list(functions["item"].platforms),
+        "model": {"backbone": dataclasses.asdict(model.backbone.config), "encoder": dataclasses.asdict(args["encoder"]),
+                  "embedding_dim": model.embedding_dim, "origin": origin, "workdir": str(workdir.absolute())},
+        "weights": weight_table(weights), "items": len(catalogue),
+    }
+    if ranker is not None:
+        manifest["model"]["ranker"] = {k: ranker.document[k] for k in ("backbone", "head", "origin")}
+        manifest["ranker_weights"] = weight_table(ranker.weights)
+
+    def write(folder: Path) -> None:
         for tower, exported in functions.items():
-            files.write_atomic(staging / layout.function_file(tower), bytes(exported.serialize()))
-        save_file({n: np.asarray(w) for n, w in weights.items()}, str(staging / layout.WEIGHTS))
-        tokenizer.save(staging / layout.TOKENIZER)
-        files.write_atomic(staging / layout.PROMPTS, json.dumps(_prompts_document(data), indent=1, sort_keys=True))
+            files.write_atomic(folder / layout.function_file(tower), bytes(exported.serialize()))
+        save_file({n: np.asarray(w) for n, w in weights.items()}, str(folder / layout.WEIGHTS))
+        tokenizer.save(folder / layout.TOKENIZER)
+        files.write_atomic(folder / layout.PROMPTS, json.dumps(_prompts_document(data), indent=1, sort_keys=True))
         buffer = io.BytesIO()
         catalogue.to_parquet(buffer, index=False)
-        files.write_atomic(staging / layout.CATALOGUE, buffer.getvalue())
-        create_index().build(item_vectors, item_ids).save(staging / layout.INDEX)
+        files.write_atomic(folder / layout.CATALOGUE, buffer.getvalue())
+        index.save(folder / layout.INDEX)
         if ranker is not None:
             for name, exported in ranker.functions.items():
-                files.write_atomic(staging / layout.ranker_file(name), bytes(exported.serialize()))
-            save_file({n: np.asarray(w) for n, w in ranker.weights.items()}, str(staging / layout.RANKER_WEIGHTS))
-            files.write_atomic(staging / layout.RANKER, json.dumps(ranker.document, indent=1, sort_keys=True))
-        backbone = model.backbone.config
-        manifest = {
-            "format": layout.FORMAT, "version": layout.VERSION, **layout.jax_versions(),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "calling_convention": functions["item"].calling_convention_version,
-            "platforms": list(functions["item"].platforms),
-            "model": {"backbone": dataclasses.asdict(backbone.replace(**SERVING_OVERRIDES)),
-                      "encoder": dataclasses.asdict(args["encoder"]), "embedding_dim": model.embedding_dim,
-                      "origin": origin, "workdir": str(workdir.absolute())},
-            "weights": [{"name": n, "dtype": str(w.dtype), "shape": list(w.shape)} for n, w in weights.items()],
-            "items": len(catalogue),
-            "files": layout.file_table(staging),
-        }
-        if ranker is not None:
-            manifest["model"]["ranker"] = {k: ranker.document[k] for k in ("backbone", "head", "origin")}
-            manifest["ranker_weights"] = [{"name": n, "dtype": str(w.dtype), "shape": list(w.shape)}
-                                          for n, w in ranker.weights.items()]
-        files.write_manifest(staging / MANIFEST, manifest)
-        _sync_tree(staging)
-        os.rename(staging, out)
-        _fsync(out.parent)  # the rename itself survives a power loss
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+                files.write_atomic(folder / layout.ranker_file(name), bytes(exported.serialize()))
+            save_file({n: np.asarray(w) for n, w in ranker.weights.items()}, str(folder / layout.RANKER_WEIGHTS))
+            files.write_atomic(folder / layout.RANKER, json.dumps(ranker.document, indent=1, sort_keys=True))
+
+    publish(out, write, manifest)
     return out

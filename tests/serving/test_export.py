@@ -229,7 +229,6 @@ def test_export_killed_midway_leaves_nothing_that_loads(run_dir, tmp_path):
     import signal
     import subprocess
     import sys
-    import time
 
     out = tmp_path / "bundle"
     process = subprocess.Popen([sys.executable, "-m", "ff_jax.cli", "export", f"--workdir={run_dir}", f"--out={out}"],
