@@ -287,3 +287,37 @@ def test_summary_is_one_row_per_run_and_mean_std_over_seeds_per_variant(tmp_path
     assert "- `b` (2 runs): X=2" in md
     for png in ("recall.png", "popularity_correlation.png"):
         assert (results / png).read_bytes()[:4] == b"\x89PNG"
+
+
+# ----------------------------------------------------------------------------- data variants
+
+
+def test_compact_feed_world_variants_are_prepared_where_the_runs_bindings_point(tmp_path):
+    """numbers raw / absent and impression histories: real prepared datasets, each with its own
+    tokenizer, at the DATA_DIR / DATASET_CONFIG / TOKENIZER the run's commands name."""
+    from tokenizers import Tokenizer
+
+    from ff_jax.data import tfds_builders
+
+    text = ('gin_file = "experiments/compact_feed_world.gin"\nprepare = "compact_feed_world"\n[variants.q]\n'
+            '[variants.raw]\ndata = { numbers = "raw" }\n[variants.absent]\ndata = { numbers = "absent" }\n'
+            '[variants.impressions]\ndata = { history_source = "impressions" }\n')
+    loaded = sweep.load(str(_write(tmp_path, text)))
+    sweep.prepare_data(loaded, tmp_path / "data", log=lambda line: None)
+    seen = {}
+    for variant in loaded.variants:
+        b = sweep.data_bindings(loaded, variant, tmp_path / "data")
+        config = b["DATASET_CONFIG"] + (f"_{b['FeedData.numbers']}" if "FeedData.numbers" in b else "")
+        corpus = tfds_builders.open_prepared(b["DATA_DIR"], "feed_world_corpus", config)[0]["corpus"]
+        train = tfds_builders.open_prepared(b["DATA_DIR"], "feed_world", config)[0]["train"]
+        prompts = [corpus[i]["item_prompt"].decode() for i in range(200)]
+        histories = "".join(h.decode() for i in range(50) for h in train[i]["member_history"])
+        seen[variant.name] = (prompts, histories, Tokenizer.from_file(b["TOKENIZER"]).get_vocab())
+    q, raw, absent, impressions = (seen[n] for n in ("q", "raw", "absent", "impressions"))
+    assert all("<view_percentile>" in p and "<view_count>" not in p for p in q[0])
+    assert all("<view_count>" in p and "<view_percentile>" not in p for p in raw[0])
+    assert all("view_" not in p for p in absent[0])
+    assert "<action>skipped</action>" in impressions[1] and "<action>" not in q[1]
+    counts = {p.split("<view_count>")[1].split("<")[0] for p in raw[0]}
+    assert any(c in raw[2] and c not in q[2] for c in counts if int(c) > 100)  # raw counts are its own words
+    assert "view_percentile" not in str(absent[2])
