@@ -178,6 +178,17 @@ class Engine:
             self.candidates[item_id] = self.ranker_prompts.candidate(self.prompt_of[item_id])
         return self.candidates[item_id]
 
+    def check_item_prompts(self, prompts: Sequence[str]) -> None:
+        """Refuses an item prompt the towers (or the ranker) cannot take, naming the item: only its
+        main text may be cut, so fields before it that overrun the budget are an error."""
+        for i, prompt in enumerate(prompts):
+            try:
+                self.prompts.item_token_ids([prompt])
+                if self.ranker_prompts is not None:
+                    self.ranker_prompts.candidate(prompt)
+            except ValueError as err:
+                raise FieldError(f"items[{i}].fields", str(err)) from None
+
     def add_items(self, items: Sequence[dict[str, Any]]) -> int:
         """Embeds `items` ({item_id, prompt, author, created_at}), logs them durably, then indexes
         them; returns the index size. Under the log's lock, after taking in what other replicas

@@ -187,6 +187,7 @@ def create_app(bundle_dir: str | Path, state_dir: str | Path, config: ServerConf
         if (refusal := not_ready()) is not None:
             return refusal
         prompts = engine.prompts.item_prompts([item.fields for item in body.items])
+        engine.check_item_prompts(prompts)
         records = [{"item_id": item.item_id, "prompt": prompt, "author": item.author,
                     "created_at": item.created_at if item.created_at is not None else int(time.time())}
                    for item, prompt in zip(body.items, prompts)]

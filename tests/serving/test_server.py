@@ -111,6 +111,11 @@ def test_fresh_items_are_served_at_once_and_blocked_authors_hold(client, engine,
                         headers=AUTH)
     assert twice.status_code == 409 and twice.json()["detail"][0]["field"] == "items[1].item_id"
     assert engine.index.count == before + 3
+    # Only the main text may be cut to the item budget: fields before it that overrun it are refused.
+    long = client.post("/v1/items", json={"items": [{"item_id": "long", "fields": {"topic": "x" * 3000, "text": "t"}}]},
+                       headers=AUTH)
+    assert long.status_code == 422 and long.json()["detail"][0]["field"] == "items[0].fields", long.json()
+    assert engine.index.count == before + 3
     log = [json.loads(line) for line in engine.log.path.read_text().splitlines()]
     assert [r["item_id"] for r in log] == ["new0", "new1", "new2"]
 
