@@ -630,10 +630,13 @@ def summarize(sweep: Sweep, runs: Sequence[Run], results: Path) -> Optional[pd.D
 
 
 def run_sweep(sweep: Sweep, workdir: Path, results_dir: Path, data_dir: Path, gin_files: Sequence[str] = (),
-              bindings: Sequence[str] = (), log: Callable[[str], None] = print) -> dict[str, list[str]]:
-    """Prepares the data, runs every unfinished run, collects and summarises; returns the run names
-    by outcome ("skipped", "ran", "failed"). Raises SweepError naming the failed runs at the end."""
-    runs = plan(sweep, workdir, data_dir, gin_files, bindings)
+              bindings: Sequence[str] = (), seeds: Optional[Sequence[int]] = None,
+              log: Callable[[str], None] = print) -> dict[str, list[str]]:
+    """Prepares the data, runs every unfinished run (of `seeds` only, when given), collects and
+    summarises every run of the file that has results; returns the run names by outcome
+    ("skipped", "ran", "failed"). Raises SweepError naming the failed runs at the end."""
+    every = plan(sweep, workdir, data_dir, gin_files, bindings)
+    runs = [r for r in every if seeds is None or r.seed in seeds]
     results = results_dir / sweep.name
     outcome: dict[str, list[str]] = {"skipped": [], "ran": [], "failed": []}
     todo = [r for r in runs if not is_finished(r)]
@@ -651,7 +654,7 @@ def run_sweep(sweep: Sweep, workdir: Path, results_dir: Path, data_dir: Path, gi
             outcome["ran"].append(run.name)
         else:
             outcome["failed"].append(run.name)
-    table = summarize(sweep, runs, results)
+    table = summarize(sweep, every, results)
     log(f"{len(outcome['ran'])} ran, {len(outcome['skipped'])} already finished, {len(outcome['failed'])} failed"
         + (f"; summary: {results / 'summary.md'}" if table is not None else ""))
     if outcome["failed"]:
@@ -661,15 +664,15 @@ def run_sweep(sweep: Sweep, workdir: Path, results_dir: Path, data_dir: Path, gi
     return outcome
 
 
-def with_seeds(sweep: Sweep, seeds: Sequence[str]) -> Sweep:
-    """The sweep restricted to `seeds`, which must be among its own (e.g. a first pass with one)."""
+def chosen_seeds(sweep: Sweep, seeds: Sequence[str]) -> tuple[int, ...]:
+    """`--seeds`, which must be among the file's own (e.g. a first pass with one)."""
     try:
         chosen = tuple(int(s) for s in seeds)
     except ValueError:
         chosen = ()
     if not chosen or set(chosen) - set(sweep.seeds):
         raise SweepFileError(f"--seeds={','.join(map(str, seeds))}: {sweep.path} has seeds {list(sweep.seeds)}")
-    return dataclasses.replace(sweep, seeds=chosen)
+    return chosen
 
 
 def main(args) -> None:
@@ -677,8 +680,7 @@ def main(args) -> None:
     if not args.sweep:
         raise SweepFileError("--sweep=NAME is required (a file in configs/sweeps/, e.g. --sweep=pooling_feed_world)")
     sweep = load(args.sweep)
-    if args.seeds:
-        sweep = with_seeds(sweep, args.seeds)
+    seeds = chosen_seeds(sweep, args.seeds) if args.seeds else None
     workdir, data_dir = Path(args.workdir), Path(args.data_dir)
     if args.multihost and not args.dry_run:
         raise SweepError("--multihost only shapes the printed commands: use it with --dry_run")
@@ -687,6 +689,6 @@ def main(args) -> None:
         return
     if args.dry_run:
         runs = plan(sweep, workdir, data_dir, args.gin_file or (), args.gin_bindings, args.multihost)
-        print("\n".join(command_lines(sweep, runs, data_dir)))
+        print("\n".join(command_lines(sweep, [r for r in runs if seeds is None or r.seed in seeds], data_dir)))
         return
-    run_sweep(sweep, workdir, Path(args.results_dir), data_dir, args.gin_file or (), args.gin_bindings)
+    run_sweep(sweep, workdir, Path(args.results_dir), data_dir, args.gin_file or (), args.gin_bindings, seeds)

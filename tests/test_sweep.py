@@ -321,3 +321,25 @@ def test_compact_feed_world_variants_are_prepared_where_the_runs_bindings_point(
     counts = {p.split("<view_count>")[1].split("<")[0] for p in raw[0]}
     assert any(c in raw[2] and c not in q[2] for c in counts if int(c) > 100)  # raw counts are its own words
     assert "view_percentile" not in str(absent[2])
+
+
+def test_a_pass_over_some_seeds_skips_finished_runs_and_summarises_every_seed_with_results(tmp_path):
+    text = 'gin_file = "a.gin"\nseeds = [0, 1]\n[variants.a]\nX = 1'
+    loaded = sweep.load(str(_write(tmp_path, text)))
+    results = tmp_path / "results"
+    for run in sweep.plan(loaded, tmp_path / "w", tmp_path / "d"):  # both seeds finished earlier
+        (run.workdir / "eval").mkdir(parents=True)
+        run.eval_file.write_text(json.dumps(_report(0.1 * (run.seed + 1))))
+        record = {"commands": [list(c) for c in run.commands], "seconds": {"train": 5.0},
+                  "eval_sha256": sweep.sha256_file(run.eval_file)}
+        (run.workdir / sweep.RECORD).write_text(json.dumps(record))
+        folder = results / "s" / "runs" / run.name
+        folder.mkdir(parents=True)
+        for name, source in (("metrics_test.json", run.eval_file), (sweep.RECORD, run.workdir / sweep.RECORD)):
+            (folder / name).write_bytes(source.read_bytes())
+        (folder / "metrics.jsonl").write_text(json.dumps({"step": 1, "split": "train", "loss": 1.0}) + "\n")
+    lines = []
+    outcome = sweep.run_sweep(loaded, tmp_path / "w", results, tmp_path / "d", seeds=[0], log=lines.append)
+    assert outcome == {"skipped": ["a_seed0"], "ran": [], "failed": []}
+    assert pd.read_csv(results / "s" / "summary.csv")["seed"].tolist() == [0, 1]  # seed 1 kept in the summary
+    assert "| test/recall@10/all/d64 | 0.150 ± 0.071 |" in (results / "s" / "summary.md").read_text()
