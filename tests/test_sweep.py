@@ -343,3 +343,20 @@ def test_a_pass_over_some_seeds_skips_finished_runs_and_summarises_every_seed_wi
     assert outcome == {"skipped": ["a_seed0"], "ran": [], "failed": []}
     assert pd.read_csv(results / "s" / "summary.csv")["seed"].tolist() == [0, 1]  # seed 1 kept in the summary
     assert "| test/recall@10/all/d64 | 0.150 ± 0.071 |" in (results / "s" / "summary.md").read_text()
+
+
+def test_a_failed_run_does_not_stop_the_others_and_is_named_with_its_log(tmp_path, capsys):
+    """Each run is its own ff-jax process: both runs are attempted although the first fails; the
+    sweep then exits 2 naming both, each with the log holding ff-jax's own one-line error."""
+    path = _write(tmp_path, 'gin_file = "experiments/tiny_smoke.gin"\n[variants.bad_pooling]\n'
+                            '"EncoderConfig.pooling" = "median"\n[variants.bad_warmup]\n'
+                            '"OptimizerConfig.warmup_steps" = 5000\n')
+    code, out, err = _main(capsys, f"--sweep={path}", f"--data_dir={tmp_path / 'd'}", f"--workdir={tmp_path / 'w'}",
+                           f"--results_dir={tmp_path / 'r'}")
+    assert code == 2 and "0 ran, 0 already finished, 2 failed" in out
+    assert "[1/2] bad_pooling_seed0" in out and "[2/2] bad_warmup_seed0" in out
+    assert err.startswith("ff-jax sweep: sweep failed: 2 run(s) failed: bad_pooling_seed0 (log: ")
+    logs = tmp_path / "w" / "s"
+    assert "EncoderConfig.pooling must be one of" in (logs / "bad_pooling_seed0" / "logs" / "train.log").read_text()
+    assert "warmup_steps (5000) must be below" in (logs / "bad_warmup_seed0" / "logs" / "train.log").read_text()
+    assert not (tmp_path / "r" / "s" / "summary.csv").exists()  # nothing finished: no summary
