@@ -2,10 +2,10 @@
 `ff-jax eval --workdir=RANKER_RUN` (ff_jax/cli.py routes a ranker workdir here).
 
 For every member of `split` with a held-out target: the dual encoder's embeddings (written by
-`ff-jax embed` under `<retriever>/embeddings/`) rank the corpus by dot product, the member's
-engaged history excluded (the evaluation protocol of ff_jax.retrieval.evaluate); the ranker then
-scores those top_k candidates against the member's context, prefilled once per member (the
-cache path), and sorts them. Both lists go through the same `metrics_of_ranking`, so the report
+`ff-jax embed` under `<retriever>/embeddings/`) rank the corpus by cosine as `ff-jax eval` does,
+the member's engaged history excluded (the evaluation protocol of ff_jax.retrieval.evaluate).
+The ranker then scores those top_k candidates against the member's context, prefilled once per
+member (the cache path), and sorts them. Both lists go through the same `metrics_of_ranking`, so the report
 puts NDCG@10, R@10 and MRR after reranking next to retrieval alone, overall and per cohort.
 """
 
@@ -19,15 +19,14 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ff_jax.data.pipeline import as_text
-from ff_jax.data.ranking_metrics import top_k as rank_top_k
 from ff_jax.model.sharding import logical_axis_rules, make_mesh
 from ff_jax.rank.checkpoints import DUAL_ENCODER, RANKER, check_kind, restore_weights
 from ff_jax.rank.cross_encoder import score_candidates
 from ff_jax.rank.train import build_ranker, model_arguments, train_ranker
 from ff_jax.retrieval.embedding_store import read_tower
 from ff_jax.retrieval.eval_data import feed_eval_data, read_records
-from ff_jax.retrieval.evaluate import excluded_items, metrics_of_ranking, print_table
-from ff_jax.retrieval.recommender import corpus_order
+from ff_jax.retrieval.evaluate import metrics_of_ranking, print_table, rank
+from ff_jax.retrieval.recommender import EmbeddingRecommender, corpus_order
 
 COLUMNS = ("ndcg@10", "recall@10", "mrr")
 
@@ -67,15 +66,16 @@ def rerank_run(workdir: str, retriever: Optional[str] = None, top_k: int = 100, 
     item_ids, items = read_tower(root / "items")
     items = corpus_order(item_ids, items, training.corpus_ids, str(root / "items"))
     member_ids, member_vectors = read_tower(root / f"members_{split}")
-    row = {m: i for i, m in enumerate(member_ids.tolist())}
-    evaluated = [m for m in members if m.user_id in row and m.targets]
+    embedded = set(member_ids.tolist())
+    evaluated = [m for m in members if m.user_id in embedded and m.targets]
     if max_members:
         evaluated = evaluated[:max_members]
     if not evaluated:
         raise ValueError(f"{root / f'members_{split}'}: none of the {len(members)} {split} members has an embedding")
-    excluded = [training.positions(e) for e in excluded_items(evaluated, "engaged")]
+    # The retriever's lists exactly as `ff-jax eval` ranks them (cosine, engaged history excluded).
     k = min(top_k, training.num_items)
-    retrieved = rank_top_k(member_vectors[[row[m.user_id] for m in evaluated]] @ items.T, excluded, k)
+    retriever_model = EmbeddingRecommender(member_ids.tolist(), member_vectors, items).fit(training)
+    retrieved = rank(retriever_model, evaluated, training, k, "engaged", progress=progress)
 
     sources, fmt, _ = data.feed.open_dataset(data.feed.dataset)
     records = {as_text(r["user_id"]): r for r in read_records(sources[split])}
