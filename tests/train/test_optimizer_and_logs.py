@@ -152,6 +152,20 @@ def test_metrics_go_to_jsonl_and_tensorboard(tmp_path):
     assert ("validation/recall_at_10", 3, pytest.approx(0.25)) in scalars
 
 
+def test_tensorboard_events_are_written_without_importing_torch(tmp_path):
+    """tensorboardX imports torch when installed (a test dependency here): 0.17 GiB in every training
+    process. A fresh interpreter writes the events without it, and can still import torch after."""
+    import subprocess
+    import sys
+
+    script = (f"import sys; from ff_jax.train.metrics_log import MetricsLog; "
+              f"log = MetricsLog({str(tmp_path)!r}, total_steps=1, progress=False); log.log(1, {{'loss': 0.5}}); "
+              f"log.close(); print('torch' in sys.modules); import torch; print(bool(torch.__version__))")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "True"]
+    assert ("train/loss", 1, pytest.approx(0.5)) in _tensorboard_scalars(tmp_path / "tensorboard")
+
+
 def test_recall_at_k_matches_a_brute_force_count():
     rng = np.random.default_rng(0)
     members, corpus = rng.normal(size=(20, 8)), rng.normal(size=(50, 8))
