@@ -1,11 +1,21 @@
-"""`make demo` (`ff-jax demo`): the whole job end to end on a CPU, printing what it finds.
+"""`make demo` (`ff-jax demo`): the whole system end to end on a CPU, printing what it finds.
 
-Each stage is a function so that later stages (ranking, serving) slot in one by one. The training
-run is a gin experiment file like any other (EXPERIMENT); the demo only prepares its data first.
+backbone → feed data → dual encoder → embed + kNN → ranker → rerank → export bundle → server on
+loopback → one real /v1/recommend request → a member's history and recommendations → server stopped.
+Each stage is a function; the two training runs are gin files like any other (EXPERIMENT, RANKER),
+and the server is the real `ff-jax serve` process, talked to over HTTP.
 """
 
+import json
+import os
+import re
 import shutil
+import socket
+import subprocess
+import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Sequence
 
@@ -13,6 +23,7 @@ import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pandas as pd
 from flax import nnx
 
 from ff_jax import assets
@@ -20,11 +31,17 @@ from ff_jax.data import compact_feed_world
 from ff_jax.gin_cli import configured
 from ff_jax.model import from_pretrained
 from ff_jax.model.generate import greedy_generate
+from ff_jax.rank.evaluate import rerank_run
+from ff_jax.rank.train import train_ranker
 from ff_jax.retrieval.embed_job import EmbedConfig, embed_towers, train_arguments
+from ff_jax.retrieval.eval_data import feed_eval_data
 from ff_jax.retrieval.evaluate import evaluate_run
+from ff_jax.serving.export import PLATFORMS, export_bundle
+from ff_jax.serving.ranker import export_ranker
 from ff_jax.train.loop import train
 
-EXPERIMENT = "experiments/compact_feed_world.gin"  # the run of stages 3 and 4
+EXPERIMENT = "experiments/compact_feed_world.gin"  # the dual encoder of stages 3 and 4
+RANKER = "ranker/compact_feed_world.gin"  # the cross-encoder of stage 5
 
 PROMPTS = (
     "Senior data engineer building streaming pipelines with Kafka and Spark.",
@@ -106,9 +123,102 @@ def retrieval_stage(run_dir: Path) -> dict:
     return report
 
 
-def run(workdir: Path, steps: int = 100, bindings: Sequence[str] = ()) -> dict:
-    """The demo into `workdir` (emptied first: the demo shows the whole job). The run is
-    EXPERIMENT with the prepared data, `steps` and `bindings` ("NAME=VALUE", as --gin.NAME=VALUE)."""
+def ranker_stage(workdir: Path, data_dir: Path, tokenizer: str, run_dir: Path, steps: int) -> dict:
+    """`ff-jax rank-train` + `ff-jax eval` of a ranker run in-process: a tiny cross-encoder learns to
+    order each member's candidates (the engaged item, impressed ones, the retriever's near misses),
+    then reranks the dual encoder's top 100 for every test member."""
+    _banner(f"5. Ranker: tiny cross-encoder, listwise softmax, {steps} steps; reranks the top 100")
+    rank_dir = workdir / "ranker"
+    with configured([RANKER], [f"DATA_DIR={str(data_dir)!r}", f"TOKENIZER={tokenizer!r}",
+                               f"RETRIEVER={str(run_dir)!r}", f"STEPS={steps}"]):
+        train_ranker(str(rank_dir), config_text=gin.config_str())
+        report = rerank_run(str(rank_dir), progress=False)
+    before, after = (report[k]["metrics"]["all"]["ndcg@10"] for k in ("retrieval", "reranked"))
+    print(f"test NDCG@10: retrieval alone {before:.3f}, reranked {after:.3f} ({report['members']} members)")
+    return report
+
+
+def export_stage(run_dir: Path, rank_dir: Path, bundle_dir: Path) -> Path:
+    """`ff-jax export --workdir=RUN --ranker=RANKER --out=BUNDLE`: towers and ranker steps as
+    jax.export programs, weights, tokenizer, prompts, catalogue, index; every file checksummed."""
+    _banner("6. Export: a verified serving bundle (towers + ranker, CPU and CUDA programs)")
+    with configured([str(rank_dir / "config.gin")]):
+        ranker = export_ranker(rank_dir, PLATFORMS)
+    with configured([str(run_dir / "config.gin")]):
+        bundle = export_bundle(run_dir, bundle_dir, ranker=ranker)
+    files = sorted(p.relative_to(bundle) for p in bundle.rglob("*") if p.is_file())
+    size = sum((bundle / f).stat().st_size for f in files) / 2**20
+    print(f"{bundle}: {len(files)} files, {size:.1f} MiB, manifest.json holds their sha256")
+    return bundle
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _http(url: str, body: dict | None = None, timeout: float = 60.0) -> dict:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return json.loads(response.read())
+
+
+def serving_stage(bundle: Path, state_dir: Path, member, ready_timeout: float = 300.0) -> dict:
+    """The real `ff-jax serve` on loopback: ready once it has compiled every shape it serves; one
+    /v1/recommend with a test member's history (catalogue ids); the answer printed with item text."""
+    _banner("7. Serving: `ff-jax serve` on loopback, one real /v1/recommend, then stopped")
+    port = _free_port()
+    command = [sys.executable, "-m", "ff_jax.cli", "serve", f"--bundle={bundle}", f"--workdir={state_dir}",
+               f"--port={port}"]
+    env = {k: v for k, v in os.environ.items() if k != "FF_JAX_SERVE_TOKEN"}  # no writes needed here
+    server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        start = time.perf_counter()
+        while True:
+            if server.poll() is not None:
+                raise RuntimeError(f"ff-jax serve exited with {server.returncode}: {server.stderr.read()[-2000:]}")
+            try:
+                _http(f"{base}/readyz", timeout=5)
+                break
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                if time.perf_counter() - start > ready_timeout:
+                    raise RuntimeError(f"ff-jax serve was not ready after {ready_timeout:.0f} s") from None
+                time.sleep(1.0)
+        print(f"ready after {time.perf_counter() - start:.0f} s (port {port})")
+        history = member.engaged_history[-8:]
+        request = {"member": {"history": [{"item_id": item} for item in history]}, "k": 5,
+                   "exclude_items": member.engaged_history}
+        start = time.perf_counter()
+        answer = _http(f"{base}/v1/recommend", request)
+        latency = time.perf_counter() - start
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+    catalogue = pd.read_parquet(bundle / "catalogue.parquet").set_index("item_id")["prompt"]
+
+    def short(item: str) -> str:  # "<item><topic>ml</topic>…" -> "topic ml, …"
+        fields = re.findall(r"<(\w+)>([^<]*)</\1>", str(catalogue.get(item, "")))
+        return ", ".join(f"{name.replace('_', ' ')} {value.strip()}" for name, value in fields)[:100]
+
+    print(f"member {member.user_id}, the last {len(history)} items of their history:")
+    for item in history:
+        print(f"  {item}  {short(item)}")
+    print(f"recommended (POST /v1/recommend in {latency * 1000:.0f} ms; held-out next items: "
+          f"{', '.join(member.targets[:3])}):")
+    for rec in answer["items"]:
+        ranker = "" if rec.get("ranker_score") is None else f" ranker {rec['ranker_score']:6.2f}"
+        hit = " <- held out, engaged" if rec["item_id"] in member.targets else ""
+        print(f"  {rec['item_id']}  retrieval {rec['retrieval_score']:.3f}{ranker}  {short(rec['item_id'])}{hit}")
+    return answer
+
+
+def run(workdir: Path, steps: int = 100, bindings: Sequence[str] = (), ranker_steps: int = 150) -> dict:
+    """The demo into `workdir` (emptied first: the demo shows the whole job). The dual encoder is
+    EXPERIMENT with the prepared data, `steps` and `bindings` ("NAME=VALUE", as --gin.NAME=VALUE);
+    the ranker is RANKER for `ranker_steps`."""
     workdir = Path(workdir)
     if workdir.exists():
         shutil.rmtree(workdir)
@@ -120,4 +230,10 @@ def run(workdir: Path, steps: int = 100, bindings: Sequence[str] = ()) -> dict:
         run_dir.mkdir(parents=True)
         (run_dir / "config.gin").write_text(gin.config_str())  # so `ff-jax embed --workdir=<run_dir>` works too
         dual_encoder_stage(run_dir, steps)
-        return retrieval_stage(run_dir)
+        report = retrieval_stage(run_dir)
+        _, members = feed_eval_data(train_arguments()["data"], "test")
+    ranker_stage(workdir, data_dir, tokenizer, run_dir, ranker_steps)
+    bundle = export_stage(run_dir, workdir / "ranker", workdir / "bundle")
+    member = max((m for m in members if m.targets), key=lambda m: len(m.engaged_history))
+    serving_stage(bundle, workdir / "serve_state", member)
+    return report

@@ -249,6 +249,9 @@ def evaluate_run(workdir: str, embeddings: str = "embeddings", split: str = "tes
                 title=f"{split}: {len(evaluated)} members")
     if "ann" in report:
         print_table({"ScaNN-served": {"metrics": report["ann"]["served"]}})
-        print({k: round(v, 4) for k, v in report["ann"].items() if k.startswith("ann_recall")})
-    print("popularity-similarity correlation:", report["popularity_similarity"])
+        print("ANN recall against exact search: " + ", ".join(
+            f"@{k.split('@')[1]} {v:.4f}" for k, v in report["ann"].items() if k.startswith("ann_recall")))
+    corr = report["popularity_similarity"]
+    print(f"popularity-similarity correlation: Spearman {corr['spearman']:.3f}, Pearson (log popularity) "
+          f"{corr['pearson_log']:.3f} over {corr['pairs']:,} member-item pairs")
     return report
