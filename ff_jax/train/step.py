@@ -188,23 +188,12 @@ def jit_embed(graphdef, segments: int, shardings: TrainState, mesh, rules=DEFAUL
     return run
 
 
-def memory_first_options(mesh) -> Optional[dict]:
-    """XLA options for a training step on `mesh`. On CPU, the memory-minimising schedule instead of
-    XLA:CPU's default, which orders the step to overlap independent work across many cores and keeps
-    more buffers live: SmolLM2-135M's step plans 1.53 instead of 1.88 GiB of temporaries; the tiny
-    MovieLens recipe's step time did not change (0.94x, 2-core CPU, alternating calls)."""
-    if mesh.devices.flat[0].platform != "cpu":
-        return None
-    return {"xla_cpu_enable_concurrency_optimized_scheduler": False}
-
-
 def jit_steps(graphdef, cfg: StepConfig, shardings: TrainState, batch_sharding: DualTowerBatch, mesh,
               rules=DEFAULT_RULES):
     """Compiled (train_step, eval_step) taking (state, batch) with explicit shardings."""
     replicated = NamedSharding(mesh, PartitionSpec())
     train = jax.jit(functools.partial(train_step, graphdef, cfg), in_shardings=(shardings, batch_sharding),
-                    out_shardings=(shardings, replicated), donate_argnums=(0,),
-                    compiler_options=memory_first_options(mesh))
+                    out_shardings=(shardings, replicated), donate_argnums=(0,))
     evaluate = jax.jit(functools.partial(eval_step, graphdef, cfg), in_shardings=(shardings, batch_sharding),
                        out_shardings=replicated)
 

@@ -40,19 +40,6 @@ def test_check_names_the_knobs_only_when_the_step_does_not_fit():
     check_step_fits(None, 1)  # a backend without analysis is not refused
 
 
-def test_cpu_training_steps_ask_xla_for_the_memory_minimising_schedule():
-    """The option must name a real XLA:CPU flag: an unknown one fails every training compile."""
-    from ff_jax.model.sharding import make_mesh
-    from ff_jax.train.step import memory_first_options
-
-    options = memory_first_options(make_mesh(num_devices=1))
-    assert options == {"xla_cpu_enable_concurrency_optimized_scheduler": False}
-    x = jnp.ones((64, 64))
-    assert float(jax.jit(lambda a: (a @ a).sum(), compiler_options=options)(x)) == 64.0 ** 3
-    with pytest.raises(Exception, match="No such compile option"):
-        jax.jit(lambda a: a + 1, compiler_options={"xla_cpu_no_such_flag": False})(x)
-
-
 def _train(tmp_path, workdir, *extra):
     return cli.main(["train", "--gin_file=experiments/tiny_smoke.gin", f"--gin.DATA_DIR={tmp_path / 'data'}",
                      "--gin.STEPS=3", "--gin.train.eval_every=-1", "--gin.CheckpointConfig.save_every=1",
