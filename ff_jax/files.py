@@ -26,6 +26,15 @@ def sha256_file(file: Path) -> str:
     return digest.hexdigest()
 
 
+def fsync_path(path: Path) -> None:
+    """fsync a file or a folder (a folder's entry list: a rename in it survives a crash only then)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def write_atomic(path: Path, data: bytes | str) -> str:
     """Writes under a temporary name, syncs, then renames, so a crash never leaves half a file;
     returns the sha256 of the bytes written."""

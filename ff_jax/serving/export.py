@@ -31,7 +31,7 @@ from safetensors.flax import save_file
 
 from ff_jax import files
 from ff_jax.data.pipeline import as_text
-from ff_jax.files import MANIFEST
+from ff_jax.files import MANIFEST, fsync_path
 from ff_jax.model.sharding import logical_axis_rules, make_mesh
 from ff_jax.rank.checkpoints import DUAL_ENCODER, check_kind
 from ff_jax.retrieval import create_index
@@ -126,18 +126,10 @@ def _prompts_document(data) -> dict:
             "add_bos": batch.add_bos, "add_eos": batch.add_eos, "dataset": f"{data.dataset}/{data.config_name}"}
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _sync_tree(root: Path) -> None:
     """fsync every file and folder under `root`, deepest first (the rename that publishes it comes after)."""
     for path in [*sorted(root.rglob("*"), reverse=True), root]:
-        _fsync(path)
+        fsync_path(path)
 
 
 def weight_table(weights: dict[str, jax.Array]) -> list[dict]:
@@ -157,7 +149,7 @@ def publish(out: Path, write, manifest: dict) -> None:
         files.write_manifest(staging / MANIFEST, manifest)
         _sync_tree(staging)
         os.rename(staging, out)
-        _fsync(out.parent)  # the rename itself survives a power loss
+        fsync_path(out.parent)  # the rename itself survives a power loss
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

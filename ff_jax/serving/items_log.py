@@ -21,6 +21,8 @@ import os
 from pathlib import Path
 from typing import Any, Iterator
 
+from ff_jax.files import fsync_path
+
 
 class ItemLogError(ValueError):
     """The fresh-items log is corrupt (names the file and line)."""
@@ -98,7 +100,7 @@ class ItemLog:
             f.flush()
             os.fsync(f.fileno())
         if created:
-            _fsync_dir(self.path.parent)  # the new file's directory entry
+            fsync_path(self.path.parent)  # the new file's directory entry
         self._offset += len(payload)
         self._line += len(records)
 
@@ -106,11 +108,3 @@ class ItemLog:
         if self._lock_file is not None:
             self._lock_file.close()
             self._lock_file = None
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
