@@ -9,26 +9,11 @@ from pathlib import Path
 import numpy as np
 import orbax.checkpoint as ocp
 
+from test_resume import GIN as RESUME_GIN
 from test_resume import _command, _logged, subprocess_env
 
-STEPS = 8
-GIN = f"""
-import toy_data
-include 'model/tiny.gin'
-train.data = @ToyData()
-train.loss = @InfoNCE()
-train.encoder = @EncoderConfig()
-train.optimizer = @OptimizerConfig()
-OptimizerConfig.learning_rate = 3e-3
-OptimizerConfig.warmup_steps = 1
-OptimizerConfig.total_steps = {STEPS}
-train.checkpoint = @CheckpointConfig()
-CheckpointConfig.save_every = 2
-CheckpointConfig.keep = 2
-train.num_steps = {STEPS}
-train.eval_every = -1
-train.progress = False
-"""
+# test_resume's toy run, with the encoder bound so `--gin.EncoderConfig.*` reaches it.
+GIN = RESUME_GIN + "train.encoder = @EncoderConfig()\n"
 
 
 class Runs:
