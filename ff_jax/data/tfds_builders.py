@@ -11,6 +11,12 @@ name its sizes, so the corpus (a different record shape) is a sibling builder ra
 Both run the same deterministic preparation (load -> temporal split -> fit the quantiser on the
 training split -> render), so their prompts agree; in one process it runs once (cached).
 
+Corpus records also carry each item's creation time and author, for the serving catalogue (and
+its `blocked_authors` filter): `created_at` in unix seconds, from the items table's `created_at`
+column (MovieLens: 1 January 00:00 UTC of the release year, the finest date its files give), or
+UNKNOWN_TIME; `author`, the first of AUTHOR_COLUMNS the items table has (feed_world: the author's
+name), or "" when unknown. Neither is ever guessed.
+
 Records hold text, not tokens: the token budget belongs to the tokenizer and model chosen at
 training time, so truncation happens in the pipeline. The prompt format (markers, how an item
 prompt ends), the template, the schema and the quantiser travel in the dataset's metadata.
@@ -26,6 +32,7 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+import pandas as pd
 import tensorflow_datasets as tfds
 from absl import logging
 from etils import epath
@@ -38,7 +45,8 @@ from ff_jax.data.quantizer import Quantizer, fit_on_training
 from ff_jax.data.splits import EvalMember, Splits, TrainExample, temporal_split
 from ff_jax.data.tables import FeedTables
 
-VERSION = "1.1.0"  # of every feed builder's records and metadata; an older preparation is prepared anew
+VERSION = "1.1.0"  # of the member-example builders' records and metadata; an older preparation is prepared anew
+CORPUS_VERSION = "1.2.0"  # of the corpus builders' records (1.2.0: created_at and author)
 _text = tfds.features.Text
 EXAMPLE_FEATURES = {
     "user_id": _text(), "cohort": _text(),  # "new" | "established"
@@ -51,7 +59,10 @@ EXAMPLE_FEATURES = {
     "target_ids": tfds.features.Sequence(_text()),  # eval: held-out positives; train: [positive_id]
     "engaged_history_ids": tfds.features.Sequence(_text()),  # eval: items removed from the ranking
 }
-CORPUS_FEATURES = {"item_id": _text(), "item_prompt": _text()}
+CORPUS_FEATURES = {"item_id": _text(), "item_prompt": _text(),
+                   "created_at": tfds.features.Scalar(dtype=np.int64), "author": _text()}
+UNKNOWN_TIME = int(np.iinfo(np.int64).min)  # a corpus record's created_at when the tables do not give one
+AUTHOR_COLUMNS = ("author_id", "author", "author_name")  # the items column naming an item's author, first found
 NUMBER_MODES = ("quantile", "raw", "absent")  # the Quantizer modes: the numbers ablation
 
 
@@ -143,9 +154,28 @@ class PromptRecords:
                                      disable=not self.progress, mininterval=1.0, leave=False)):
             yield f"{i:09d}", render(row)
 
-    def corpus(self) -> Iterator[tuple[str, dict]]:
+    def corpus(self, created_at: np.ndarray) -> Iterator[tuple[str, dict]]:
+        """One record per item; `created_at` int64 [items] aligned with the items table."""
+        authors = item_authors(self.p.tables.items)
         for i, (item_id, prompt) in enumerate(self.item_prompt.items()):
-            yield f"{i:09d}", {"item_id": item_id, "item_prompt": prompt}
+            yield f"{i:09d}", {"item_id": item_id, "item_prompt": prompt, "created_at": int(created_at[i]),
+                               "author": authors[i]}
+
+
+def item_created_at(items) -> np.ndarray:
+    """int64 unix seconds of the items table's `created_at` column, UNKNOWN_TIME where it is missing."""
+    if "created_at" not in items:
+        return np.full(len(items), UNKNOWN_TIME, np.int64)
+    values = items["created_at"].astype("Float64") if items["created_at"].dtype == object else items["created_at"]
+    return np.where(values.isna().to_numpy(), UNKNOWN_TIME, values.fillna(0).to_numpy(np.int64))
+
+
+def item_authors(items) -> list[str]:
+    """Each item's author from the first AUTHOR_COLUMNS column of the items table ("" when unknown)."""
+    column = next((c for c in AUTHOR_COLUMNS if c in items), None)
+    if column is None:
+        return [""] * len(items)
+    return ["" if value is None or value != value else str(value) for value in items[column].tolist()]
 
 
 class _FeedBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -156,6 +186,12 @@ class _FeedBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                      "1.1.0": "Metadata counts each item's training positives (for the logQ correction)."}
     CORPUS = False
 
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.CORPUS:  # the corpus records changed shape on their own (CORPUS_VERSION)
+            cls.VERSION = tfds.core.Version(CORPUS_VERSION)
+            cls.RELEASE_NOTES = {**cls.RELEASE_NOTES, "1.2.0": "Corpus records carry created_at and author."}
+
     @tfds.core.utils.classproperty
     @classmethod
     def code_path(cls):
@@ -165,6 +201,10 @@ class _FeedBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
     def _load_tables(self) -> FeedTables:
         raise NotImplementedError
+
+    def _item_created_at(self, items) -> np.ndarray:
+        """Each item's creation time (int64 unix s, UNKNOWN_TIME when not known), aligned with `items`."""
+        return item_created_at(items)
 
     # TFDS prints these two lines to stdout whatever the verbosity; here they are INFO logs, shown
     # with `--verbosity=0` (ff_jax.verbosity).
@@ -186,7 +226,7 @@ class _FeedBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         self.info.metadata.update(json.loads(json.dumps(prepared.metadata)))
         records = PromptRecords(prepared, progress=True)
         if self.CORPUS:
-            return {"corpus": records.corpus()}
+            return {"corpus": records.corpus(self._item_created_at(prepared.tables.items))}
         _check_splits(prepared, self.builder_config)
         return {split: records.examples(split) for split in ("train", "validation", "test")}
 
@@ -242,6 +282,14 @@ class _MovieLensTables:
         return load_movielens_100k(test_fraction=self.builder_config.test_fraction,
                                    validation_fraction=self.builder_config.validation_fraction)
 
+    def _item_created_at(self, items) -> np.ndarray:
+        """1 January 00:00 UTC of the release year ("" year: UNKNOWN_TIME); the files hold no finer date."""
+        year = items["year"].astype(str)
+        known = year.str.fullmatch(r"\d{4}").to_numpy()
+        dates = pd.to_datetime(year.where(known, "1970") + "-01-01", utc=True)
+        seconds = (dates - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)
+        return np.where(known, seconds.to_numpy(np.int64), UNKNOWN_TIME)
+
 
 class FeedWorld(_FeedWorldTables, _FeedBuilder):
     """Member examples from the feed_world simulator (train / validation / test)."""
@@ -286,9 +334,11 @@ def build(name: str, config: str | FeedConfig, data_dir: str | Path) -> tfds.cor
 
 
 def is_prepared(data_dir: str | Path, name: str, config: str) -> bool:
-    """Whether `config` of builder `name` is prepared under data_dir at the current VERSION (an
-    older version's records lack what this code reads, so they are prepared anew)."""
-    return (Path(data_dir) / name / config / VERSION / "dataset_info.json").exists()
+    """Whether `config` of builder `name` is prepared under data_dir at its current version (VERSION,
+    or CORPUS_VERSION for a corpus: an older version's records lack what this code reads, so they
+    are prepared anew)."""
+    version = CORPUS_VERSION if name.endswith("_corpus") else VERSION  # corpora are `<dataset>_corpus`
+    return (Path(data_dir) / name / config / version / "dataset_info.json").exists()
 
 
 def open_prepared(data_dir: str | Path, name: str, config: str) -> tuple[dict, PromptFormat, dict]:

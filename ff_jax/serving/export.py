@@ -31,6 +31,7 @@ from safetensors.flax import save_file
 
 from ff_jax import files
 from ff_jax.data.pipeline import as_text
+from ff_jax.data.tfds_builders import CORPUS_VERSION, UNKNOWN_TIME
 from ff_jax.files import MANIFEST, fsync_path
 from ff_jax.model.sharding import logical_axis_rules, make_mesh
 from ff_jax.rank.checkpoints import DUAL_ENCODER, check_kind
@@ -108,14 +109,20 @@ def export_towers(model, platforms=PLATFORMS) -> tuple[dict[str, export.Exported
 
 
 def _item_catalogue(data) -> pd.DataFrame:
-    """The corpus records as the catalogue. The prepared corpus carries no creation time or author,
-    so those stay empty for its items (fresh items added while serving bring their own)."""
-    corpus = data.open_dataset(f"{data.dataset}_corpus")[0]["corpus"]
+    """The corpus records as the catalogue: id, prompt, creation time and author, each null where
+    the dataset does not know it (UNKNOWN_TIME, "")."""
+    source = f"{data.dataset}_corpus"
+    corpus = data.open_dataset(source)[0]["corpus"]
     records = [corpus[i] for i in range(len(corpus))]
+    if records and not {"created_at", "author"} <= set(records[0]):
+        raise BundleError(f"{data.data_dir}/{source}: a corpus prepared before records carried created_at and "
+                          f"author; prepare it again (FeedData.prepare=True) at version {CORPUS_VERSION}")
+    created = [int(r["created_at"]) for r in records]
+    authors = [as_text(r["author"]) for r in records]
     return pd.DataFrame({"item_id": [as_text(r["item_id"]) for r in records],
                          "prompt": [as_text(r["item_prompt"]) for r in records],
-                         "created_at": pd.Series([None] * len(records), dtype="Int64"),
-                         "author": pd.Series([None] * len(records), dtype="string")})
+                         "created_at": pd.Series([None if t == UNKNOWN_TIME else t for t in created], dtype="Int64"),
+                         "author": pd.Series([a or None for a in authors], dtype="string")})
 
 
 def _prompts_document(data) -> dict:

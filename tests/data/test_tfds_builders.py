@@ -106,6 +106,30 @@ def test_corpus_holds_every_item_once(prepared):
     assert ids == sorted(f"p{i}" for i in range(60))
 
 
+def test_corpus_records_carry_creation_times_and_authors(prepared):
+    """created_at comes from the items table (the tiny feed has no author column: "" = unknown)."""
+    sources, _, _ = tb.open_prepared(prepared, "tiny_feed_corpus", "base")
+    got = {text(r["item_id"]): (int(r["created_at"]), text(r["author"])) for r in sources["corpus"]}
+    assert got == {f"p{i}": (1_600_000_000 + i * 3600, "") for i in range(60)}
+    assert (prepared / "tiny_feed_corpus" / "base" / tb.CORPUS_VERSION).is_dir()
+    assert tb.is_prepared(prepared, "tiny_feed_corpus", "base") and tb.is_prepared(prepared, "tiny_feed", "base")
+
+
+def test_item_times_and_authors_never_guess():
+    """Missing times are UNKNOWN_TIME, missing authors "", the first author column wins; MovieLens
+    release years become 1 January UTC of that year (compared with the calendar, pre-1970 included)."""
+    items = pd.DataFrame({"item_id": ["a", "b", "c"], "created_at": [5.0, np.nan, 7.0],
+                          "author_name": ["Ann", None, "Bo"], "author": ["u1", "u2", np.nan]})
+    assert tb.item_created_at(items).tolist() == [5, tb.UNKNOWN_TIME, 7]
+    assert tb.item_authors(items) == ["u1", "u2", ""]
+    assert tb.item_authors(items.drop(columns="author")) == ["Ann", "", "Bo"]
+    assert tb.item_created_at(items.drop(columns="created_at")).tolist() == [tb.UNKNOWN_TIME] * 3
+    years = pd.DataFrame({"year": ["1995", "", "1931"]})
+    import calendar
+    assert tb.MovielensFeedCorpus._item_created_at(None, years).tolist() == [
+        calendar.timegm((1995, 1, 1, 0, 0, 0)), tb.UNKNOWN_TIME, calendar.timegm((1931, 1, 1, 0, 0, 0))]
+
+
 def _decoded(tok, tokens, segment_ids, slot, segments):
     """The text of the prompt in `slot` of one shard's rows, checked to be wrapped in BOS/EOS."""
     row, segment = divmod(int(slot), segments)
@@ -170,4 +194,4 @@ def test_registered_builders_are_found_by_name_with_their_features(tmp_path):
     for name, cls in tb.BUILDERS.items():
         assert tfds.builder_cls(name) is cls
     features = tfds.builder("movielens_feed_corpus/100k", data_dir=str(tmp_path)).info.features
-    assert set(features.keys()) == {"item_id", "item_prompt"}
+    assert set(features.keys()) == {"item_id", "item_prompt", "created_at", "author"}

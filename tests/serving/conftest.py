@@ -31,7 +31,9 @@ def tables():
     words = ["recipes", "python", "bread", "compilers", "soup", "kernels"]
     items = pd.DataFrame({"item_id": [f"p{i:02d}" for i in range(40)], "topic": ["food", "code"] * 20,
                           "likes": rng.integers(0, 500, 40).astype(float), "author": [f"a{i % 5}" for i in range(40)],
-                          "text": [f"post {i} about " + " ".join(rng.choice(words, 1 + i % 12)) for i in range(40)]})
+                          "text": [f"post {i} about " + " ".join(rng.choice(words, 1 + i % 12)) for i in range(40)],
+                          # p39's time is unknown: its catalogue entry must say null, not a made-up time
+                          "created_at": [1_650_000_000 + 3600 * i for i in range(39)] + [np.nan]})
     rows = []
     for t in range(600):
         u = int(rng.integers(20))

@@ -6,6 +6,7 @@ import json
 import shutil
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from ff_jax.files import MANIFEST
@@ -67,6 +68,15 @@ def test_towers_give_the_checkpoint_embeddings(run_dir, loaded, prompts):
         # Any batch size and length: one row alone, padded further, is the same vector.
         alone, alone_segments = padded(ids[:1], tokens.shape[1] + 17, loaded.tokenizer.pad_id)
         np.testing.assert_allclose(loaded.embed(tower, alone, alone_segments)[0], got[0], atol=1e-5)
+
+
+def test_the_catalogue_carries_each_items_creation_time_and_author(loaded):
+    """From the items table through the prepared corpus into the bundle; an unknown time is null."""
+    items = tables().items.set_index("item_id")
+    catalogue = loaded.catalogue.set_index("item_id").loc[items.index]
+    assert catalogue["author"].tolist() == items["author"].tolist()
+    assert catalogue["created_at"].tolist()[:39] == items["created_at"].tolist()[:39]
+    assert catalogue.loc["p39", "created_at"] is pd.NA and items.loc["p39", "created_at"] is pd.NA
 
 
 def test_the_index_holds_each_catalogue_item_under_its_own_vector(loaded, prompts):

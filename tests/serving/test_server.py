@@ -80,6 +80,23 @@ def test_recommendations_are_the_numpy_ranking_of_the_bundles_embeddings(client,
     assert [i["item_id"] for i in excluded] == expected_ids
 
 
+def test_blocked_authors_filter_catalogue_items(client, engine):
+    """The catalogue's authors (exported from the corpus) are filtered: blocking the author of the
+    top recommendation gives the numpy ranking without any of that author's items."""
+    from .conftest import tables
+
+    author_of = dict(zip(tables().items["item_id"], tables().items["author"]))
+    profile, history = {"headline": "coder number 4"}, ["p05", "p13"]
+    body = {"member": {"profile": profile, "history": [{"item_id": h} for h in history]}, "k": 8}
+    plain = client.post("/v1/recommend", json=body).json()["items"]
+    assert [i["author"] for i in plain] == [author_of[i["item_id"]] for i in plain]
+    top_author = plain[0]["author"]
+    blocked = client.post("/v1/recommend", json={**body, "blocked_authors": [top_author]}).json()["items"]
+    ranking, _ = numpy_ranking(engine, profile, history, 40)
+    assert [i["item_id"] for i in blocked] == [j for j in ranking if author_of[j] != top_author][:8]
+    assert top_author not in {i["author"] for i in blocked}
+
+
 def test_history_as_text_or_fields_is_the_catalogue_items_prompt(client):
     """A recent item given by its fields ranks exactly as the same item given by catalogue id."""
     from .conftest import tables
