@@ -1,0 +1,94 @@
+"""`ff-jax sweep`: prepare the data, run every unfinished run, collect each run's results and write
+the summary (csv, md, plots); or, with --dry_run, print the commands for a scheduler."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Optional
+
+import pandas as pd
+
+from ff_jax.files import write_atomic
+from ff_jax.sweep.datasets import prepare_data
+from ff_jax.sweep.plots import plot
+from ff_jax.sweep.results import collect
+from ff_jax.sweep.runs import Run, SweepError, command_lines, is_finished, plan, execute
+from ff_jax.sweep.summary import summary_markdown, summary_rows
+from ff_jax.sweep.sweep_file import Sweep, SweepFileError, load
+
+
+def summarize(sweep: Sweep, runs: Sequence[Run], results: Path) -> Optional[pd.DataFrame]:
+    """summary.csv, summary.md and the plots of the runs with results; None when there are none."""
+    table = summary_rows(runs, results)
+    if table.empty:
+        return None
+    write_atomic(results / "summary.csv", table.to_csv(index=False))
+    write_atomic(results / "summary.md", summary_markdown(sweep, table))
+    plot(table, results)
+    return table
+
+
+def run_sweep(sweep: Sweep, workdir: Path, results_dir: Path, data_dir: Path, gin_files: Sequence[str] = (),
+              bindings: Sequence[str] = (), seeds: Optional[Sequence[int]] = None,
+              log: Callable[[str], None] = print) -> dict[str, list[str]]:
+    """Prepares the data, runs every unfinished run (of `seeds` only, when given), collects and
+    summarises every run of the file that has results; returns the run names by outcome
+    ("skipped", "ran", "failed"). Raises SweepError naming the failed runs at the end."""
+    every = plan(sweep, workdir, data_dir, gin_files, bindings)
+    runs = [r for r in every if seeds is None or r.seed in seeds]
+    results = results_dir / sweep.name
+    outcome: dict[str, list[str]] = {"skipped": [], "ran": [], "failed": []}
+    todo = [r for r in runs if not is_finished(r)]
+    if todo:
+        prepare_data(sweep, data_dir, log)
+    for i, run in enumerate(runs, 1):
+        if run not in todo:
+            outcome["skipped"].append(run.name)
+            if not (results / "runs" / run.name / "metrics_test.json").exists():
+                collect(run, results)
+            continue
+        log(f"[{i}/{len(runs)}] {run.name} in {run.workdir}")
+        if execute(run, sweep.name, log):
+            collect(run, results)
+            outcome["ran"].append(run.name)
+        else:
+            outcome["failed"].append(run.name)
+    table = summarize(sweep, every, results)
+    log(f"{len(outcome['ran'])} ran, {len(outcome['skipped'])} already finished, {len(outcome['failed'])} failed"
+        + (f"; summary: {results / 'summary.md'}" if table is not None else ""))
+    if outcome["failed"]:
+        raise SweepError(f"{len(outcome['failed'])} run(s) failed: "
+                         + ", ".join(f"{n} (log: {workdir / sweep.name / n / 'logs'})" for n in outcome["failed"])
+                         + "; the same command again re-runs only these")
+    return outcome
+
+
+def chosen_seeds(sweep: Sweep, seeds: Sequence[str]) -> tuple[int, ...]:
+    """`--seeds`, which must be among the file's own (e.g. a first pass with one)."""
+    try:
+        chosen = tuple(int(s) for s in seeds)
+    except ValueError:
+        chosen = ()
+    if not chosen or set(chosen) - set(sweep.seeds):
+        raise SweepFileError(f"--seeds={','.join(map(str, seeds))}: {sweep.path} has seeds {list(sweep.seeds)}")
+    return chosen
+
+
+def main(args) -> None:
+    """`ff-jax sweep` with its parsed flags (ff_jax/cli.py)."""
+    if not args.sweep:
+        raise SweepFileError("--sweep=NAME is required (a file in configs/sweeps/, e.g. --sweep=pooling_feed_world)")
+    sweep = load(args.sweep)
+    seeds = chosen_seeds(sweep, args.seeds) if args.seeds else None
+    workdir, data_dir = Path(args.workdir), Path(args.data_dir)
+    if args.multihost and not args.dry_run:
+        raise SweepError("--multihost only shapes the printed commands: use it with --dry_run")
+    if args.prepare_only:
+        prepare_data(sweep, data_dir)
+        return
+    if args.dry_run:
+        runs = plan(sweep, workdir, data_dir, args.gin_file or (), args.gin_bindings, args.multihost)
+        print("\n".join(command_lines(sweep, [r for r in runs if seeds is None or r.seed in seeds], data_dir)))
+        return
+    run_sweep(sweep, workdir, Path(args.results_dir), data_dir, args.gin_file or (), args.gin_bindings, seeds)
