@@ -27,8 +27,9 @@ class ServerConfig:
     first bucket that holds them (the token budget is always the last), so warm-up can compile
     every served shape: each power of two up to max_batch times each bucket, per tower.
     token_env: the environment variable holding the bearer token of /v1/items (unset: disabled).
-    With a ranker in the bundle, its context is padded to the same length buckets (up to its
-    context budget) and candidates are scored `ranker_batch` at a time.
+    With a ranker in the bundle, a batch's member contexts are prefilled together, padded to the
+    same length buckets (up to its context budget), and every member's candidates are scored
+    together, `ranker_batch` to a call (as rows of the bundle's `per_row` candidates).
     """
 
     max_batch: int = 16
@@ -44,7 +45,7 @@ class ServerConfig:
     length_buckets: tuple[int, ...] = (64, 256)
     token_env: str = "FF_JAX_SERVE_TOKEN"
     log_file: str = "items.jsonl"
-    ranker_batch: int = 64  # candidates per ranker call (padded: one compiled shape)
+    ranker_batch: int = 64  # candidates per ranker score call, over members (padded: one compiled shape)
     overlap_prefill: bool = True  # False: wait for the member's prefill before retrieval (for comparison)
 
     def __post_init__(self):

@@ -42,7 +42,8 @@ from ff_jax.model.tokenizer import load_tokenizer
 from ff_jax.retrieval import IndexFormatError, load_index
 
 FORMAT = "ff_jax.serving.bundle"
-VERSION = 1
+VERSION = 2  # 2: the ranker's steps take batches of members (score: multi-candidate rows over gathered caches)
+RANKER_SINCE = 2  # the oldest format whose ranker steps this code runs
 TOWERS = ("member", "item")
 WEIGHTS = "weights.safetensors"
 TOKENIZER = "tokenizer"
@@ -140,6 +141,9 @@ def read_manifest(root: Path) -> dict[str, Any]:
     if extra:
         raise BundleError(f"{root / extra[0]}: not listed in the manifest ({len(extra)} unlisted file(s))")
     ranker = (RANKER_WEIGHTS, RANKER, *map(ranker_file, RANKER_STEPS)) if "ranker_weights" in manifest else ()
+    if ranker and manifest["version"] < RANKER_SINCE:
+        raise BundleError(f"{path}: bundle format {manifest['version']} holds ranker steps of another signature "
+                          f"(format {RANKER_SINCE} batches members); export it again")
     for required in (WEIGHTS, PROMPTS, CATALOGUE, *map(function_file, TOWERS), *ranker):
         if required not in listed:
             raise BundleError(f"{path}: lists no {required}")

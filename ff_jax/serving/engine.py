@@ -8,11 +8,12 @@ one worker thread (the server's executor): batches never interleave, and fresh i
 visible between two batches. Replicas sharing one items log (same host) see each other's fresh
 items: every batch first indexes what the log gained since the last one (`sync`).
 
-With a ranker in the bundle, each member's context prefill is dispatched right after the member
-tower and before retrieval; JAX returns at once, so the prefill computes while the host runs the
-filtered search (ServerConfig.overlap_prefill=False waits for it first, to measure the overlap).
-The retrieved candidates are then scored against that cache and returned in ranker order, with
-both scores. Without a ranker the retrieval order stands and `ranker_score` is None.
+With a ranker in the bundle, the batch's member contexts are prefilled in one call dispatched
+right after the member tower and before retrieval; JAX returns at once, so the prefill computes
+while the host runs the filtered search (ServerConfig.overlap_prefill=False waits for it first, to
+measure the overlap). The retrieved candidates of every member are then scored together against
+those caches (ff_jax.serving.ranker) and returned in ranker order, with both scores. Without a
+ranker the retrieval order stands and `ranker_score` is None.
 """
 
 import dataclasses
@@ -90,18 +91,18 @@ class Engine:
         self.metrics.index_size.set(self.index.count)
 
     def shapes(self) -> list[tuple[str, int, int]]:
-        """(step, batch, length) of every shape served: the towers', and the ranker's context widths
-        (its candidates always come `ranker_batch` at a time)."""
+        """(step, batch, length) of every shape served: the towers', and the ranker's prefill batch
+        and context widths (its score rows always come `ServedRanker.rows` at a time)."""
         shapes = [(t, b, n) for t in TOWERS for b in self.batch_sizes for n in self.lengths[t]]
         if self.ranker is not None:
-            shapes += [("ranker", self.config.ranker_batch, n) for n in self.lengths["context"]]
+            shapes += [("ranker", b, n) for b in self.batch_sizes for n in self.lengths["context"]]
         return shapes
 
     def start(self) -> None:
         """Compiles every served shape, then replays the fresh-items log; ready afterwards."""
         for step, batch, length in self.shapes():
             if step == "ranker":
-                self.ranker.score(self.ranker.start([1] * length, length), [[1]])
+                self.ranker.score(self.ranker.start([[1] * length], batch, length), [[[1]]])
                 continue
             ones = np.ones((batch, length), np.int32)
             np.asarray(self.towers[step](self.bundle.weights, ones, ones))
@@ -146,29 +147,31 @@ class Engine:
         if not valid:
             return results
         vectors = self.embed("member", [queries[i].tokens for i in valid])
-        pending = {}
-        if self.ranker is not None:  # dispatched now, computed while retrieval runs
-            for i in valid:
-                context = queries[i].context
-                pending[i] = self.ranker.start(context, bucket(len(context), self.lengths["context"]))
+        pending = None
+        if self.ranker is not None:  # one prefill for the batch, dispatched now, computed while retrieval runs
+            contexts = [queries[i].context for i in valid]
+            width = bucket(max(len(c) for c in contexts), self.lengths["context"])
+            pending = self.ranker.start(contexts, bucket(len(valid), self.batch_sizes), width)
             if not self.config.overlap_prefill:
-                jax.block_until_ready([p[0] for p in pending.values()])
+                jax.block_until_ready(pending.cache)
         started = time.perf_counter()
         k = max(queries[i].k for i in valid)  # a filtered top-k is the prefix of the filtered top-K, K >= k
         scores, ids = filtered_search(self.index, vectors, k, seen=[queries[i].exclude for i in valid],
                                       blocked_authors=[queries[i].blocked_authors for i in valid],
                                       item_authors=self.author_of)
         self.metrics.compute_seconds.labels("retrieval").observe(time.perf_counter() - started)
-        for i, row_scores, row_ids in zip(valid, scores, ids):
-            found = [(str(j), float(s)) for j, s in zip(row_ids[: queries[i].k], row_scores[: queries[i].k])
-                     if np.isfinite(s)]
-            ranked = [(j, s, None) for j, s in found]
-            if i in pending and found:
-                started = time.perf_counter()
-                ranker_scores = self.ranker.score(pending[i], [self._candidate(j) for j, _ in found])
-                self.metrics.compute_seconds.labels("ranker").observe(time.perf_counter() - started)
-                order = np.argsort(-ranker_scores, kind="stable")
-                ranked = [(found[o][0], found[o][1], float(ranker_scores[o])) for o in order]
+        found = [[(str(j), float(s)) for j, s in zip(row_ids[: queries[i].k], row_scores[: queries[i].k])
+                  if np.isfinite(s)] for i, row_scores, row_ids in zip(valid, scores, ids)]
+        ranker_scores = [None] * len(valid)
+        if pending is not None:
+            started = time.perf_counter()
+            ranker_scores = self.ranker.score(pending, [[self._candidate(j) for j, _ in own] for own in found])
+            self.metrics.compute_seconds.labels("ranker").observe(time.perf_counter() - started)
+        for i, own, own_scores in zip(valid, found, ranker_scores):
+            ranked = [(j, s, None) for j, s in own]
+            if own_scores is not None:
+                order = np.argsort(-own_scores, kind="stable")
+                ranked = [(own[o][0], own[o][1], float(own_scores[o])) for o in order]
             results[i] = [(j, s, r, self.author_of.get(j)) for j, s, r in ranked]
         return results
 

@@ -34,6 +34,8 @@ def ranker_checkpoint(ranker_dir):
 
 
 def test_ranker_steps_give_the_checkpoint_scores_and_prompts_are_rankerdatas(ranker_dir, loaded):
+    """Members scored together (one prefill, rows of several members in each score call) get the
+    scores each gets alone from the checkpoint: its candidates extending its own cache (<= 1e-5)."""
     from ff_jax.rank.cross_encoder import score_candidates
 
     model, data, sources, member, items, question = ranker_checkpoint(ranker_dir)
@@ -42,20 +44,22 @@ def test_ranker_steps_give_the_checkpoint_scores_and_prompts_are_rankerdatas(ran
     candidates = [prompts.candidate(p) for p in catalogue[:20]]
     assert candidates == [list(ids) + list(question) for ids in items.items(catalogue[:20])]
     ranker = ServedRanker(loaded.ranker["functions"], loaded.ranker["weights"], loaded.ranker["document"], batch=8)
+    assert (ranker.per_row, ranker.rows) == (4, 2)  # 8 candidates a call: rows mix members
     budget = data.ranker.candidate_budget
     test = sources["test"]
-    for i in range(3):
-        context = list(prompts.context.member(test[i]))
-        assert context == list(member.member(test[i]))
-        got = ranker.score(ranker.start(context, data.context_budget), candidates)  # 20 in batches of 8
-        cached = score_candidates(model, context, candidates, budget, mode="cache", max_context=data.context_budget)
-        np.testing.assert_allclose(got, cached, atol=1e-5)
-        naive = score_candidates(model, context, candidates, budget, mode="naive")
-        np.testing.assert_allclose(got, naive, atol=1e-4)
-        assert np.ptp(got) > 1e-3  # the candidates really differ
-        # A wider context cache (another served width) gives the same scores.
-        wider = ranker.score(ranker.start(context, data.context_budget + 64), candidates[:5])
-        np.testing.assert_allclose(wider, got[:5], atol=1e-5)
+    contexts = [list(prompts.context.member(test[i])) for i in range(3)]
+    assert contexts == [list(member.member(test[i])) for i in range(3)] and len({len(c) for c in contexts}) > 1
+    own = [candidates, candidates[3:10], candidates[::-1][:13]]  # 20, 7 and 13 candidates: rows part-filled
+    got = ranker.score(ranker.start(contexts, 4, data.context_budget), own)  # 4: a filler member row
+    for context, cands, scores in zip(contexts, own, got):
+        cached = score_candidates(model, context, cands, budget, mode="cache", max_context=data.context_budget)
+        np.testing.assert_allclose(scores, cached, atol=1e-5)
+        naive = score_candidates(model, context, cands, budget, mode="naive")
+        np.testing.assert_allclose(scores, naive, atol=1e-4)
+        assert np.ptp(scores) > 1e-3  # the candidates really differ
+    # One member alone, in a wider cache (another served width), gives the same scores.
+    alone = ranker.score(ranker.start(contexts[1:2], 1, data.context_budget + 64), own[1:2])[0]
+    np.testing.assert_allclose(alone, got[1], atol=1e-5)
 
 
 def test_the_server_returns_retrieval_top_k_in_ranker_order(ranked_bundle_dir, ranker_dir, tmp_path, bundle_dir):
@@ -90,10 +94,37 @@ def test_the_server_returns_retrieval_top_k_in_ranker_order(ranked_bundle_dir, r
                                     data.ranker.candidate_budget, mode="naive")
         np.testing.assert_allclose(scores, expected, atol=1e-4)
         shapes = engine.shapes()
-        assert ("ranker", CONFIG.ranker_batch, 192) in shapes and ("ranker", CONFIG.ranker_batch, 128) in shapes
+        assert {("ranker", b, n) for b in (1, 2, 4) for n in (128, 192)} <= set(shapes)
     finally:
         for client in (plain, ranked, sequential):
             client.__exit__(None, None, None)
+
+
+def test_a_micro_batch_is_ranked_by_one_prefill_and_each_member_gets_its_own_answer(ranked_bundle_dir, tmp_path):
+    """The ranker sees the batch: one prefill call for all members, and every member's ranking and
+    scores are those it gets when it comes alone (<= 1e-5)."""
+    from ff_jax.serving.engine import Engine, Query
+
+    engine = Engine(ranked_bundle_dir, tmp_path, CONFIG)  # not warmed up: shapes compile on first use
+    members = [({"headline": "coder number 5"}, ["p03", "p11"], 9), ({"headline": "cook number 2"}, ["p04"], 5),
+               ({}, ["p10", "p12", "p14", "p16"], 3)]
+    queries = []
+    for profile, history, k in members:
+        record = engine.prompts.member_record(profile, [HistoryItem(item_id=h) for h in history], engine.prompt_of)
+        queries.append(Query(engine.prompts.tokens.member(record), k, [], [], engine.ranker_prompts.context.member(record)))
+    calls = []
+    prefill = engine.ranker.steps["prefill"]
+    engine.ranker.steps["prefill"] = lambda weights, tokens, segments: calls.append(tokens.shape) or prefill(
+        weights, tokens, segments)
+    together = engine.recommend(queries)
+    assert len(calls) == 1 and calls[0][0] == 4  # three members and a filler row, one call
+    for query, answer in zip(queries, together):
+        alone = engine.recommend([query])[0]
+        assert [a[0] for a in answer] == [a[0] for a in alone] and len(answer) == query.k
+        np.testing.assert_allclose([a[2] for a in answer], [a[2] for a in alone], atol=1e-5)
+        np.testing.assert_allclose([a[1] for a in answer], [a[1] for a in alone], atol=1e-5)
+    assert len(calls) == 4
+    engine.close()
 
 
 @pytest.mark.parametrize("name", [layout.ranker_file("prefill"), layout.ranker_file("score"), layout.RANKER_WEIGHTS,
@@ -117,3 +148,14 @@ def test_manifest_records_the_ranker(ranked_bundle_dir, ranker_dir):
     assert ranker["head"] == "linear" and ranker["origin"]["step"] == 3
     assert ranker["origin"]["workdir"] == str(ranker_dir.absolute())
     assert {w["name"] for w in manifest["ranker_weights"]} >= {"kernel", "bias"}
+
+
+def test_a_format_1_ranker_bundle_is_refused(ranked_bundle_dir, tmp_path):
+    """Format 1 scored one member at a time with other step signatures: export again, it says."""
+    copy = tmp_path / "bundle"
+    shutil.copytree(ranked_bundle_dir, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    assert manifest["version"] == layout.VERSION == 2
+    (copy / "manifest.json").write_text(json.dumps({**manifest, "version": 1}))
+    with pytest.raises(BundleError, match=f"{copy / 'manifest.json'}: bundle format 1 holds ranker steps.*export it again"):
+        load_bundle(copy)
