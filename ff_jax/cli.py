@@ -52,6 +52,7 @@ def _files_with_workdir_config(args) -> list[str]:
 def _train(args) -> None:
     if not args.gin_file:
         raise CommandLineError("give at least one --gin_file (e.g. --gin_file=experiments/tiny_smoke.gin)")
+    _module("ff_jax.train.host_memory").prefer_memory_schedule()  # before JAX's backend starts
     if args.distributed:  # one process per host: coordinator and ids from the environment
         _module("jax").distributed.initialize()
     loop = _module("ff_jax.train.loop")  # importing registers the configurables the files bind
@@ -64,6 +65,9 @@ def _train(args) -> None:
 
 
 def _embed(args) -> None:
+    checkpoints = _module("ff_jax.rank.checkpoints")
+    if checkpoints.run_kind(Path(args.workdir)) == checkpoints.RANKER:  # a ranker has no towers to embed with
+        checkpoints.check_kind(Path(args.workdir), checkpoints.DUAL_ENCODER)
     embed_job = _module("ff_jax.retrieval.embed_job")
     with gin_cli.configured(_files_with_workdir_config(args), args.gin_bindings):
         folders = embed_job.embed(workdir=args.workdir)

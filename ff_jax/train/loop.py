@@ -30,6 +30,7 @@ from ff_jax.model.tokenizer import byte_tokenizer, load_tokenizer
 from ff_jax.model.vocab import grow_vocab
 from ff_jax.train import step as steps
 from ff_jax.train.checkpointing import CheckpointConfig, Checkpointer
+from ff_jax.train import host_memory
 from ff_jax.train.data_source import FeedData, collect_embeddings
 from ff_jax.train.dual_encoder import DualEncoder, EncoderConfig, Scoring
 from ff_jax.train.losses import InfoNCE, l2_normalize, matryoshka_dims
@@ -164,6 +165,8 @@ def train(workdir: str, data: FeedData = gin.REQUIRED, model_config: Optional[Ll
     workdir = Path(workdir)
     rules = logical_axis_rules()
     mesh = mesh_factory()
+    if mesh.devices.flat[0].platform == "cpu":  # host memory is the device's: freed step buffers must go back to the OS
+        host_memory.keep_large_buffers_mapped()
     overrides = dict(model_overrides or {})
     signature = _signature(model_config, pretrained, overrides, encoder, loss, optimizer)
     check_workdir(workdir, signature)
@@ -191,6 +194,7 @@ def train(workdir: str, data: FeedData = gin.REQUIRED, model_config: Optional[Ll
                                        mesh, rules)
     limit = int(memory_limit_gb * GIB) if memory_limit_gb else device_memory_bytes(mesh)
     check_step_fits(step_memory, limit)
+    host_memory.release_free_memory()  # what compiling left on the heaps
     accept_run(workdir, signature, config_text)
     ckpt.prepare_to_write()
     ckpt.install_stop_signals()
@@ -218,6 +222,8 @@ def train(workdir: str, data: FeedData = gin.REQUIRED, model_config: Optional[Ll
             saved = ckpt.check_saves(step, state, iterator)  # a failed earlier save is retried with this step
             if not saved and (ckpt.should_save(step) or stopped or step == num_steps):
                 saved = ckpt.save(step, state, iterator, force=True)
+            if saved:
+                host_memory.release_free_memory()  # the save's host copies of the state
             validate = validation is not None and (step == num_steps or (eval_every and step % eval_every == 0))
             if validate and not stopped:
                 try:
