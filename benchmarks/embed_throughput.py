@@ -146,6 +146,8 @@ def main() -> None:
                         help="one more ff_jax case with these BatchConfig fields, e.g. 'item_rows=1'")
     parser.add_argument("--gin", action="append", default=[], help="extra --gin.NAME=VALUE bindings (NAME=VALUE)")
     parser.add_argument("--out", default="benchmarks/results/embed_throughput_cpu_2core.json")
+    parser.add_argument("--no-training-rows", action="store_true",
+                        help="leave out the 'ff_jax training rows' case (the slowest; only the before/after story)")
     parser.add_argument("--quick", action="store_true", help="64 items + 16 members, 1 repeat: a smoke run")
     args = parser.parse_args()
     if args.quick:
@@ -170,8 +172,9 @@ def main() -> None:
         num_shards = batch_shards(mesh, rules)
         # case -> tower -> BatchConfig. "ff_jax" is what `ff-jax embed` uses (the run's BatchConfig
         # made for embedding: rows as long as the tower's budget, filled with as many prompts as fit).
-        configs = {"ff_jax": {t: data.batch.for_embedding(t) for t in ("item", "member")},
-                   "ff_jax training rows": {t: data.batch for t in ("item", "member")}}
+        configs = {"ff_jax": {t: data.batch.for_embedding(t) for t in ("item", "member")}}
+        if not args.no_training_rows:
+            configs["ff_jax training rows"] = {t: data.batch for t in ("item", "member")}
         if args.ff_batch:
             extra = dataclasses.replace(data.batch, **parse_fields(args.ff_batch))
             configs[f"ff_jax {args.ff_batch}"] = {t: extra for t in ("item", "member")}
