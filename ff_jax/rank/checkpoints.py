@@ -38,7 +38,7 @@ def check_kind(workdir: Path, expected: str, allow_new: bool = False) -> None:
     if kind != expected:
         raise WrongCheckpointKind(f"{workdir} holds a {kind.replace('_', ' ')} run, not a {expected.replace('_', ' ')}"
                                   + (" (give the ranker's own workdir)" if expected == RANKER else
-                                     " (init_from takes a dual-encoder workdir)"))
+                                     " (embed, init_from and a retriever take a dual-encoder workdir)"))
 
 
 def restore_weights(workdir: Path, model, expected: str, step: int | None = None, part: str | None = None):

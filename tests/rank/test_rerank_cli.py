@@ -61,6 +61,10 @@ def test_a_workdir_of_the_wrong_kind_is_refused_naming_it(runs, tmp_path, capsys
     # A ranker as init_from, which takes a dual encoder.
     assert cli.main([*ranker_flags, f"--workdir={tmp_path / 'new'}", f"--gin.INIT_FROM={ranker}"]) == 2
     assert "holds a ranker run, not a dual encoder" in capsys.readouterr().err
+    # `ff-jax embed` on a ranker: refused by kind before anything is loaded or written.
+    assert cli.main(["embed", f"--workdir={ranker}"]) == 2
+    assert f"{ranker} holds a ranker run, not a dual encoder" in capsys.readouterr().err
+    assert not (ranker / "embeddings").exists()
     # A ranker workdir given to the dual encoder's training: refused before anything is written.
     assert cli.main(["rank-train", "--gin_file=ranker/tiny_smoke.gin", *DATA, "--gin.DATA_DIR=/nonexistent",
                      f"--workdir={retriever}"]) == 2
