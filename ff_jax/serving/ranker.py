@@ -37,7 +37,6 @@ from ff_jax.model import KVCache
 from ff_jax.rank.checkpoints import RANKER, check_kind
 from ff_jax.rank.cross_encoder import prefill
 from ff_jax.rank.evaluate import load_ranker
-from ff_jax.rank import train as _registers  # noqa: F401  (train_ranker and the losses a ranker's config.gin names)
 from ff_jax.serving.export import export_function, split_weights, weight_specs
 from ff_jax.train.checkpointing import CheckpointConfig, Checkpointer
 
