@@ -34,8 +34,9 @@ from ff_jax.data.pipeline import as_text
 from ff_jax.data.tfds_builders import CORPUS_VERSION, UNKNOWN_TIME
 from ff_jax.files import MANIFEST, fsync_path
 from ff_jax.model.sharding import logical_axis_rules, make_mesh
-from ff_jax.rank import train as _registers  # noqa: F401  (train_ranker and the losses a ranker's config.gin
-#                                                names: `ff-jax export --ranker` parses it before loading the ranker)
+# Registers train_ranker, rerank_run and the losses a ranker run's config.gin names: `ff-jax export
+# --ranker` parses that file before it loads the ranker.
+from ff_jax.rank import evaluate as _rerank, train as _rank_train  # noqa: F401
 from ff_jax.rank.checkpoints import DUAL_ENCODER, check_kind
 from ff_jax.retrieval import create_index
 from ff_jax.retrieval.embed_job import EmbedConfig, embed_towers, load_model, train_arguments
