@@ -8,7 +8,7 @@ server of its overlapped row. Every level is bounded by requests and by seconds 
 that the whole table takes about 25 minutes on a quiet 2-core CPU; `--quick` caps each level at
 40 requests and 5 s and the soak at 3 s, to check that everything runs.
 
-Bundles (under --bundles, default /tmp/s6/bundles; each built only when missing, steps in
+Bundles (under --bundles, default bench_out/serve_bundles; each built only when missing, steps in
 --bundles/work, logs in --bundles/logs):
   tiny, tiny_ranker   `make demo`'s path (ff_jax/demo.py's gin files): feed_world "tiny_compact"
                       and its word-level tokenizer, the tiny dual encoder (--tiny-steps), `ff-jax
@@ -21,7 +21,7 @@ The servers share a JAX compilation cache (--bundles/jax_cache), so a second ser
 bundle (the sequential row) does not compile again; warm-up is not timed anyway.
 
 Usage: python benchmarks/serve_table.py [--quick] [--build-only] [--only tiny tiny_ranker ...]
-       [--bundles /tmp/s6/bundles] [--smol-run /tmp/s6/smol_mem] [--out bench_out/serve_table]
+       [--bundles bench_out/serve_bundles] [--smol-run RUN] [--out bench_out/serve_table]
 """
 
 import argparse
@@ -117,7 +117,7 @@ def build_smol(bundles: Path, args) -> None:
     work, logs = bundles / "work" / "smol", bundles / "logs"
     run_dir, rank_dir = work / "run", work / "ranker"
     if not run_dir.exists():  # a copy: export writes the corpus embeddings into the workdir
-        if not (args.smol_run / "config.gin").is_file():
+        if args.smol_run is None or not (args.smol_run / "config.gin").is_file():
             raise SystemExit(f"{args.smol_run}: not a training run (no config.gin); pass --smol-run")
         print(f"  copying {args.smol_run} -> {run_dir}", flush=True)
         shutil.copytree(args.smol_run, run_dir, ignore=shutil.ignore_patterns("embeddings", "bundle_embeddings"))
@@ -187,8 +187,10 @@ def markdown(reports: list[dict], machine: dict, wall: float) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--bundles", type=Path, default=Path("/tmp/s6/bundles"))
-    parser.add_argument("--smol-run", type=Path, default=Path("/tmp/s6/smol_mem"))
+    parser.add_argument("--bundles", type=Path, default=Path("bench_out/serve_bundles"))
+    parser.add_argument("--smol-run", type=Path,
+                        help="a SmolLM2-135M dual-encoder workdir (e.g. experiments/infonce.gin, 2 steps); needed to "
+                             "build the SmolLM2 bundles")
     parser.add_argument("--tiny-steps", type=int, default=60)
     parser.add_argument("--tiny-ranker-steps", type=int, default=60)
     parser.add_argument("--smol-ranker-steps", type=int, default=1)
