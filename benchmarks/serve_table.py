@@ -70,7 +70,8 @@ LENGTH_BUCKETS = {"tiny": (64,), "smol": (256,)}
 SMOL_EXPORT = ["BatchConfig.item_rows=1"]
 SMOL_RANKER = ["HEAD='yes_no'", "RankerData.context_budget=256", "RankerConfig.candidate_budget=64",
                "RankerData.members_per_shard=1", "RankerData.impressed=1", "RankerData.negatives=1",
-               "make_mesh.data=1", "make_mesh.num_devices=1", "train_ranker.tensorboard=False"]
+               "OptimizerConfig.warmup_steps=0", "make_mesh.data=1", "make_mesh.num_devices=1",
+               "train_ranker.tensorboard=False"]
 
 
 def run(command: list[str], log: Path) -> None:
