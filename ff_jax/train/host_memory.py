@@ -42,8 +42,9 @@ def _glibc():
 
 
 def keep_large_buffers_mapped() -> bool:
-    """Buffers of MAPPED_FROM_BYTES or more get their own mapping, returned to the OS when freed.
-    It cost the 2-layer MovieLens model 2-4% of its step rate on this machine (within noise)."""
+    """Buffers of MAPPED_FROM_BYTES or more get their own mapping, returned to the OS when freed,
+    for the rest of the process. It cost the 2-layer MovieLens model 2-4% of its step rate on this
+    machine (within noise)."""
     libc = _glibc()
     return bool(libc and libc.mallopt(_M_MMAP_THRESHOLD, MAPPED_FROM_BYTES))
 
