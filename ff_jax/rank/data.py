@@ -7,9 +7,12 @@ ranker's question within `RankerConfig.candidate_budget`:
   - up to `impressed` items the member was shown and did not engage with (the records' hard
     negatives, label 0);
   - negatives to fill the row (label 0): with `retriever` (a dual-encoder workdir where
-    `ff-jax embed` wrote item embeddings), items drawn from the engaged item's nearest
-    neighbours in that embedding space, those a retriever would serve beside it; else uniform
-    over the corpus.
+    `ff-jax embed` wrote item embeddings), items drawn from a pool of `neighbour_pool` nearest
+    items in that embedding space; else uniform over the corpus. `negatives_from` says nearest
+    to what: "item", the engaged item (those a retriever would serve beside it); or "member",
+    the record's own member vector (`ff-jax embed --gin.EmbedConfig.split=train` on the
+    retriever), i.e. the list the retriever returns for this member at this point in time,
+    which is exactly the list the ranker reorders at evaluation.
 The pipeline is grain's: index shuffle, per-record random draws seeded by the record's position
 (`random_map`), fixed-shape rows, so the iterator's state resumes it exactly (orbax checkpoints).
 """
@@ -25,20 +28,32 @@ import numpy as np
 
 from ff_jax.data.batches import RankerBatch
 from ff_jax.data.pipeline import PromptTokenizer, as_text
+from ff_jax.files import MANIFEST
 from ff_jax.rank import layout
 from ff_jax.rank.checkpoints import DUAL_ENCODER, check_kind
 from ff_jax.rank.cross_encoder import RankerConfig
+from ff_jax.retrieval.embed_job import training_record_index
 from ff_jax.retrieval.embedding_store import read_tower
 from ff_jax.train.data_source import FeedData
 
 
+NEGATIVE_SOURCES = ("item", "member")
+
+
 def neighbours(vectors: np.ndarray, wanted: np.ndarray, count: int, chunk: int = 1024) -> np.ndarray:
     """[len(wanted), count] corpus positions nearest each wanted row by dot product, itself excluded."""
-    out = np.zeros((len(wanted), count), np.int64)
-    for lo in range(0, len(wanted), chunk):
-        rows = wanted[lo:lo + chunk]
-        scores = vectors[rows] @ vectors.T
-        scores[np.arange(len(rows)), rows] = -np.inf
+    return nearest(vectors[wanted], vectors, count, exclude=wanted, chunk=chunk)
+
+
+def nearest(queries: np.ndarray, vectors: np.ndarray, count: int, exclude: Optional[np.ndarray] = None,
+            chunk: int = 1024) -> np.ndarray:
+    """[len(queries), count] positions of `vectors` nearest each query by dot product, best first;
+    exclude[i], when given, is left out of row i."""
+    out = np.zeros((len(queries), count), np.int64)
+    for lo in range(0, len(queries), chunk):
+        scores = queries[lo:lo + chunk] @ vectors.T
+        if exclude is not None:
+            scores[np.arange(len(scores)), exclude[lo:lo + chunk]] = -np.inf
         top = np.argpartition(-scores, count, axis=1)[:, :count]
         order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1)
         out[lo:lo + chunk] = np.take_along_axis(top, order, axis=1)
@@ -50,7 +65,8 @@ def neighbours(vectors: np.ndarray, wanted: np.ndarray, count: int, chunk: int =
 class RankerData:
     """feed: the dataset (and its tokenizer choice) as the dual encoder reads it. K candidates per
     member: 1 + impressed + negatives. neighbour_pool: retrieved negatives are drawn from this many
-    nearest items of the engaged one."""
+    nearest items of the engaged one (negatives_from="item") or of the record's member vector
+    ("member")."""
 
     feed: FeedData = gin.REQUIRED
     ranker: RankerConfig = RankerConfig()
@@ -60,10 +76,14 @@ class RankerData:
     retriever: Optional[str] = None
     neighbour_pool: int = 20
     members_per_shard: int = 4
+    negatives_from: str = "item"
 
     def __post_init__(self):
         if self.impressed < 0 or self.negatives < 0 or self.impressed + self.negatives < 1:
             raise ValueError("RankerData needs impressed + negatives >= 1 (and neither negative)")
+        if self.negatives_from not in NEGATIVE_SOURCES:
+            raise ValueError(f"RankerData.negatives_from must be one of {NEGATIVE_SOURCES}, "
+                             f"got {self.negatives_from!r}")
 
     @property
     def candidates(self) -> int:
@@ -99,7 +119,8 @@ class RankerData:
         item_ids, prompts = self.corpus()
         records = sources["train"]
         make_row = _RowMaker(self, tokenizer, fmt, item_ids, prompts, self._pools(item_ids, records))
-        ds = grain.MapDataset.source(records)
+        # (record index, record): "member" pools are per record.
+        ds = grain.MapDataset.source(records).map_with_index(lambda index, record: (index, record))
         if jax.process_count() > 1:
             ds = ds[jax.process_index()::jax.process_count()]
         ds = ds.shuffle(seed=seed).repeat(None).random_map(make_row, seed=seed)
@@ -109,9 +130,10 @@ class RankerData:
                       batch_fn=lambda examples: _stack(examples, num_shards, rows))
         return iter(ds)
 
-    def _pools(self, item_ids: list[str], records) -> Optional[dict[str, np.ndarray]]:
-        """item id → positions of its nearest items in the retriever's embeddings (only for the
-        items that are some record's engaged item); None without a retriever."""
+    def _pools(self, item_ids: list[str], records) -> Optional[dict]:
+        """Without a retriever None; negatives_from="item": engaged item id → positions of its
+        nearest items in the retriever's embeddings (only for items that are some record's engaged
+        item); "member": record index → positions of the items nearest its member vector."""
         if not self.retriever:
             return None
         check_kind(Path(self.retriever), DUAL_ENCODER)
@@ -122,11 +144,27 @@ class RankerData:
             raise ValueError(f"{self.retriever}: the retriever's item embeddings lack {len(missing)} corpus items "
                              f"(first {missing[0]!r}); embed this dataset's corpus with it (`ff-jax embed`)")
         vectors = vectors[[order[i] for i in item_ids]]
+        if self.negatives_from == "member":
+            return self._member_pools(vectors, len(records))
         positives = sorted({as_text(records[i]["positive_id"]) for i in range(len(records))})
         position = {item: i for i, item in enumerate(item_ids)}
         near = neighbours(vectors, np.asarray([position[p] for p in positives]), min(self.neighbour_pool,
                                                                                    len(item_ids) - 1))
         return dict(zip(positives, near))
+
+    def _member_pools(self, item_vectors: np.ndarray, count: int) -> dict[int, np.ndarray]:
+        folder = Path(self.retriever) / "embeddings" / "members_train"
+        if not (folder / MANIFEST).exists():
+            raise ValueError(f"{folder}: no training-record embeddings; RankerData.negatives_from='member' needs "
+                             f"them: ff-jax embed --workdir={self.retriever} --gin.EmbedConfig.split=train "
+                             "--gin.EmbedConfig.towers=\"('member',)\"")
+        ids, members = read_tower(folder)
+        if len(ids) != count:
+            raise ValueError(f"{folder}: {len(ids)} training records embedded, the dataset has {count}; "
+                             "embed them again (--gin.EmbedConfig.overwrite=True)")
+        index = np.asarray([training_record_index(i) for i in ids.tolist()])
+        near = nearest(members, item_vectors, min(self.neighbour_pool, len(item_vectors)))
+        return dict(zip(index.tolist(), near))
 
 
 class _RowMaker:
@@ -137,13 +175,15 @@ class _RowMaker:
         self.member, self.items, self.question = config.prompt_tokenizers(tokenizer, fmt)
         self.position = {item: i for i, item in enumerate(item_ids)}
 
-    def __call__(self, record: dict, rng: np.random.Generator) -> dict:
+    def __call__(self, indexed: tuple[int, dict], rng: np.random.Generator) -> dict:
         c = self.config
+        index, record = indexed
         positive = as_text(record["positive_id"])
         impressed = [as_text(i) for i in record["negative_ids"]][: c.impressed]
         taken = {positive, *impressed}
         wanted = c.candidates - 1 - len(impressed)
-        pool = self.pools.get(positive) if self.pools is not None else None
+        key = index if c.negatives_from == "member" else positive
+        pool = self.pools.get(key) if self.pools is not None else None
         negatives = []
         if pool is not None:
             for p in rng.permutation(pool):

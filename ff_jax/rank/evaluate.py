@@ -7,8 +7,15 @@ the member's engaged history excluded (the evaluation protocol of ff_jax.retriev
 The ranker then scores those top_k candidates against the member's context, prefilled once per
 member (the cache path), and sorts them. Both lists go through the same `metrics_of_ranking`, so the report
 puts NDCG@10, R@10 and MRR after reranking next to retrieval alone, overall and per cohort.
+
+Score fusion: the reranked order sorts `ranker score + retrieval_weight x retrieval cosine`.
+The default weight 0 is the ranker alone; a large weight keeps the retriever's order and lets the
+ranker break near-ties. `retrieval_weight=None` chooses the weight on the validation split (the
+retriever's `members_validation` embeddings): the grid weight with the best NDCG@10 there, its
+curve kept in the report. Test members never choose it.
 """
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -18,6 +25,7 @@ import gin
 import numpy as np
 from tqdm.auto import tqdm
 
+from ff_jax import files
 from ff_jax.data.pipeline import as_text
 from ff_jax.model.sharding import logical_axis_rules, make_mesh
 from ff_jax.rank.checkpoints import DUAL_ENCODER, RANKER, check_kind, restore_weights
@@ -47,20 +55,30 @@ def load_ranker(workdir: Path, mesh=None, rules=None):
     return restore_weights(workdir, model, RANKER), tokenizer, data
 
 
-@gin.configurable(denylist=["workdir"])
-def rerank_run(workdir: str, retriever: Optional[str] = None, top_k: int = 100, split: str = "test",
-               ks: Sequence[int] = (10, 50, 100), max_members: int = 0, output: str = "eval",
-               progress: bool = True) -> dict:
-    """Reranks the retriever's top_k for each member of `split`; writes
-    `<workdir>/<output>/rerank_<split>.json` and prints retrieval alone beside reranked.
-    max_members: evaluate the first this many members with a target (0: all)."""
-    workdir = Path(workdir)
-    if not retriever:
-        raise ValueError("rerank_run.retriever is unset: give the dual encoder's workdir (--gin.RETRIEVER=DIR) "
-                         "where `ff-jax embed` wrote its embeddings")
-    retriever = Path(retriever)
-    check_kind(retriever, DUAL_ENCODER)
-    model, tokenizer, data = load_ranker(workdir)
+WEIGHT_GRID = (0.0, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 1000.0)
+
+
+@dataclasses.dataclass
+class Reranking:
+    """One split's retrieved lists, with the ranker's and the retriever's scores of each candidate."""
+
+    members: list
+    retrieved: np.ndarray            # [members, k] corpus positions, -1 past the end
+    ranker: list[np.ndarray]         # per member, one score per retrieved candidate
+    cosine: list[np.ndarray]         # per member, the retriever's cosine of each
+    seconds: float
+
+    def order(self, weight: float) -> np.ndarray:
+        out = np.full_like(self.retrieved, -1)
+        for i, (ranker, cosine) in enumerate(zip(self.ranker, self.cosine)):
+            positions = self.retrieved[i][: len(ranker)]
+            out[i, : len(ranker)] = positions[np.argsort(-(ranker + weight * cosine), kind="stable")]
+        return out
+
+
+def rerank_split(model, tokenizer, data, retriever: Path, split: str, k: int, max_members: int, progress: bool):
+    """(TrainingData, Reranking) of `split`: the retriever's top k per member (as `ff-jax eval` ranks
+    them), each scored by the ranker (context prefilled once per member)."""
     training, members = feed_eval_data(data.feed, split)
     root = retriever / "embeddings"
     item_ids, items = read_tower(root / "items")
@@ -72,34 +90,68 @@ def rerank_run(workdir: str, retriever: Optional[str] = None, top_k: int = 100, 
         evaluated = evaluated[:max_members]
     if not evaluated:
         raise ValueError(f"{root / f'members_{split}'}: none of the {len(members)} {split} members has an embedding")
-    # The retriever's lists exactly as `ff-jax eval` ranks them (cosine, engaged history excluded).
-    k = min(top_k, training.num_items)
+    k = min(k, training.num_items)
     retriever_model = EmbeddingRecommender(member_ids.tolist(), member_vectors, items).fit(training)
     retrieved = rank(retriever_model, evaluated, training, k, "engaged", progress=progress)
+    member_rows = retriever_model.member_rows(evaluated)
 
     sources, fmt, _ = data.feed.open_dataset(data.feed.dataset)
     records = {as_text(r["user_id"]): r for r in read_records(sources[split])}
     member_tokens, item_tokens, question = data.prompt_tokenizers(tokenizer, fmt)
     candidates = [list(ids) + question for ids in item_tokens.items(list(training.items["text"]))]
-    budget = data.ranker.candidate_budget
-    reranked = np.full_like(retrieved, -1)
+    ranker, cosine = [], []
     start = time.perf_counter()
-    for i, member in enumerate(tqdm(evaluated, desc="rerank", disable=not progress)):
+    for i, member in enumerate(tqdm(evaluated, desc=f"rerank {split}", disable=not progress)):
         positions = retrieved[i][retrieved[i] >= 0]
         context = list(member_tokens.member(records[member.user_id]))
-        scores = score_candidates(model, context, [candidates[p] for p in positions], budget, mode="cache",
-                                  batch=min(k, 128), max_context=data.context_budget)
-        reranked[i, :len(positions)] = positions[np.argsort(-scores, kind="stable")]
-    seconds = time.perf_counter() - start
+        ranker.append(score_candidates(model, context, [candidates[p] for p in positions], data.ranker.candidate_budget,
+                                       mode="cache", batch=min(k, 128), max_context=data.context_budget))
+        cosine.append(retriever_model.items[positions] @ retriever_model.members[member_rows[i]])
+    return training, Reranking(evaluated, retrieved, ranker, cosine, time.perf_counter() - start)
+
+
+def choose_weight(model, tokenizer, data, retriever: Path, k: int, progress: bool) -> tuple[float, dict]:
+    """The WEIGHT_GRID weight with the best validation NDCG@10, and the whole curve."""
+    training, validation = rerank_split(model, tokenizer, data, retriever, "validation", k, 0, progress)
+    curve = {w: metrics_of_ranking(validation.order(w), validation.members, training, [10])["all"]["ndcg@10"]
+             for w in WEIGHT_GRID}
+    best = max(curve, key=lambda w: (curve[w], -w))
+    return best, {"validation_members": len(validation.members), "validation_ndcg@10": curve}
+
+
+@gin.configurable(denylist=["workdir"])
+def rerank_run(workdir: str, retriever: Optional[str] = None, top_k: int = 100, split: str = "test",
+               ks: Sequence[int] = (10, 50, 100), max_members: int = 0, output: str = "eval",
+               retrieval_weight: Optional[float] = 0.0, progress: bool = True) -> dict:
+    """Reranks the retriever's top_k for each member of `split`; writes
+    `<workdir>/<output>/rerank_<split>.json` and prints retrieval alone beside reranked.
+    max_members: evaluate the first this many members with a target (0: all). retrieval_weight:
+    the fusion weight of the retriever's cosine (module doc); None: chosen on the validation split."""
+    workdir = Path(workdir)
+    if not retriever:
+        raise ValueError("rerank_run.retriever is unset: give the dual encoder's workdir (--gin.RETRIEVER=DIR) "
+                         "where `ff-jax embed` wrote its embeddings")
+    retriever = Path(retriever)
+    check_kind(retriever, DUAL_ENCODER)
+    model, tokenizer, data = load_ranker(workdir)
+    fusion = {}
+    if retrieval_weight is None:
+        retrieval_weight, fusion = choose_weight(model, tokenizer, data, retriever, top_k, progress)
+    training, run = rerank_split(model, tokenizer, data, retriever, split, top_k, max_members, progress)
+    k = run.retrieved.shape[1]
     cut = sorted({c for c in ks if c <= k} | {k})
-    report = {"split": split, "members": len(evaluated), "top_k": k, "ks": cut, "rerank_seconds": seconds,
-              "retriever": str(retriever),
-              "retrieval": {"metrics": metrics_of_ranking(retrieved, evaluated, training, cut)},
-              "reranked": {"metrics": metrics_of_ranking(reranked, evaluated, training, cut)}}
+    report = {"split": split, "members": len(run.members), "top_k": k, "ks": cut, "rerank_seconds": run.seconds,
+              "retriever": str(retriever), "retrieval_weight": retrieval_weight, **fusion,
+              "retrieval": {"metrics": metrics_of_ranking(run.retrieved, run.members, training, cut)},
+              "reranked": {"metrics": metrics_of_ranking(run.order(retrieval_weight), run.members, training, cut)}}
+    rows = {"retrieval": report["retrieval"]}
+    if retrieval_weight:
+        report["ranker_alone"] = {"metrics": metrics_of_ranking(run.order(0.0), run.members, training, cut)}
+        rows["ranker alone"] = report["ranker_alone"]
+    rows[f"reranked top-{k}" + (f", + {retrieval_weight:g} x cosine" if retrieval_weight else "")] = report["reranked"]
     out = workdir / output
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"rerank_{split}.json").write_text(json.dumps(report, indent=1, default=float))
-    print_table({"retrieval": report["retrieval"], f"reranked top-{k}": report["reranked"]},
-                columns=(*COLUMNS, f"recall@{k}"),
-                title=f"{split}: {len(evaluated)} members, top-{k} reranked in {seconds:.0f} s")
+    files.write_atomic(out / f"rerank_{split}.json", json.dumps(report, indent=1, default=float))
+    print_table(rows, columns=(*COLUMNS, f"recall@{k}"),
+                title=f"{split}: {len(run.members)} members, top-{k} reranked in {run.seconds:.0f} s")
     return report

@@ -44,7 +44,9 @@ TOWERS = {"item": "item_id", "member": "user_id"}  # tower -> id field of its re
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
 class EmbedConfig:
-    """towers: which to embed ("item" = the corpus, "member" = the members of `split`).
+    """towers: which to embed ("item" = the corpus, "member" = the members of `split`; for
+    "train", one vector per training record, id `<user_id>#<record index>`: the ranker's
+    retrieved negatives, ff_jax.rank.data).
     dims: Matryoshka prefix widths stored besides the full width (each re-normalised).
     dtype: storage type, "float32" / "float16" / "bfloat16". shard_size: records per output shard
     (the unit of resumption). max_records: embed only the first N records of each tower.
@@ -70,6 +72,28 @@ class EmbedConfig:
             raise ValueError(f"EmbedConfig.dtype must be one of {sorted(STORAGE_DTYPES)}, got {self.dtype!r}")
         if self.shard_size < 1:
             raise ValueError(f"EmbedConfig.shard_size must be >= 1, got {self.shard_size}")
+
+
+class NumberedRecords(Sequence):
+    """The training split's records with `user_id` made `<user_id>#<record index>`: a member has
+    one training record per engagement, each with its own history, so the member's id alone
+    does not name a record (`ff-jax embed` refuses repeated ids within a shard)."""
+
+    def __init__(self, records: Sequence):
+        self.records = records
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int):
+        record = dict(self.records[index])
+        record["user_id"] = f"{as_text(record['user_id'])}#{index % len(self)}"
+        return record
+
+
+def training_record_index(member_id: str) -> int:
+    """The record index in an id written for the training split (`NumberedRecords`)."""
+    return int(member_id.rsplit("#", 1)[1])
 
 
 class RecordSlice(Sequence):
@@ -195,6 +219,8 @@ def embed_towers(workdir: str | Path, args: dict, config: EmbedConfig, progress:
         name = "items" if tower == "item" else f"members_{config.split}"
         sources, fmt, _ = data.open_dataset(f"{data.dataset}_corpus" if tower == "item" else data.dataset)
         records = sources["corpus" if tower == "item" else config.split]
+        if tower == "member" and config.split == "train":
+            records = NumberedRecords(records)
         count = len(records) if config.max_records is None else min(len(records), config.max_records)
         settings = {"records": count, "shard_size": config.shard_size, "width": width,
                     "dims": sorted({*config.dims, width}), "dtype": config.dtype, "tower": tower,

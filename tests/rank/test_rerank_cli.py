@@ -38,7 +38,7 @@ def test_eval_of_a_ranker_workdir_reranks_the_retrievers_top_k(runs):
     assert cli.main(["eval", f"--workdir={ranker}", f"--gin.rerank_run.top_k={TOP_K}",
                      "--gin.rerank_run.progress=False"]) == 0
     report = json.loads((ranker / "eval" / "rerank_test.json").read_text())
-    assert report["top_k"] == TOP_K and report["members"] > 0
+    assert report["top_k"] == TOP_K and report["members"] > 0 and report["retrieval_weight"] == 0.0
     before, after = report["retrieval"]["metrics"], report["reranked"]["metrics"]
     assert set(before) == set(after) and "all" in before and len(before) > 1  # overall and by cohort
     for cohort in before:
@@ -47,6 +47,73 @@ def test_eval_of_a_ranker_workdir_reranks_the_retrievers_top_k(runs):
         for metric in ("ndcg@10", "recall@10", "mrr"):
             assert 0.0 <= after[cohort][metric] <= 1.0
     assert any(after[c]["mrr"] != before[c]["mrr"] for c in before)
+
+    # The fusion weight chosen on the validation split: the grid's best validation NDCG@10.
+    assert cli.main(["embed", f"--workdir={retriever}", "--gin.EmbedConfig.split=validation",
+                     "--gin.EmbedConfig.towers=('member',)"]) == 0
+    assert cli.main(["eval", f"--workdir={ranker}", f"--gin.rerank_run.top_k={TOP_K}",
+                     "--gin.rerank_run.retrieval_weight=None", "--gin.rerank_run.progress=False"]) == 0
+    fused = json.loads((ranker / "eval" / "rerank_test.json").read_text())
+    curve = {float(w): v for w, v in fused["validation_ndcg@10"].items()}
+    assert fused["validation_members"] > 0 and fused["retrieval_weight"] in curve
+    assert curve[fused["retrieval_weight"]] == max(curve.values())
+    assert fused["retrieval"] == report["retrieval"]  # the same test members and retrieved lists
+    if fused["retrieval_weight"]:
+        assert fused["ranker_alone"] == report["reranked"]
+
+
+def test_member_negatives_come_from_each_records_own_retrieved_list(runs, capsys):
+    """`ff-jax embed` of the training split gives one vector per training record; with
+    negatives_from="member" each row's negatives are drawn from the items nearest that record's
+    vector (checked against an exact numpy top-K), and before that embedding exists the run is
+    refused with the command that makes it."""
+    from ff_jax import gin_cli
+    from ff_jax.data.pipeline import as_text
+    from ff_jax.model.tokenizer import byte_tokenizer
+    from ff_jax.rank.data import RankerData
+    from ff_jax.rank.evaluate import train_ranker  # noqa: F401  (registers the configurables)
+    from ff_jax.retrieval.embedding_store import read_tower
+    from ff_jax.train.data_source import FeedData
+
+    retriever, _, _ = runs
+    bindings = ["DATASET='tables'", f"TABLES='{TABLES}'", "TablesOptions.rating_threshold=4",
+                "TablesOptions.numeric_ids=True", f"DATA_DIR='{retriever.parent / 'tfds'}'",
+                f"RankerData.retriever='{retriever}'", "RankerData.negatives_from='member'",
+                "RankerData.neighbour_pool=6"]
+    with gin_cli.configured(["ranker/tiny_smoke.gin"], bindings):
+        data = RankerData(feed=FeedData())
+    tokenizer = byte_tokenizer()
+    with pytest.raises(ValueError, match="EmbedConfig.split=train"):
+        data.train_iterator(tokenizer, num_shards=1)
+
+    assert cli.main(["embed", f"--workdir={retriever}", "--gin.EmbedConfig.split=train",
+                     "--gin.EmbedConfig.towers=('member',)"]) == 0
+    records = data.feed.open_dataset("tables")[0]["train"]
+    ids, members = read_tower(retriever / "embeddings" / "members_train")
+    assert ids.tolist() == [f"{as_text(records[i]['user_id'])}#{i}" for i in range(len(records))]
+
+    item_ids, prompts = data.corpus()
+    stored, vectors = read_tower(retriever / "embeddings" / "items")
+    vectors = vectors[[stored.tolist().index(i) for i in item_ids]]
+    exact = np.argsort(-(members @ vectors.T), axis=1, kind="stable")[:, :6]
+    pools = data._pools(item_ids, records)
+    for i in range(len(records)):
+        assert set(pools[i].tolist()) == set(exact[i].tolist())
+
+    from ff_jax.rank.data import _RowMaker
+    maker = _RowMaker(data, tokenizer, data.feed.open_dataset("tables")[1], item_ids, prompts, pools)
+    question = data.ranker.question
+    for i in range(0, len(records), max(1, len(records) // 20)):
+        row = maker((i, records[i]), np.random.default_rng(i))
+        seg = row["segment_ids"]
+        taken = {as_text(records[i]["positive_id"]), *map(as_text, records[i]["negative_ids"][: data.impressed])}
+        room = [p for p in exact[i] if item_ids[p] not in taken]
+        first_negative = 3 + len(records[i]["negative_ids"][: data.impressed])  # context, engaged, impressed
+        for s in range(first_negative, data.candidates + 2):
+            text = tokenizer.decode(row["tokens"][seg == s].tolist())[: -len(question)]
+            position = next(p for p, prompt in enumerate(prompts) if prompt.startswith(text))
+            if len(room) >= data.candidates - first_negative + 2:  # a short pool is topped up uniformly
+                assert position in room, (i, item_ids[position])
     # The dual encoder's own eval is untouched by the routing.
     assert cli.main(["eval", f"--workdir={retriever}", "--gin.evaluate_run.ann=False",
                      "--gin.evaluate_run.progress=False"]) == 0
