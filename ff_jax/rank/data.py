@@ -45,15 +45,15 @@ def neighbours(vectors: np.ndarray, wanted: np.ndarray, count: int, chunk: int =
     return nearest(vectors[wanted], vectors, count, exclude=wanted, chunk=chunk)
 
 
-def nearest(queries: np.ndarray, vectors: np.ndarray, count: int, exclude: Optional[np.ndarray] = None,
-            chunk: int = 1024) -> np.ndarray:
+def nearest(queries: np.ndarray, vectors: np.ndarray, count: int, exclude=None, chunk: int = 1024) -> np.ndarray:
     """[len(queries), count] positions of `vectors` nearest each query by dot product, best first;
-    exclude[i], when given, is left out of row i."""
+    exclude[i], when given (a position or a list of them), is left out of row i."""
     out = np.zeros((len(queries), count), np.int64)
     for lo in range(0, len(queries), chunk):
         scores = queries[lo:lo + chunk] @ vectors.T
         if exclude is not None:
-            scores[np.arange(len(scores)), exclude[lo:lo + chunk]] = -np.inf
+            for row, left_out in enumerate(exclude[lo:lo + chunk]):
+                scores[row, left_out] = -np.inf
         top = np.argpartition(-scores, count, axis=1)[:, :count]
         order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1)
         out[lo:lo + chunk] = np.take_along_axis(top, order, axis=1)
@@ -118,7 +118,8 @@ class RankerData:
         sources, fmt, _ = self.feed.open_dataset(self.feed.dataset)
         item_ids, prompts = self.corpus()
         records = sources["train"]
-        make_row = _RowMaker(self, tokenizer, fmt, item_ids, prompts, self._pools(item_ids, records))
+        make_row = _RowMaker(self, tokenizer, fmt, item_ids, prompts, self._pools(item_ids, records),
+                             engaged_items(records))
         # (record index, record): "member" pools are per record.
         ds = grain.MapDataset.source(records).map_with_index(lambda index, record: (index, record))
         if jax.process_count() > 1:
@@ -144,15 +145,19 @@ class RankerData:
             raise ValueError(f"{self.retriever}: the retriever's item embeddings lack {len(missing)} corpus items "
                              f"(first {missing[0]!r}); embed this dataset's corpus with it (`ff-jax embed`)")
         vectors = vectors[[order[i] for i in item_ids]]
+        position = {item: i for i, item in enumerate(item_ids)}
         if self.negatives_from == "member":
-            return self._member_pools(vectors, len(records))
+            return self._member_pools(vectors, records, position)
         positives = sorted({as_text(records[i]["positive_id"]) for i in range(len(records))})
         position = {item: i for i, item in enumerate(item_ids)}
         near = neighbours(vectors, np.asarray([position[p] for p in positives]), min(self.neighbour_pool,
                                                                                    len(item_ids) - 1))
         return dict(zip(positives, near))
 
-    def _member_pools(self, item_vectors: np.ndarray, count: int) -> dict[int, np.ndarray]:
+    def _member_pools(self, item_vectors: np.ndarray, records, position: dict[str, int]) -> dict[int, np.ndarray]:
+        """Each record's top `neighbour_pool` by its member vector, the member's engaged items left out
+        as evaluation leaves out the engaged history (and later engagements are not negatives)."""
+        count = len(records)
         folder = Path(self.retriever) / "embeddings" / "members_train"
         if not (folder / MANIFEST).exists():
             raise ValueError(f"{folder}: no training-record embeddings; RankerData.negatives_from='member' needs "
@@ -163,24 +168,36 @@ class RankerData:
             raise ValueError(f"{folder}: {len(ids)} training records embedded, the dataset has {count}; "
                              "embed them again (--gin.EmbedConfig.overwrite=True)")
         index = np.asarray([training_record_index(i) for i in ids.tolist()])
-        near = nearest(members, item_vectors, min(self.neighbour_pool, len(item_vectors)))
+        engaged = engaged_items(records)
+        exclude = [[position[i] for i in engaged[as_text(records[r]["user_id"])]] for r in index.tolist()]
+        near = nearest(members, item_vectors, min(self.neighbour_pool, len(item_vectors)), exclude=exclude)
         return dict(zip(index.tolist(), near))
+
+
+def engaged_items(records) -> dict[str, set[str]]:
+    """user id -> every item the member engaged with in the training split."""
+    out: dict[str, set[str]] = {}
+    for i in range(len(records)):
+        out.setdefault(as_text(records[i]["user_id"]), set()).add(as_text(records[i]["positive_id"]))
+    return out
 
 
 class _RowMaker:
     """A training record and a generator → one member row (dict of numpy arrays, no N/R axes)."""
 
-    def __init__(self, config: RankerData, tokenizer, fmt, item_ids, prompts, pools):
+    def __init__(self, config: RankerData, tokenizer, fmt, item_ids, prompts, pools, engaged: dict[str, set[str]]):
         self.config, self.item_ids, self.prompts, self.pools = config, item_ids, prompts, pools
         self.member, self.items, self.question = config.prompt_tokenizers(tokenizer, fmt)
         self.position = {item: i for i, item in enumerate(item_ids)}
+        self.engaged = engaged
 
     def __call__(self, indexed: tuple[int, dict], rng: np.random.Generator) -> dict:
         c = self.config
         index, record = indexed
         positive = as_text(record["positive_id"])
         impressed = [as_text(i) for i in record["negative_ids"]][: c.impressed]
-        taken = {positive, *impressed}
+        # Nothing the member engaged with in training is a negative (the uniform top-up included).
+        taken = {positive, *impressed, *self.engaged.get(as_text(record["user_id"]), ())}
         wanted = c.candidates - 1 - len(impressed)
         key = index if c.negatives_from == "member" else positive
         pool = self.pools.get(key) if self.pools is not None else None

@@ -65,7 +65,7 @@ def test_eval_of_a_ranker_workdir_reranks_the_retrievers_top_k(runs):
 def test_member_negatives_come_from_each_records_own_retrieved_list(runs, capsys):
     """`ff-jax embed` of the training split gives one vector per training record; with
     negatives_from="member" each row's negatives are drawn from the items nearest that record's
-    vector (checked against an exact numpy top-K), and before that embedding exists the run is
+    vector, the member's engaged items left out (checked against an exact numpy top-K), and before that embedding exists the run is
     refused with the command that makes it."""
     from ff_jax import gin_cli
     from ff_jax.data.pipeline import as_text
@@ -95,19 +95,27 @@ def test_member_negatives_come_from_each_records_own_retrieved_list(runs, capsys
     item_ids, prompts = data.corpus()
     stored, vectors = read_tower(retriever / "embeddings" / "items")
     vectors = vectors[[stored.tolist().index(i) for i in item_ids]]
-    exact = np.argsort(-(members @ vectors.T), axis=1, kind="stable")[:, :6]
+    engaged = {}
+    for i in range(len(records)):
+        engaged.setdefault(as_text(records[i]["user_id"]), set()).add(item_ids.index(as_text(records[i]["positive_id"])))
+    scores = members @ vectors.T
+    for i in range(len(records)):  # the member's engaged items are never its negatives
+        scores[i, sorted(engaged[as_text(records[i]["user_id"])])] = -np.inf
+    exact = np.argsort(-scores, axis=1, kind="stable")[:, :6]
     pools = data._pools(item_ids, records)
     for i in range(len(records)):
         assert set(pools[i].tolist()) == set(exact[i].tolist())
 
     from ff_jax.rank.data import _RowMaker
-    maker = _RowMaker(data, tokenizer, data.feed.open_dataset("tables")[1], item_ids, prompts, pools)
+    maker = _RowMaker(data, tokenizer, data.feed.open_dataset("tables")[1], item_ids, prompts, pools,
+                      {u: {item_ids[p] for p in ps} for u, ps in engaged.items()})
     question = data.ranker.question
     for i in range(0, len(records), max(1, len(records) // 20)):
         row = maker((i, records[i]), np.random.default_rng(i))
         seg = row["segment_ids"]
         taken = {as_text(records[i]["positive_id"]), *map(as_text, records[i]["negative_ids"][: data.impressed])}
         room = [p for p in exact[i] if item_ids[p] not in taken]
+        assert not set(exact[i]) & engaged[as_text(records[i]["user_id"])]
         first_negative = 3 + len(records[i]["negative_ids"][: data.impressed])  # context, engaged, impressed
         for s in range(first_negative, data.candidates + 2):
             text = tokenizer.decode(row["tokens"][seg == s].tolist())[: -len(question)]
