@@ -23,10 +23,12 @@ from typing import Optional, Sequence
 
 import gin
 import numpy as np
+import scipy.stats
 from tqdm.auto import tqdm
 
 from ff_jax import files
 from ff_jax.data.pipeline import as_text
+from ff_jax.data.ranking_metrics import hit_matrix, ndcg_at_k
 from ff_jax.model.sharding import logical_axis_rules, make_mesh
 from ff_jax.rank.checkpoints import DUAL_ENCODER, RANKER, check_kind, restore_weights
 from ff_jax.rank.cross_encoder import score_candidates
@@ -110,6 +112,20 @@ def rerank_split(model, tokenizer, data, retriever: Path, split: str, k: int, ma
     return training, Reranking(evaluated, retrieved, ranker, cosine, time.perf_counter() - start)
 
 
+def ndcg_gain(before: np.ndarray, after: np.ndarray, members, data, k: int = 10, seed: int = 0) -> dict:
+    """The mean per-member change of NDCG@k from `before` to `after` (same members), with a 95%
+    paired bootstrap interval over members (scipy's BCa): whether a gain is more than noise."""
+    keep = [i for i, m in enumerate(members) if m.targets]
+    targets = [data.positions(members[i].targets) for i in keep]
+    per_member = [ndcg_at_k(*hit_matrix(ranked[keep], targets), k) for ranked in (before, after)]
+    change = per_member[1] - per_member[0]
+    if not change.any():
+        return {"mean": 0.0, "ci95": [0.0, 0.0], "members": len(change)}
+    interval = scipy.stats.bootstrap((change,), np.mean, confidence_level=0.95, n_resamples=2000,
+                                     rng=np.random.default_rng(seed)).confidence_interval
+    return {"mean": float(change.mean()), "ci95": [float(interval.low), float(interval.high)], "members": len(change)}
+
+
 def choose_weight(model, tokenizer, data, retriever: Path, k: int, progress: bool) -> tuple[float, dict]:
     """The WEIGHT_GRID weight with the best validation NDCG@10, and the whole curve."""
     training, validation = rerank_split(model, tokenizer, data, retriever, "validation", k, 0, progress)
@@ -143,7 +159,8 @@ def rerank_run(workdir: str, retriever: Optional[str] = None, top_k: int = 100, 
     report = {"split": split, "members": len(run.members), "top_k": k, "ks": cut, "rerank_seconds": run.seconds,
               "retriever": str(retriever), "retrieval_weight": retrieval_weight, **fusion,
               "retrieval": {"metrics": metrics_of_ranking(run.retrieved, run.members, training, cut)},
-              "reranked": {"metrics": metrics_of_ranking(run.order(retrieval_weight), run.members, training, cut)}}
+              "reranked": {"metrics": metrics_of_ranking(run.order(retrieval_weight), run.members, training, cut)},
+              "ndcg@10_gain": ndcg_gain(run.retrieved, run.order(retrieval_weight), run.members, training)}
     rows = {"retrieval": report["retrieval"]}
     if retrieval_weight:
         report["ranker_alone"] = {"metrics": metrics_of_ranking(run.order(0.0), run.members, training, cut)}
@@ -154,4 +171,7 @@ def rerank_run(workdir: str, retriever: Optional[str] = None, top_k: int = 100, 
     files.write_atomic(out / f"rerank_{split}.json", json.dumps(report, indent=1, default=float))
     print_table(rows, columns=(*COLUMNS, f"recall@{k}"),
                 title=f"{split}: {len(run.members)} members, top-{k} reranked in {run.seconds:.0f} s")
+    gain = report["ndcg@10_gain"]
+    print(f"NDCG@10 reranked - retrieval: {gain['mean']:+.4f} (95% paired bootstrap over members: "
+          f"{gain['ci95'][0]:+.4f} to {gain['ci95'][1]:+.4f})")
     return report

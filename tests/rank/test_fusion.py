@@ -25,3 +25,33 @@ def test_order_sorts_by_ranker_plus_weighted_cosine():
     # Weight 0 is the ranker alone; a weight far above the ranker's spread keeps the retriever's order.
     np.testing.assert_array_equal(run.order(0.0)[0, :3], retrieved[0, :3][np.argsort(-ranker[0])])
     np.testing.assert_array_equal(run.order(1e6), retrieved)
+
+
+def _ndcg10(ranked_row, targets):
+    gains = [1.0 / np.log2(r + 2) for r, item in enumerate(ranked_row[:10]) if item in targets]
+    ideal = sum(1.0 / np.log2(r + 2) for r in range(min(len(targets), 10)))
+    return sum(gains) / ideal
+
+
+def test_ndcg_gain_is_the_mean_per_member_change_with_an_interval_around_it():
+    from types import SimpleNamespace
+
+    from ff_jax.rank.evaluate import ndcg_gain
+
+    rng = np.random.default_rng(1)
+    members = [SimpleNamespace(targets=[int(t)], cohort="all") for t in rng.integers(0, 20, 200)]
+    members.append(SimpleNamespace(targets=[], cohort="all"))  # no target: not evaluated
+    data = SimpleNamespace(positions=lambda targets: list(targets))
+    before = np.stack([rng.permutation(20) for _ in members])
+    after = before.copy()
+    for i, m in enumerate(members[:120]):  # move the target to the top for 120 members
+        row = list(after[i])
+        row.remove(m.targets[0])
+        after[i] = [m.targets[0], *row]
+    gain = ndcg_gain(before, after, members, data)
+    want = np.mean([_ndcg10(a, m.targets) - _ndcg10(b, m.targets)
+                    for a, b, m in zip(after, before, members) if m.targets])
+    assert gain["members"] == 200
+    np.testing.assert_allclose(gain["mean"], want, rtol=1e-12)
+    assert 0.0 < gain["ci95"][0] < gain["mean"] < gain["ci95"][1]
+    assert ndcg_gain(before, before, members, data) == {"mean": 0.0, "ci95": [0.0, 0.0], "members": 200}
