@@ -109,7 +109,9 @@ def _export(args) -> None:
     if args.ranker:  # exported first, under the ranker run's own config.gin
         _module("ff_jax.rank.checkpoints").check_kind(Path(args.ranker), "ranker")
         with gin_cli.configured([str(Path(args.ranker) / "config.gin")]):
-            ranker = _module("ff_jax.serving.ranker").export_ranker(args.ranker, export.PLATFORMS)
+            ranker = _module("ff_jax.serving.ranker").export_ranker(args.ranker, export.PLATFORMS,
+                                                                    args.ranker_retrieval_weight)
+            print(f"ranker: served order = ranker score + {ranker.document['retrieval_weight']:g} x retrieval score")
     with gin_cli.configured(_files_with_workdir_config(args), args.gin_bindings):
         print(f"bundle: {export.export_bundle(args.workdir, args.out, ranker=ranker)}")
 
@@ -161,6 +163,9 @@ def _export_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_string("out", None, "the bundle folder to write (must not exist)", flag_values=fv)
     flags.DEFINE_string("ranker", None, "a ranker training run (ff-jax rank-train) whose prefill and score steps "
                         "join the bundle", flag_values=fv)
+    flags.DEFINE_float("ranker_retrieval_weight", None, "with --ranker: the served order is ranker score + this x "
+                       "retrieval score (default: the weight the ranker run's last `ff-jax eval` used, else 0)",
+                       flag_values=fv)
 
 
 def _serve_flags(fv: flags.FlagValues) -> None:

@@ -79,12 +79,13 @@ class Engine:
         budgets = {"member": self.prompts.member_tokens, "item": self.prompts.item_tokens}
         self.lengths = {tower: sorted({b for b in config.length_buckets if b < budget} | {budget})
                         for tower, budget in budgets.items()}
-        self.ranker, self.ranker_prompts, self.candidates = None, None, {}
+        self.ranker, self.ranker_prompts, self.candidates, self.retrieval_weight = None, None, {}, 0.0
         if self.bundle.ranker is not None:
             document = self.bundle.ranker["document"]
             self.ranker = ServedRanker(self.bundle.ranker["functions"], self.bundle.ranker["weights"], document,
                                        config.ranker_batch)
             self.ranker_prompts = RankerPrompts(self.prompts, document)
+            self.retrieval_weight = float(document.get("retrieval_weight", 0.0))  # bundles before it: 0
             budget = document["context_budget"]
             self.lengths["context"] = sorted({b for b in config.length_buckets if b < budget} | {budget})
         self.ready = False
@@ -170,7 +171,8 @@ class Engine:
         for i, own, own_scores in zip(valid, found, ranker_scores):
             ranked = [(j, s, None) for j, s in own]
             if own_scores is not None:
-                order = np.argsort(-own_scores, kind="stable")
+                fused = own_scores + self.retrieval_weight * np.asarray([s for _, s in own])
+                order = np.argsort(-fused, kind="stable")
                 ranked = [(own[o][0], own[o][1], float(own_scores[o])) for o in order]
             results[i] = [(j, s, r, self.author_of.get(j)) for j, s, r in ranked]
         return results

@@ -208,7 +208,8 @@ def export_bundle(workdir: str | Path, out: str | Path, *, step: int | None = No
         "weights": weight_table(weights), "items": len(catalogue),
     }
     if ranker is not None:
-        manifest["model"]["ranker"] = {k: ranker.document[k] for k in ("backbone", "head", "origin")}
+        manifest["model"]["ranker"] = {k: ranker.document[k] for k in ("backbone", "head", "origin",
+                                                                       "retrieval_weight")}
         manifest["ranker_weights"] = weight_table(ranker.weights)
 
     def write(folder: Path) -> None:

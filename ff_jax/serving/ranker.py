@@ -21,9 +21,15 @@ A context is the member prompt cut to the ranker's context budget (BOS, no EOS);
 the item prompt (no BOS/EOS) cut to the budget left by the question, then the question
 (ff_jax.rank.data.RankerData.prompt_tokenizers). `prefill` is dispatched and returns at once,
 so the server runs retrieval while the contexts are computed, and `score` waits for them.
+
+The served order is that of the ranker's evaluation: `ranker score + retrieval_weight x retrieval
+score` (ff_jax.rank.evaluate's score fusion), the weight kept in the bundle's ranker document. By
+default it is the weight the ranker run's last `ff-jax eval` used (`eval/rerank_test.json`, chosen
+on validation when asked), else 0 (the ranker alone).
 """
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -73,8 +79,17 @@ def step_functions(graphdef, names: list[str], treedef):
     return prefill_step, score_step
 
 
-def export_ranker(workdir: str | Path, platforms) -> RankerExport:
-    """The ranker run `workdir` (its config.gin parsed by the caller) exported for `platforms`."""
+def served_retrieval_weight(workdir: Path, given: float | None) -> float:
+    """The fusion weight to serve: `given`, else the one the run's last rerank evaluation used, else 0."""
+    if given is not None:
+        return float(given)
+    report = workdir / "eval" / "rerank_test.json"
+    return float(json.loads(report.read_text()).get("retrieval_weight", 0.0)) if report.exists() else 0.0
+
+
+def export_ranker(workdir: str | Path, platforms, retrieval_weight: float | None = None) -> RankerExport:
+    """The ranker run `workdir` (its config.gin parsed by the caller) exported for `platforms`;
+    retrieval_weight: the score fusion weight served (None: `served_retrieval_weight`'s default)."""
     workdir = Path(workdir)
     check_kind(workdir, RANKER)
     model, tokenizer, data = load_ranker(workdir)
@@ -103,7 +118,8 @@ def export_ranker(workdir: str | Path, platforms) -> RankerExport:
     document = {"head": data.ranker.head, "candidate_budget": budget, "context_budget": data.context_budget,
                 "per_row": PER_ROW,
                 "question": list(question), "item_tokens": budget - len(question), "add_bos": data.feed.batch.add_bos,
-                "backbone": dataclasses.asdict(cfg), "origin": {"workdir": str(workdir.absolute()), "step": step}}
+                "backbone": dataclasses.asdict(cfg), "origin": {"workdir": str(workdir.absolute()), "step": step},
+                "retrieval_weight": served_retrieval_weight(workdir, retrieval_weight)}
     return RankerExport(functions, weights, tokenizer, document)
 
 

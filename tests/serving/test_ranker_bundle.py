@@ -127,6 +127,39 @@ def test_a_micro_batch_is_ranked_by_one_prefill_and_each_member_gets_its_own_ans
     engine.close()
 
 
+def test_the_served_order_fuses_ranker_and_retrieval_scores_by_the_bundles_weight(ranked_bundle_dir, tmp_path):
+    """ranker + w x retrieval: w = 0 is the ranker's order, a huge w the retriever's, and a middle
+    w the fused sum sorted by hand; the scores returned stay the two raw ones."""
+    from ff_jax.serving.engine import Engine, Query
+
+    engine = Engine(ranked_bundle_dir, tmp_path, CONFIG)
+    assert engine.retrieval_weight == 0.0  # the ranker run had no rerank report
+    record = engine.prompts.member_record({"headline": "coder number 5"}, [HistoryItem(item_id="p03")],
+                                          engine.prompt_of)
+    query = Query(engine.prompts.tokens.member(record), 9, [], [], engine.ranker_prompts.context.member(record))
+    alone = engine.recommend([query])[0]
+    assert [a[2] for a in alone] == sorted((a[2] for a in alone), reverse=True)
+    retrieval, ranker = np.array([a[1] for a in alone]), np.array([a[2] for a in alone])
+    engine.retrieval_weight = 1e6
+    assert [a[0] for a in engine.recommend([query])[0]] == [alone[i][0] for i in np.argsort(-retrieval, kind="stable")]
+    weight = float(np.ptp(ranker) / max(np.ptp(retrieval), 1e-6))  # both terms matter
+    engine.retrieval_weight = weight
+    fused = engine.recommend([query])[0]
+    assert [a[0] for a in fused] == [alone[i][0] for i in np.argsort(-(ranker + weight * retrieval), kind="stable")]
+    np.testing.assert_allclose(sorted(a[2] for a in fused), sorted(ranker), atol=1e-6)
+    engine.close()
+
+
+def test_the_served_weight_is_given_else_the_last_rerank_evaluations_else_zero(tmp_path):
+    from ff_jax.serving.ranker import served_retrieval_weight
+
+    assert served_retrieval_weight(tmp_path, None) == 0.0
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "rerank_test.json").write_text(json.dumps({"retrieval_weight": 30.0}))
+    assert served_retrieval_weight(tmp_path, None) == 30.0
+    assert served_retrieval_weight(tmp_path, 2.5) == 2.5
+
+
 @pytest.mark.parametrize("name", [layout.ranker_file("prefill"), layout.ranker_file("score"), layout.RANKER_WEIGHTS,
                                   layout.RANKER])
 def test_tampered_ranker_files_are_refused(ranked_bundle_dir, tmp_path, name):
@@ -145,7 +178,7 @@ def test_tampered_ranker_files_are_refused(ranked_bundle_dir, tmp_path, name):
 def test_manifest_records_the_ranker(ranked_bundle_dir, ranker_dir):
     manifest = json.loads((ranked_bundle_dir / "manifest.json").read_text())
     ranker = manifest["model"]["ranker"]
-    assert ranker["head"] == "linear" and ranker["origin"]["step"] == 3
+    assert ranker["head"] == "linear" and ranker["origin"]["step"] == 3 and ranker["retrieval_weight"] == 0.0
     assert ranker["origin"]["workdir"] == str(ranker_dir.absolute())
     assert {w["name"] for w in manifest["ranker_weights"]} >= {"kernel", "bias"}
 
