@@ -118,8 +118,10 @@ class RankerData:
         sources, fmt, _ = self.feed.open_dataset(self.feed.dataset)
         item_ids, prompts = self.corpus()
         records = sources["train"]
-        make_row = _RowMaker(self, tokenizer, fmt, item_ids, prompts, self._pools(item_ids, records),
-                             engaged_items(records))
+        users = [as_text(records[i]["user_id"]) for i in range(len(records))]
+        engaged = engaged_items(records, users)
+        make_row = _RowMaker(self, tokenizer, fmt, item_ids, prompts, self._pools(item_ids, records, users, engaged),
+                             engaged)
         # (record index, record): "member" pools are per record.
         ds = grain.MapDataset.source(records).map_with_index(lambda index, record: (index, record))
         if jax.process_count() > 1:
@@ -131,7 +133,7 @@ class RankerData:
                       batch_fn=lambda examples: _stack(examples, num_shards, rows))
         return iter(ds)
 
-    def _pools(self, item_ids: list[str], records) -> Optional[dict]:
+    def _pools(self, item_ids: list[str], records, users: list[str], engaged: dict[str, set[str]]) -> Optional[dict]:
         """Without a retriever None; negatives_from="item": engaged item id → positions of its
         nearest items in the retriever's embeddings (only for items that are some record's engaged
         item); "member": record index → positions of the items nearest its member vector."""
@@ -147,17 +149,17 @@ class RankerData:
         vectors = vectors[[order[i] for i in item_ids]]
         position = {item: i for i, item in enumerate(item_ids)}
         if self.negatives_from == "member":
-            return self._member_pools(vectors, records, position)
+            return self._member_pools(vectors, users, engaged, position)
         positives = sorted({as_text(records[i]["positive_id"]) for i in range(len(records))})
-        position = {item: i for i, item in enumerate(item_ids)}
         near = neighbours(vectors, np.asarray([position[p] for p in positives]), min(self.neighbour_pool,
                                                                                    len(item_ids) - 1))
         return dict(zip(positives, near))
 
-    def _member_pools(self, item_vectors: np.ndarray, records, position: dict[str, int]) -> dict[int, np.ndarray]:
+    def _member_pools(self, item_vectors: np.ndarray, users: list[str], engaged: dict[str, set[str]],
+                      position: dict[str, int]) -> dict[int, np.ndarray]:
         """Each record's top `neighbour_pool` by its member vector, the member's engaged items left out
         as evaluation leaves out the engaged history (and later engagements are not negatives)."""
-        count = len(records)
+        count = len(users)
         folder = Path(self.retriever) / "embeddings" / "members_train"
         if not (folder / MANIFEST).exists():
             raise ValueError(f"{folder}: no training-record embeddings; RankerData.negatives_from='member' needs "
@@ -168,17 +170,16 @@ class RankerData:
             raise ValueError(f"{folder}: {len(ids)} training records embedded, the dataset has {count}; "
                              "embed them again (--gin.EmbedConfig.overwrite=True)")
         index = np.asarray([training_record_index(i) for i in ids.tolist()])
-        engaged = engaged_items(records)
-        exclude = [[position[i] for i in engaged[as_text(records[r]["user_id"])]] for r in index.tolist()]
+        exclude = [[position[i] for i in engaged[users[r]]] for r in index.tolist()]
         near = nearest(members, item_vectors, min(self.neighbour_pool, len(item_vectors)), exclude=exclude)
         return dict(zip(index.tolist(), near))
 
 
-def engaged_items(records) -> dict[str, set[str]]:
-    """user id -> every item the member engaged with in the training split."""
+def engaged_items(records, users: list[str]) -> dict[str, set[str]]:
+    """user id -> every item the member engaged with in the training split (users[i]: record i's)."""
     out: dict[str, set[str]] = {}
-    for i in range(len(records)):
-        out.setdefault(as_text(records[i]["user_id"]), set()).add(as_text(records[i]["positive_id"]))
+    for i, user in enumerate(users):
+        out.setdefault(user, set()).add(as_text(records[i]["positive_id"]))
     return out
 
 

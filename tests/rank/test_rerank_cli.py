@@ -102,7 +102,8 @@ def test_member_negatives_come_from_each_records_own_retrieved_list(runs, capsys
     for i in range(len(records)):  # the member's engaged items are never its negatives
         scores[i, sorted(engaged[as_text(records[i]["user_id"])])] = -np.inf
     exact = np.argsort(-scores, axis=1, kind="stable")[:, :6]
-    pools = data._pools(item_ids, records)
+    users = [as_text(records[i]["user_id"]) for i in range(len(records))]
+    pools = data._pools(item_ids, records, users, {u: {item_ids[p] for p in ps} for u, ps in engaged.items()})
     for i in range(len(records)):
         assert set(pools[i].tolist()) == set(exact[i].tolist())
 
