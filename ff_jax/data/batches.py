@@ -89,6 +89,7 @@ class RankerBatch:
     labels: Array  # float32 [N, R, K]: 1 = the member engaged with it, 0 = not
     candidate_mask: Array  # float32 [N, R, K]: 1 = a real candidate, 0 = none there
     example_mask: Array  # float32 [N, R]: 1 = a real member, 0 = filler
+    prior: Array  # float32 [N, R, K]: RankerData.retrieval_prior x the retriever's cosine (0 without)
 
 
 Batch = TypeVar("Batch", DualTowerBatch, EmbeddingBatch, RankerBatch)

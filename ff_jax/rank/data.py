@@ -13,6 +13,10 @@ ranker's question within `RankerConfig.candidate_budget`:
     the record's own member vector (`ff-jax embed --gin.EmbedConfig.split=train` on the
     retriever), i.e. the list the retriever returns for this member at this point in time,
     which is exactly the list the ranker reorders at evaluation.
+`retrieval_prior` w (with negatives_from="member"): each candidate also carries w x the
+retriever's cosine of the record's member vector and the item (RankerBatch.prior), which the
+objective adds to the ranker's score: the ranker learns to correct the retriever's order, and
+evaluation and serving sort by the same sum.
 The pipeline is grain's: index shuffle, per-record random draws seeded by the record's position
 (`random_map`), fixed-shape rows, so the iterator's state resumes it exactly (orbax checkpoints).
 """
@@ -66,7 +70,7 @@ class RankerData:
     """feed: the dataset (and its tokenizer choice) as the dual encoder reads it. K candidates per
     member: 1 + impressed + negatives. neighbour_pool: retrieved negatives are drawn from this many
     nearest items of the engaged one (negatives_from="item") or of the record's member vector
-    ("member")."""
+    ("member"). retrieval_prior: see the module doc (0: none)."""
 
     feed: FeedData = gin.REQUIRED
     ranker: RankerConfig = RankerConfig()
@@ -77,6 +81,7 @@ class RankerData:
     neighbour_pool: int = 20
     members_per_shard: int = 4
     negatives_from: str = "item"
+    retrieval_prior: float = 0.0
 
     def __post_init__(self):
         if self.impressed < 0 or self.negatives < 0 or self.impressed + self.negatives < 1:
@@ -84,6 +89,9 @@ class RankerData:
         if self.negatives_from not in NEGATIVE_SOURCES:
             raise ValueError(f"RankerData.negatives_from must be one of {NEGATIVE_SOURCES}, "
                              f"got {self.negatives_from!r}")
+        if self.retrieval_prior and (self.negatives_from != "member" or not self.retriever):
+            raise ValueError("RankerData.retrieval_prior needs the retriever's training-record vectors: set "
+                             "RankerData.retriever and RankerData.negatives_from='member'")
 
     @property
     def candidates(self) -> int:
@@ -120,8 +128,8 @@ class RankerData:
         records = sources["train"]
         users = [as_text(records[i]["user_id"]) for i in range(len(records))]
         engaged = engaged_items(records, users)
-        make_row = _RowMaker(self, tokenizer, fmt, item_ids, prompts, self._pools(item_ids, records, users, engaged),
-                             engaged)
+        pools, cosine = self._pools(item_ids, records, users, engaged)
+        make_row = _RowMaker(self, tokenizer, fmt, item_ids, prompts, pools, engaged, cosine)
         # (record index, record): "member" pools are per record.
         ds = grain.MapDataset.source(records).map_with_index(lambda index, record: (index, record))
         if jax.process_count() > 1:
@@ -133,12 +141,13 @@ class RankerData:
                       batch_fn=lambda examples: _stack(examples, num_shards, rows))
         return iter(ds)
 
-    def _pools(self, item_ids: list[str], records, users: list[str], engaged: dict[str, set[str]]) -> Optional[dict]:
-        """Without a retriever None; negatives_from="item": engaged item id → positions of its
-        nearest items in the retriever's embeddings (only for items that are some record's engaged
-        item); "member": record index → positions of the items nearest its member vector."""
+    def _pools(self, item_ids: list[str], records, users: list[str], engaged: dict[str, set[str]]):
+        """(pools, cosine). pools: without a retriever None; negatives_from="item": engaged item id →
+        positions of its nearest items in the retriever's embeddings (only for items that are some
+        record's engaged item); "member": record index → positions of the items nearest its member
+        vector. cosine(record index, positions) → the retriever's cosines, with a retrieval prior."""
         if not self.retriever:
-            return None
+            return None, None
         check_kind(Path(self.retriever), DUAL_ENCODER)
         stored_ids, vectors = read_tower(Path(self.retriever) / "embeddings" / "items")
         order = {item: i for i, item in enumerate(stored_ids.tolist())}
@@ -149,17 +158,20 @@ class RankerData:
         vectors = vectors[[order[i] for i in item_ids]]
         position = {item: i for i, item in enumerate(item_ids)}
         if self.negatives_from == "member":
-            return self._member_pools(vectors, users, engaged, position)
+            members = self._member_vectors(len(users))
+            # The member's engaged items are left out, as evaluation leaves out the engaged history
+            # (and later engagements are not negatives).
+            exclude = [[position[i] for i in engaged[user]] for user in users]
+            near = nearest(members, vectors, min(self.neighbour_pool, len(vectors)), exclude=exclude)
+            cosine = (lambda index, positions: vectors[positions] @ members[index]) if self.retrieval_prior else None
+            return dict(enumerate(near)), cosine
         positives = sorted({as_text(records[i]["positive_id"]) for i in range(len(records))})
         near = neighbours(vectors, np.asarray([position[p] for p in positives]), min(self.neighbour_pool,
                                                                                    len(item_ids) - 1))
-        return dict(zip(positives, near))
+        return dict(zip(positives, near)), None
 
-    def _member_pools(self, item_vectors: np.ndarray, users: list[str], engaged: dict[str, set[str]],
-                      position: dict[str, int]) -> dict[int, np.ndarray]:
-        """Each record's top `neighbour_pool` by its member vector, the member's engaged items left out
-        as evaluation leaves out the engaged history (and later engagements are not negatives)."""
-        count = len(users)
+    def _member_vectors(self, count: int) -> np.ndarray:
+        """[records, E] the retriever's unit vector of each training record, in record order."""
         folder = Path(self.retriever) / "embeddings" / "members_train"
         if not (folder / MANIFEST).exists():
             raise ValueError(f"{folder}: no training-record embeddings; RankerData.negatives_from='member' needs "
@@ -169,10 +181,9 @@ class RankerData:
         if len(ids) != count:
             raise ValueError(f"{folder}: {len(ids)} training records embedded, the dataset has {count}; "
                              "embed them again (--gin.EmbedConfig.overwrite=True)")
-        index = np.asarray([training_record_index(i) for i in ids.tolist()])
-        exclude = [[position[i] for i in engaged[users[r]]] for r in index.tolist()]
-        near = nearest(members, item_vectors, min(self.neighbour_pool, len(item_vectors)), exclude=exclude)
-        return dict(zip(index.tolist(), near))
+        out = np.zeros_like(members)
+        out[[training_record_index(i) for i in ids.tolist()]] = members
+        return out
 
 
 def engaged_items(records, users: list[str]) -> dict[str, set[str]]:
@@ -186,11 +197,12 @@ def engaged_items(records, users: list[str]) -> dict[str, set[str]]:
 class _RowMaker:
     """A training record and a generator → one member row (dict of numpy arrays, no N/R axes)."""
 
-    def __init__(self, config: RankerData, tokenizer, fmt, item_ids, prompts, pools, engaged: dict[str, set[str]]):
+    def __init__(self, config: RankerData, tokenizer, fmt, item_ids, prompts, pools, engaged: dict[str, set[str]],
+                 cosine=None):
         self.config, self.item_ids, self.prompts, self.pools = config, item_ids, prompts, pools
         self.member, self.items, self.question = config.prompt_tokenizers(tokenizer, fmt)
         self.position = {item: i for i, item in enumerate(item_ids)}
-        self.engaged = engaged
+        self.engaged, self.cosine = engaged, cosine
 
     def __call__(self, indexed: tuple[int, dict], rng: np.random.Generator) -> dict:
         c = self.config
@@ -222,9 +234,12 @@ class _RowMaker:
                                           c.candidates, c.row_length)
         labels = np.zeros(c.candidates, np.float32)
         labels[0] = 1.0
+        prior = np.zeros(c.candidates, np.float32)
+        if self.cosine is not None:
+            prior[: len(chosen)] = c.retrieval_prior * self.cosine(index, [self.position[i] for i in chosen])
         return dict(tokens=rows.tokens[0], segment_ids=rows.segment_ids[0], positions=rows.positions[0],
                     prefix_segments=rows.prefix_segments[0], last=rows.last[0], labels=labels,
-                    candidate_mask=(rows.last[0] >= 0).astype(np.float32), example_mask=np.float32(1.0))
+                    candidate_mask=(rows.last[0] >= 0).astype(np.float32), example_mask=np.float32(1.0), prior=prior)
 
 
 def _stack(examples: list[dict], num_shards: int, rows: int) -> RankerBatch:

@@ -9,17 +9,18 @@ member (the cache path), and sorts them. Both lists go through the same `metrics
 puts NDCG@10, R@10 and MRR after reranking next to retrieval alone, overall and per cohort.
 
 Score fusion: the reranked order sorts `ranker score + retrieval_weight x retrieval cosine`.
-The default weight 0 is the ranker alone; a large weight keeps the retriever's order and lets the
-ranker break near-ties. `retrieval_weight=None` chooses the weight on the validation split (the
-retriever's `members_validation` embeddings): the grid weight with the best NDCG@10 there, its
-curve kept in the report. Test members never choose it.
+The default, "trained", is the weight the ranker was trained with (`RankerData.retrieval_prior`;
+0 for a ranker without: the ranker alone). A large weight keeps the retriever's order and lets
+the ranker break near-ties. `retrieval_weight=None` chooses the weight on the validation split
+(the retriever's `members_validation` embeddings): the grid weight with the best NDCG@10 there,
+its curve kept in the report. Test members never choose it.
 """
 
 import dataclasses
 import json
 import time
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import gin
 import numpy as np
@@ -138,7 +139,7 @@ def choose_weight(model, tokenizer, data, retriever: Path, k: int, progress: boo
 @gin.configurable(denylist=["workdir"])
 def rerank_run(workdir: str, retriever: Optional[str] = None, top_k: int = 100, split: str = "test",
                ks: Sequence[int] = (10, 50, 100), max_members: int = 0, output: str = "eval",
-               retrieval_weight: Optional[float] = 0.0, progress: bool = True) -> dict:
+               retrieval_weight: Union[float, str, None] = "trained", progress: bool = True) -> dict:
     """Reranks the retriever's top_k for each member of `split`; writes
     `<workdir>/<output>/rerank_<split>.json` and prints retrieval alone beside reranked.
     max_members: evaluate the first this many members with a target (0: all). retrieval_weight:
@@ -151,6 +152,10 @@ def rerank_run(workdir: str, retriever: Optional[str] = None, top_k: int = 100, 
     check_kind(retriever, DUAL_ENCODER)
     model, tokenizer, data = load_ranker(workdir)
     fusion = {}
+    if retrieval_weight == "trained":
+        retrieval_weight = data.retrieval_prior
+    elif isinstance(retrieval_weight, str):
+        raise ValueError(f"rerank_run.retrieval_weight must be a number, None or 'trained', got {retrieval_weight!r}")
     if retrieval_weight is None:
         retrieval_weight, fusion = choose_weight(model, tokenizer, data, retriever, top_k, progress)
     training, run = rerank_split(model, tokenizer, data, retriever, split, top_k, max_members, progress)

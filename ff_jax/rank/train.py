@@ -43,7 +43,7 @@ def objective(loss: Callable, model: CrossEncoder, batch) -> tuple[jax.Array, di
     flat = lambda x: x.reshape(-1, *x.shape[2:])  # noqa: E731  [N, R, ...] → [N*R, ...]
     scores = model.row_scores(flat(batch.tokens), flat(batch.segment_ids), flat(batch.positions),
                               flat(batch.prefix_segments), flat(batch.last))
-    return loss(scores, flat(batch.labels), flat(batch.candidate_mask), flat(batch.example_mask))
+    return loss(scores + flat(batch.prior), flat(batch.labels), flat(batch.candidate_mask), flat(batch.example_mask))
 
 
 def build_ranker(data: RankerData, model_config: Optional[LlamaConfig], pretrained: Optional[str], overrides: dict,
@@ -71,7 +71,8 @@ def signature(data: RankerData, model_config, pretrained, overrides: dict, init_
     return {"kind": RANKER, "model": model, "init_from": str(init_from) if init_from else None,
             "ranker": dataclasses.asdict(data.ranker), "candidates": data.candidates,
             "context_budget": data.context_budget, "loss": type(loss).__name__,
-            "accumulation_steps": optimizer.accumulation_steps}
+            "accumulation_steps": optimizer.accumulation_steps,
+            **({"retrieval_prior": data.retrieval_prior} if data.retrieval_prior else {})}
 
 
 def model_arguments(model_config=None, pretrained=None, model_overrides=None) -> tuple:

@@ -25,7 +25,8 @@ so the server runs retrieval while the contexts are computed, and `score` waits 
 The served order is that of the ranker's evaluation: `ranker score + retrieval_weight x retrieval
 score` (ff_jax.rank.evaluate's score fusion), the weight kept in the bundle's ranker document. By
 default it is the weight the ranker run's last `ff-jax eval` used (`eval/rerank_test.json`, chosen
-on validation when asked), else 0 (the ranker alone).
+on validation when asked), else the one it was trained with (`RankerData.retrieval_prior`, 0 for
+none: the ranker alone).
 """
 
 import dataclasses
@@ -79,12 +80,13 @@ def step_functions(graphdef, names: list[str], treedef):
     return prefill_step, score_step
 
 
-def served_retrieval_weight(workdir: Path, given: float | None) -> float:
-    """The fusion weight to serve: `given`, else the one the run's last rerank evaluation used, else 0."""
+def served_retrieval_weight(workdir: Path, given: float | None, trained: float = 0.0) -> float:
+    """The fusion weight to serve: `given`, else the one the run's last rerank evaluation used, else
+    the one it was trained with."""
     if given is not None:
         return float(given)
     report = workdir / "eval" / "rerank_test.json"
-    return float(json.loads(report.read_text()).get("retrieval_weight", 0.0)) if report.exists() else 0.0
+    return float(json.loads(report.read_text()).get("retrieval_weight", trained)) if report.exists() else trained
 
 
 def export_ranker(workdir: str | Path, platforms, retrieval_weight: float | None = None) -> RankerExport:
@@ -119,7 +121,7 @@ def export_ranker(workdir: str | Path, platforms, retrieval_weight: float | None
                 "per_row": PER_ROW,
                 "question": list(question), "item_tokens": budget - len(question), "add_bos": data.feed.batch.add_bos,
                 "backbone": dataclasses.asdict(cfg), "origin": {"workdir": str(workdir.absolute()), "step": step},
-                "retrieval_weight": served_retrieval_weight(workdir, retrieval_weight)}
+                "retrieval_weight": served_retrieval_weight(workdir, retrieval_weight, data.retrieval_prior)}
     return RankerExport(functions, weights, tokenizer, document)
 
 

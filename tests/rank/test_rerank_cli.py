@@ -2,6 +2,7 @@
 embedded, a ranker trained with negatives from its neighbours, then `ff-jax eval` on the ranker's
 workdir reranking the retriever's top-K. And the wrong kind of workdir where another is expected."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -103,13 +104,14 @@ def test_member_negatives_come_from_each_records_own_retrieved_list(runs, capsys
         scores[i, sorted(engaged[as_text(records[i]["user_id"])])] = -np.inf
     exact = np.argsort(-scores, axis=1, kind="stable")[:, :6]
     users = [as_text(records[i]["user_id"]) for i in range(len(records))]
-    pools = data._pools(item_ids, records, users, {u: {item_ids[p] for p in ps} for u, ps in engaged.items()})
+    engaged_ids = {u: {item_ids[p] for p in ps} for u, ps in engaged.items()}
+    pools, cosine = data._pools(item_ids, records, users, engaged_ids)
     for i in range(len(records)):
         assert set(pools[i].tolist()) == set(exact[i].tolist())
 
     from ff_jax.rank.data import _RowMaker
-    maker = _RowMaker(data, tokenizer, data.feed.open_dataset("tables")[1], item_ids, prompts, pools,
-                      {u: {item_ids[p] for p in ps} for u, ps in engaged.items()})
+    fmt = data.feed.open_dataset("tables")[1]
+    maker = _RowMaker(data, tokenizer, fmt, item_ids, prompts, pools, engaged_ids)
     question = data.ranker.question
     for i in range(0, len(records), max(1, len(records) // 20)):
         row = maker((i, records[i]), np.random.default_rng(i))
@@ -123,6 +125,20 @@ def test_member_negatives_come_from_each_records_own_retrieved_list(runs, capsys
             position = next(p for p, prompt in enumerate(prompts) if prompt.startswith(text))
             if len(room) >= data.candidates - first_negative + 2:  # a short pool is topped up uniformly
                 assert position in room, (i, item_ids[position])
+        assert not row["prior"].any() and cosine is None  # no retrieval prior asked for
+
+    # With a retrieval prior w each candidate carries w x the cosine of the record's vector and its own.
+    prior_data = dataclasses.replace(data, retrieval_prior=10.0)
+    pools, cosine = prior_data._pools(item_ids, records, users, engaged_ids)
+    maker = _RowMaker(prior_data, tokenizer, fmt, item_ids, prompts, pools, engaged_ids, cosine)
+    for i in range(0, len(records), max(1, len(records) // 10)):
+        row = maker((i, records[i]), np.random.default_rng(i))
+        seg = row["segment_ids"]
+        texts = [tokenizer.decode(row["tokens"][seg == s].tolist())[: -len(question)] for s in range(2, data.candidates + 2)]
+        positions = [next(p for p, prompt in enumerate(prompts) if prompt.startswith(t)) for t in texts]
+        np.testing.assert_allclose(row["prior"], 10.0 * (vectors[positions] @ members[i]), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="RankerData.retrieval_prior needs"):
+        dataclasses.replace(data, negatives_from="item", retrieval_prior=1.0)
     # The dual encoder's own eval is untouched by the routing.
     assert cli.main(["eval", f"--workdir={retriever}", "--gin.evaluate_run.ann=False",
                      "--gin.evaluate_run.progress=False"]) == 0

@@ -154,6 +154,7 @@ def test_the_served_weight_is_given_else_the_last_rerank_evaluations_else_zero(t
     from ff_jax.serving.ranker import served_retrieval_weight
 
     assert served_retrieval_weight(tmp_path, None) == 0.0
+    assert served_retrieval_weight(tmp_path, None, trained=5.0) == 5.0  # RankerData.retrieval_prior
     (tmp_path / "eval").mkdir()
     (tmp_path / "eval" / "rerank_test.json").write_text(json.dumps({"retrieval_weight": 30.0}))
     assert served_retrieval_weight(tmp_path, None) == 30.0
