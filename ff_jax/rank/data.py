@@ -16,14 +16,16 @@ ranker's question within `RankerConfig.candidate_budget`:
 `retrieval_prior` w (with negatives_from="member"): each candidate also carries w x the
 retriever's cosine of the record's member vector and the item (RankerBatch.prior), which the
 objective adds to the ranker's score: the ranker learns to correct the retriever's order, and
-evaluation and serving sort by the same sum.
+evaluation and serving sort by the same sum. `retrieved_positives_only` (also "member"): train
+only on the records whose engaged item is in their own retrieved pool, the lists where reordering
+can change what evaluation counts.
 The pipeline is grain's: index shuffle, per-record random draws seeded by the record's position
 (`random_map`), fixed-shape rows, so the iterator's state resumes it exactly (orbax checkpoints).
 """
 
 import dataclasses
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import gin
 import grain
@@ -82,6 +84,7 @@ class RankerData:
     members_per_shard: int = 4
     negatives_from: str = "item"
     retrieval_prior: float = 0.0
+    retrieved_positives_only: bool = False
 
     def __post_init__(self):
         if self.impressed < 0 or self.negatives < 0 or self.impressed + self.negatives < 1:
@@ -89,9 +92,10 @@ class RankerData:
         if self.negatives_from not in NEGATIVE_SOURCES:
             raise ValueError(f"RankerData.negatives_from must be one of {NEGATIVE_SOURCES}, "
                              f"got {self.negatives_from!r}")
-        if self.retrieval_prior and (self.negatives_from != "member" or not self.retriever):
-            raise ValueError("RankerData.retrieval_prior needs the retriever's training-record vectors: set "
-                             "RankerData.retriever and RankerData.negatives_from='member'")
+        for field in ("retrieval_prior", "retrieved_positives_only"):
+            if getattr(self, field) and (self.negatives_from != "member" or not self.retriever):
+                raise ValueError(f"RankerData.{field} needs the retriever's training-record vectors: set "
+                                 "RankerData.retriever and RankerData.negatives_from='member'")
 
     @property
     def candidates(self) -> int:
@@ -127,11 +131,13 @@ class RankerData:
         item_ids, prompts = self.corpus()
         records = sources["train"]
         users = [as_text(records[i]["user_id"]) for i in range(len(records))]
-        engaged = engaged_items(records, users)
-        pools, cosine = self._pools(item_ids, records, users, engaged)
+        positives = [as_text(records[i]["positive_id"]) for i in range(len(records))]
+        engaged = engaged_items(users, positives)
+        pools, cosine = self._pools(item_ids, users, positives, engaged)
         make_row = _RowMaker(self, tokenizer, fmt, item_ids, prompts, pools, engaged, cosine)
+        kept = self._trained_records(item_ids, positives, pools)
         # (record index, record): "member" pools are per record.
-        ds = grain.MapDataset.source(records).map_with_index(lambda index, record: (index, record))
+        ds = grain.MapDataset.source(kept).map(lambda index: (index, records[index]))
         if jax.process_count() > 1:
             ds = ds[jax.process_index()::jax.process_count()]
         ds = ds.shuffle(seed=seed).repeat(None).random_map(make_row, seed=seed)
@@ -141,7 +147,7 @@ class RankerData:
                       batch_fn=lambda examples: _stack(examples, num_shards, rows))
         return iter(ds)
 
-    def _pools(self, item_ids: list[str], records, users: list[str], engaged: dict[str, set[str]]):
+    def _pools(self, item_ids: list[str], users: list[str], positives: list[str], engaged: dict[str, set[str]]):
         """(pools, cosine). pools: without a retriever None; negatives_from="item": engaged item id →
         positions of its nearest items in the retriever's embeddings (only for items that are some
         record's engaged item); "member": record index → positions of the items nearest its member
@@ -159,16 +165,28 @@ class RankerData:
         position = {item: i for i, item in enumerate(item_ids)}
         if self.negatives_from == "member":
             members = self._member_vectors(len(users))
-            # The member's engaged items are left out, as evaluation leaves out the engaged history
-            # (and later engagements are not negatives).
-            exclude = [[position[i] for i in engaged[user]] for user in users]
+            # The member's other engaged items are left out, as evaluation leaves out the engaged
+            # history (and later engagements are not negatives); its own engaged item may be retrieved.
+            exclude = [[position[i] for i in engaged[user] if i != positive] for user, positive in zip(users, positives)]
             near = nearest(members, vectors, min(self.neighbour_pool, len(vectors)), exclude=exclude)
             cosine = (lambda index, positions: vectors[positions] @ members[index]) if self.retrieval_prior else None
             return dict(enumerate(near)), cosine
-        positives = sorted({as_text(records[i]["positive_id"]) for i in range(len(records))})
-        near = neighbours(vectors, np.asarray([position[p] for p in positives]), min(self.neighbour_pool,
-                                                                                   len(item_ids) - 1))
-        return dict(zip(positives, near)), None
+        engaged_once = sorted(set(positives))
+        near = neighbours(vectors, np.asarray([position[p] for p in engaged_once]), min(self.neighbour_pool,
+                                                                                      len(item_ids) - 1))
+        return dict(zip(engaged_once, near)), None
+
+    def _trained_records(self, item_ids: list[str], positives: list[str], pools) -> Sequence[int]:
+        """Indices of the training records rows are made from: all, or with retrieved_positives_only
+        those whose engaged item is in their own pool."""
+        if not self.retrieved_positives_only:
+            return range(len(positives))
+        position = {item: i for i, item in enumerate(item_ids)}
+        kept = [i for i, positive in enumerate(positives) if position[positive] in pools[i]]
+        if not kept:
+            raise ValueError(f"RankerData.retrieved_positives_only: no training record has its engaged item in its "
+                             f"retrieved top {self.neighbour_pool}; raise RankerData.neighbour_pool")
+        return kept
 
     def _member_vectors(self, count: int) -> np.ndarray:
         """[records, E] the retriever's unit vector of each training record, in record order."""
@@ -186,11 +204,12 @@ class RankerData:
         return out
 
 
-def engaged_items(records, users: list[str]) -> dict[str, set[str]]:
-    """user id -> every item the member engaged with in the training split (users[i]: record i's)."""
+def engaged_items(users: list[str], positives: list[str]) -> dict[str, set[str]]:
+    """user id -> every item the member engaged with in the training split (record i: users[i]
+    engaged with positives[i])."""
     out: dict[str, set[str]] = {}
-    for i, user in enumerate(users):
-        out.setdefault(user, set()).add(as_text(records[i]["positive_id"]))
+    for user, item in zip(users, positives):
+        out.setdefault(user, set()).add(item)
     return out
 
 

@@ -66,8 +66,10 @@ def test_eval_of_a_ranker_workdir_reranks_the_retrievers_top_k(runs):
 def test_member_negatives_come_from_each_records_own_retrieved_list(runs, capsys):
     """`ff-jax embed` of the training split gives one vector per training record; with
     negatives_from="member" each row's negatives are drawn from the items nearest that record's
-    vector, the member's engaged items left out (checked against an exact numpy top-K), and before that embedding exists the run is
-    refused with the command that makes it."""
+    vector, its other engaged items left out (checked against an exact numpy top-K); a retrieval
+    prior carries the retriever's cosines; retrieved_positives_only keeps the records whose engaged
+    item is in their pool; and before that embedding exists the run is refused with the command
+    that makes it."""
     from ff_jax import gin_cli
     from ff_jax.data.pipeline import as_text
     from ff_jax.model.tokenizer import byte_tokenizer
@@ -100,12 +102,14 @@ def test_member_negatives_come_from_each_records_own_retrieved_list(runs, capsys
     for i in range(len(records)):
         engaged.setdefault(as_text(records[i]["user_id"]), set()).add(item_ids.index(as_text(records[i]["positive_id"])))
     scores = members @ vectors.T
-    for i in range(len(records)):  # the member's engaged items are never its negatives
-        scores[i, sorted(engaged[as_text(records[i]["user_id"])])] = -np.inf
+    positives = [item_ids.index(as_text(records[i]["positive_id"])) for i in range(len(records))]
+    for i in range(len(records)):  # the member's other engaged items are left out of its pool
+        scores[i, sorted(engaged[as_text(records[i]["user_id"])] - {positives[i]})] = -np.inf
     exact = np.argsort(-scores, axis=1, kind="stable")[:, :6]
     users = [as_text(records[i]["user_id"]) for i in range(len(records))]
     engaged_ids = {u: {item_ids[p] for p in ps} for u, ps in engaged.items()}
-    pools, cosine = data._pools(item_ids, records, users, engaged_ids)
+    positive_ids = [item_ids[p] for p in positives]
+    pools, cosine = data._pools(item_ids, users, positive_ids, engaged_ids)
     for i in range(len(records)):
         assert set(pools[i].tolist()) == set(exact[i].tolist())
 
@@ -118,7 +122,7 @@ def test_member_negatives_come_from_each_records_own_retrieved_list(runs, capsys
         seg = row["segment_ids"]
         taken = {as_text(records[i]["positive_id"]), *map(as_text, records[i]["negative_ids"][: data.impressed])}
         room = [p for p in exact[i] if item_ids[p] not in taken]
-        assert not set(exact[i]) & engaged[as_text(records[i]["user_id"])]
+        assert not set(exact[i]) & (engaged[as_text(records[i]["user_id"])] - {positives[i]})
         first_negative = 3 + len(records[i]["negative_ids"][: data.impressed])  # context, engaged, impressed
         for s in range(first_negative, data.candidates + 2):
             text = tokenizer.decode(row["tokens"][seg == s].tolist())[: -len(question)]
@@ -129,7 +133,7 @@ def test_member_negatives_come_from_each_records_own_retrieved_list(runs, capsys
 
     # With a retrieval prior w each candidate carries w x the cosine of the record's vector and its own.
     prior_data = dataclasses.replace(data, retrieval_prior=10.0)
-    pools, cosine = prior_data._pools(item_ids, records, users, engaged_ids)
+    pools, cosine = prior_data._pools(item_ids, users, positive_ids, engaged_ids)
     maker = _RowMaker(prior_data, tokenizer, fmt, item_ids, prompts, pools, engaged_ids, cosine)
     for i in range(0, len(records), max(1, len(records) // 10)):
         row = maker((i, records[i]), np.random.default_rng(i))
@@ -139,6 +143,13 @@ def test_member_negatives_come_from_each_records_own_retrieved_list(runs, capsys
         np.testing.assert_allclose(row["prior"], 10.0 * (vectors[positions] @ members[i]), rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="RankerData.retrieval_prior needs"):
         dataclasses.replace(data, negatives_from="item", retrieval_prior=1.0)
+
+    # retrieved_positives_only: the records whose engaged item is in their own exact top 6.
+    only = dataclasses.replace(data, retrieved_positives_only=True)
+    kept = only._trained_records(item_ids, positive_ids, pools)
+    assert list(kept) == [i for i in range(len(records)) if positives[i] in exact[i]] and 0 < len(kept) < len(records)
+    assert list(data._trained_records(item_ids, positive_ids, pools)) == list(range(len(records)))
+    assert next(only.train_iterator(tokenizer, num_shards=1)).labels.shape[-1] == data.candidates
     # The dual encoder's own eval is untouched by the routing.
     assert cli.main(["eval", f"--workdir={retriever}", "--gin.evaluate_run.ann=False",
                      "--gin.evaluate_run.progress=False"]) == 0
