@@ -164,7 +164,8 @@ def _export_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_string("ranker", None, "a ranker training run (ff-jax rank-train) whose prefill and score steps "
                         "join the bundle", flag_values=fv)
     flags.DEFINE_float("ranker_retrieval_weight", None, "with --ranker: the served order is ranker score + this x "
-                       "retrieval score (default: the weight the ranker run's last `ff-jax eval` used, else 0)",
+                       "retrieval score (default: the weight the ranker run's last `ff-jax eval` used, else its "
+                       "RankerData.retrieval_prior)",
                        flag_values=fv)
 
 

@@ -31,6 +31,7 @@ none: the ranker alone).
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -84,6 +85,8 @@ def served_retrieval_weight(workdir: Path, given: float | None, trained: float =
     """The fusion weight to serve: `given`, else the one the run's last rerank evaluation used, else
     the one it was trained with."""
     if given is not None:
+        if not math.isfinite(given):
+            raise ValueError(f"the ranker's retrieval weight must be a finite number, got {given}")
         return float(given)
     report = workdir / "eval" / "rerank_test.json"
     return float(json.loads(report.read_text()).get("retrieval_weight", trained)) if report.exists() else trained

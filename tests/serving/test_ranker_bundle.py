@@ -159,6 +159,8 @@ def test_the_served_weight_is_given_else_the_last_rerank_evaluations_else_zero(t
     (tmp_path / "eval" / "rerank_test.json").write_text(json.dumps({"retrieval_weight": 30.0}))
     assert served_retrieval_weight(tmp_path, None) == 30.0
     assert served_retrieval_weight(tmp_path, 2.5) == 2.5
+    with pytest.raises(ValueError, match="finite number, got nan"):
+        served_retrieval_weight(tmp_path, float("nan"))
 
 
 @pytest.mark.parametrize("name", [layout.ranker_file("prefill"), layout.ranker_file("score"), layout.RANKER_WEIGHTS,
