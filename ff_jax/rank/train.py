@@ -131,7 +131,7 @@ def train_ranker(workdir: str, config_text: Optional[str] = None, data: RankerDa
     last: dict = {}
     step, batch, finished = start, first, False
     try:
-        while step < num_steps and not ckpt.stop_requested():
+        while step < num_steps:  # a stop is acted on after a step, as in ff_jax.train.loop
             state, metrics = train_step(state, steps.device_batch(batch, batch_sharding))
             step += 1
             last = log.log(step, metrics)

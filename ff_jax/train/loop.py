@@ -206,7 +206,9 @@ def train(workdir: str, data: FeedData = gin.REQUIRED, model_config: Optional[Ll
     last: dict = {"train": {}, "validation": {}}
     step, batch, skipped, stopped, finished = start, first, 0, False, False
     try:
-        while step < num_steps and not ckpt.stop_requested():
+        # A stop is acted on only after a step, where the data iterator's position matches the
+        # state: one that arrives while the next batch is read runs that step, then saves it.
+        while step < num_steps:
             state, metrics = train_step(state, steps.device_batch(batch, batch_sharding))
             step += 1
             last["train"] = log.log(step, metrics)
