@@ -144,6 +144,7 @@ def _sweep_flags(fv: flags.FlagValues) -> None:
                          "(ff-jax train --distributed)", flag_values=fv)
     flags.DEFINE_boolean("prepare_only", False, "only prepare the datasets the sweep's runs read", flag_values=fv)
     flags.DEFINE_list("seeds", None, "only these of the sweep file's seeds (default: all)", flag_values=fv)
+    flags.DEFINE_list("variants", None, "only these of the sweep file's variants (default: all)", flag_values=fv)
     flags.DEFINE_string("data_dir", "workdirs/tfds", "where datasets are prepared (the runs' DATA_DIR)",
                         flag_values=fv)
     flags.DEFINE_string("results_dir", "experiments/results", "summary.csv, summary.md, plots and per-run "

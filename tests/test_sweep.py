@@ -125,6 +125,10 @@ def test_dry_run_prints_commands_that_parse_back_into_the_runs_commands(tmp_path
     code, out, _ = _main(capsys, f"--sweep={path}", "--dry_run", "--multihost", "--data_dir=/data", "--seeds=1")
     trains = [shlex.split(line) for line in out.splitlines() if " train " in line]
     assert len(trains) == 2 and all(t[2] == "--distributed" and "--gin.train.seed=1" in t for t in trains)
+    # --variants: only the named ones (with --seeds: both filters apply).
+    code, out, _ = _main(capsys, f"--sweep={path}", "--dry_run", "--workdir=/w", "--variants=last_n", "--seeds=1")
+    workdirs = [shlex.split(line)[-1] for line in out.splitlines()[1:]]
+    assert workdirs == ["--workdir=/w/s/last_n_seed1"] * 3
 
 
 def test_every_value_reaches_gin_as_written_in_the_sweep_file():
@@ -198,6 +202,8 @@ def test_missing_sweep_and_unknown_seed_are_refused(tmp_path, capsys):
     assert code == 2 and "no such file" in err and "no_such_sweep" in err
     code, _, err = _main(capsys, "--sweep=pooling_feed_world", "--dry_run", "--seeds=7")
     assert code == 2 and "--seeds=7" in err and "[0, 1, 2]" in err
+    code, _, err = _main(capsys, "--sweep=pooling_feed_world", "--dry_run", "--variants=mean,median")
+    assert code == 2 and "--variants=mean,median" in err and "['mean', 'last', 'last_n']" in err
     code, _, err = _main(capsys, "--sweep=pooling_feed_world", "--multihost", f"--workdir={tmp_path}")
     assert code == 2 and "--multihost" in err
 

@@ -31,12 +31,13 @@ def summarize(sweep: Sweep, runs: Sequence[Run], results: Path) -> Optional[pd.D
 
 def run_sweep(sweep: Sweep, workdir: Path, results_dir: Path, data_dir: Path, gin_files: Sequence[str] = (),
               bindings: Sequence[str] = (), seeds: Optional[Sequence[int]] = None,
+              variants: Optional[Sequence[str]] = None,
               log: Callable[[str], None] = print) -> dict[str, list[str]]:
-    """Prepares the data, runs every unfinished run (of `seeds` only, when given), collects and
+    """Prepares the data, runs every unfinished run (of `seeds` and `variants` only, when given), collects and
     summarises every run of the file that has results; returns the run names by outcome
     ("skipped", "ran", "failed"). Raises SweepError naming the failed runs at the end."""
     every = plan(sweep, workdir, data_dir, gin_files, bindings)
-    runs = [r for r in every if seeds is None or r.seed in seeds]
+    runs = selected(every, seeds, variants)
     results = results_dir / sweep.name
     outcome: dict[str, list[str]] = {"skipped": [], "ran": [], "failed": []}
     todo = [r for r in runs if not is_finished(r)]
@@ -75,12 +76,25 @@ def chosen_seeds(sweep: Sweep, seeds: Sequence[str]) -> tuple[int, ...]:
     return chosen
 
 
+def chosen_variants(sweep: Sweep, names: Sequence[str]) -> tuple[str, ...]:
+    """`--variants`, which must be among the file's own (e.g. the comparison that matters first)."""
+    known = [v.name for v in sweep.variants]
+    if not names or set(names) - set(known):
+        raise SweepFileError(f"--variants={','.join(names)}: {sweep.path} has variants {known}")
+    return tuple(names)
+
+
+def selected(runs: Sequence[Run], seeds: Optional[Sequence[int]], variants: Optional[Sequence[str]]) -> list[Run]:
+    return [r for r in runs if (seeds is None or r.seed in seeds) and (variants is None or r.variant.name in variants)]
+
+
 def main(args) -> None:
     """`ff-jax sweep` with its parsed flags (ff_jax/cli.py)."""
     if not args.sweep:
         raise SweepFileError("--sweep=NAME is required (a file in configs/sweeps/, e.g. --sweep=pooling_feed_world)")
     sweep = load(args.sweep)
     seeds = chosen_seeds(sweep, args.seeds) if args.seeds else None
+    variants = chosen_variants(sweep, args.variants) if args.variants else None
     workdir, data_dir = Path(args.workdir), Path(args.data_dir)
     if args.multihost and not args.dry_run:
         raise SweepError("--multihost only shapes the printed commands: use it with --dry_run")
@@ -89,6 +103,7 @@ def main(args) -> None:
         return
     if args.dry_run:
         runs = plan(sweep, workdir, data_dir, args.gin_file or (), args.gin_bindings, args.multihost)
-        print("\n".join(command_lines(sweep, [r for r in runs if seeds is None or r.seed in seeds], data_dir)))
+        print("\n".join(command_lines(sweep, selected(runs, seeds, variants), data_dir)))
         return
-    run_sweep(sweep, workdir, Path(args.results_dir), data_dir, args.gin_file or (), args.gin_bindings, seeds)
+    run_sweep(sweep, workdir, Path(args.results_dir), data_dir, args.gin_file or (), args.gin_bindings, seeds,
+              variants)
