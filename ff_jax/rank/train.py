@@ -126,7 +126,7 @@ def train_ranker(workdir: str, config_text: Optional[str] = None, data: RankerDa
     check_step_fits(memory, int(memory_limit_gb * GIB) if memory_limit_gb else device_memory_bytes(mesh))
     loop.accept_run(workdir, run, config_text)
     ckpt.prepare_to_write()
-    ckpt.install_stop_signals()
+    ckpt.signals.install()
     log = MetricsLog(workdir, num_steps, start, tensorboard=tensorboard, progress=progress)
     last: dict = {}
     step, batch, finished = start, first, False

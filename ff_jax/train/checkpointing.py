@@ -22,10 +22,9 @@ shard carries a crc32c, and its default OCDBT layout has none):
   retried   — a failed save (a full disk) is retried once, synchronously, with the state at hand; a
               second failure raises CheckpointSaveError naming the step, the cause and the newest
               sealed checkpoint.
-SIGTERM or SIGINT sets a flag the loop checks at each step boundary and between validation batches;
-it then saves that step, waits for the write, and stops. A second SIGINT stops at once. Orbax's own
-preemption support (`reached_preemption`) rests on jax.distributed's coordination service, so it
-serves multi-host runs (where it owns SIGTERM) and the flag serves a single process.
+Stopping: `signals` (ff_jax.train.stop_signals) serves a single process; orbax's own preemption
+support (`reached_preemption`) rests on jax.distributed's coordination service, so it serves
+multi-host runs (where it owns SIGTERM). `preempted` asks both.
 """
 
 import dataclasses
@@ -34,8 +33,6 @@ import json
 import logging as std_logging
 import os
 import shutil
-import signal
-import threading
 from pathlib import Path
 from typing import Any, Optional
 
@@ -47,6 +44,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from ff_jax.files import MANIFEST, checksums, verify, write_manifest
+from ff_jax.train.stop_signals import StopSignals
 
 
 @gin.configurable
@@ -144,9 +142,7 @@ class Checkpointer:
         self._unsealed: list[int] = []  # saves started and not yet sealed
         self._verified: set[int] = set()
         self._rejected: dict[int, str] = {}  # step: why, to move aside once the run is accepted
-        self._stop = threading.Event()
-        self.stop_signal: Optional[str] = None
-        self._previous_handlers: dict = {}
+        self.signals = StopSignals()
 
     def _new_manager(self, remove_temporary: bool = False, synchronous: bool = False) -> ocp.CheckpointManager:
         # create=False: a refused run leaves no checkpoints folder behind; `_start` makes it.
@@ -213,7 +209,7 @@ class Checkpointer:
         failed = self._finish()
         if failed is None:
             self.manager.close()
-        self.uninstall_stop_signals()
+        self.signals.uninstall()
         if failed is not None and raise_errors:
             step, err = failed
             raise CheckpointSaveError(f"{self._folder(step)}: saving checkpoint {step} failed: {_first_line(err)}; "
@@ -428,32 +424,8 @@ class Checkpointer:
 
     # -------------------------------------------------------------- stopping
 
-    def install_stop_signals(self) -> None:
-        """SIGTERM or SIGINT → `stop_requested()`; a second SIGINT raises KeyboardInterrupt at once."""
-        if threading.current_thread() is not threading.main_thread():
-            return  # signal handlers can only be set from the main thread
-        if jax.process_count() > 1:
-            return  # jax.distributed's preemption notifier owns SIGTERM; see `preempted`
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            self._previous_handlers[sig] = signal.signal(sig, self._on_stop_signal)
-
-    def _on_stop_signal(self, signum, frame) -> None:
-        if signum == signal.SIGINT and self._stop.is_set():
-            raise KeyboardInterrupt
-        self.stop_signal = signal.Signals(signum).name
-        self._stop.set()
-
-    def uninstall_stop_signals(self) -> None:
-        for sig, handler in self._previous_handlers.items():
-            signal.signal(sig, handler)
-        self._previous_handlers = {}
-
-    def stop_requested(self) -> bool:
-        """A stop signal arrived (checked between validation batches too)."""
-        return self._stop.is_set()
-
     def preempted(self, step: int) -> bool:
-        """At a step boundary: a stop signal here, or (multi-host) jax's preemption service says so."""
-        if self._stop.is_set():
+        """At a step boundary: a stop signal arrived, or (multi-host) jax's preemption service says so."""
+        if self.signals.requested():
             return True
         return jax.process_count() > 1 and self.manager.reached_preemption(step)

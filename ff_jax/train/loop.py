@@ -197,11 +197,11 @@ def train(workdir: str, data: FeedData = gin.REQUIRED, model_config: Optional[Ll
     host_memory.release_free_memory()  # what compiling left on the heaps
     accept_run(workdir, signature, config_text)
     ckpt.prepare_to_write()
-    ckpt.install_stop_signals()
+    ckpt.signals.install()
 
     validation = data.validation(tokenizer, num_shards * jax.process_count()) if eval_every >= 0 else None
     validator = Validator(graphdef, step_cfg, eval_step, shardings, mesh, rules, recall_ks, pca_dims,
-                          should_stop=ckpt.stop_requested)
+                          should_stop=ckpt.signals.requested)
     log = MetricsLog(workdir, num_steps, start, tensorboard=tensorboard, progress=progress)
     last: dict = {"train": {}, "validation": {}}
     step, batch, skipped, stopped, finished = start, first, 0, False, False
@@ -240,9 +240,9 @@ def train(workdir: str, data: FeedData = gin.REQUIRED, model_config: Optional[Ll
             if step < num_steps:
                 batch = next(iterator)
         ckpt.finish(step, state, iterator)
-        if stopped or ckpt.stop_signal:
+        if stopped or ckpt.signals.name:
             logging.warning("%s: training stopped at step %d; %s. Run the same command to resume",
-                            ckpt.stop_signal or "preempted", step, ckpt.describe(ckpt.newest_sealed()))
+                            ckpt.signals.name or "preempted", step, ckpt.describe(ckpt.newest_sealed()))
         finished = True
     finally:
         log.close(raise_errors=finished)

@@ -184,10 +184,10 @@ def test_sigterm_between_steps_saves_the_step_it_stops_at(runs, reference):
 def test_sigint_asks_to_stop_and_a_second_one_interrupts_at_once(tmp_path):
     previous = signal.getsignal(signal.SIGINT)
     ckpt = Checkpointer(tmp_path / "checkpoints")
-    ckpt.install_stop_signals()
+    ckpt.signals.install()
     try:
         signal.raise_signal(signal.SIGINT)  # the handler runs before raise_signal returns
-        assert ckpt.stop_requested() and ckpt.stop_signal == "SIGINT"
+        assert ckpt.signals.requested() and ckpt.signals.name == "SIGINT"
         with pytest.raises(KeyboardInterrupt):
             signal.raise_signal(signal.SIGINT)
     finally:
