@@ -160,12 +160,13 @@ def rerank_run(workdir: str, retriever: Optional[str] = None, top_k: int = 100, 
         retrieval_weight, fusion = choose_weight(model, tokenizer, data, retriever, top_k, progress)
     training, run = rerank_split(model, tokenizer, data, retriever, split, top_k, max_members, progress)
     k = run.retrieved.shape[1]
+    reranked = run.order(retrieval_weight)
     cut = sorted({c for c in ks if c <= k} | {k})
     report = {"split": split, "members": len(run.members), "top_k": k, "ks": cut, "rerank_seconds": run.seconds,
               "retriever": str(retriever), "retrieval_weight": retrieval_weight, **fusion,
               "retrieval": {"metrics": metrics_of_ranking(run.retrieved, run.members, training, cut)},
-              "reranked": {"metrics": metrics_of_ranking(run.order(retrieval_weight), run.members, training, cut)},
-              "ndcg@10_gain": ndcg_gain(run.retrieved, run.order(retrieval_weight), run.members, training)}
+              "reranked": {"metrics": metrics_of_ranking(reranked, run.members, training, cut)},
+              "ndcg@10_gain": ndcg_gain(run.retrieved, reranked, run.members, training)}
     rows = {"retrieval": report["retrieval"]}
     if retrieval_weight:
         report["ranker_alone"] = {"metrics": metrics_of_ranking(run.order(0.0), run.members, training, cut)}
