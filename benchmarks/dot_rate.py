@@ -18,9 +18,9 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
+import timing
 from machine import describe
 
 JAX_FLAGS = {"jax (XLA dot)": "", "jax (oneDNN)": "--xla_cpu_use_onednn=true",
@@ -51,13 +51,7 @@ def rate(library: str, tokens: int, repeats: int) -> float:
 
         def call():
             product(ja, jb).block_until_ready()
-    call()
-    seconds = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        seconds.append(time.perf_counter() - start)
-    return 2 * tokens * 576 * 1536 / statistics.median(seconds) / 1e9
+    return 2 * tokens * 576 * 1536 / statistics.median(timing.repeated(call, repeats)[0]) / 1e9
 
 
 def main() -> None:

@@ -52,6 +52,7 @@ from ff_jax.data.pipeline import embedding_batches
 from ff_jax.model import save_pretrained
 from ff_jax.model.sharding import batch_shards, logical_axis_rules
 from ff_jax.retrieval import embed_job
+import timing
 from machine import describe
 
 GIN_FILES = ["experiments/infonce.gin"]
@@ -113,12 +114,6 @@ def ff_embed(encode, batches, order: dict[str, int], width: int) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- timing
-
-
-def timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def summary(seconds: list[float], tokens: int) -> dict:
@@ -254,7 +249,7 @@ def main() -> None:
     seconds = {name: [] for name in timers}
     for _ in tqdm(range(args.repeats), desc="timed passes"):
         for name, fn in timers.items():
-            seconds[name].append(timed(fn))
+            seconds[name].append(timing.seconds(fn))
     results["cases"] = {name: summary(s, real) | {"computed_slots": slots[name], "calls": calls[name],
                                                   "pad_fraction": round(1 - real / slots[name], 3)}
                         for name, s in seconds.items()}

@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 from ff_jax.data.packing import RowPacker, RowSpec
 from ff_jax.model import Llama, LlamaConfig, from_pretrained, presets
 from ff_jax.model.hf_checkpoint import config_to_hf
+import timing
 from machine import describe
 
 
@@ -155,18 +156,12 @@ def packed_calls(prompts: list[np.ndarray], row_lengths: list[int], tokens_per_c
 # --------------------------------------------------------------------------- timing
 
 
-def timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
 def interleaved(cases: dict, repeats: int, desc: str) -> dict[str, list[float]]:
     """Runs each case once per repeat, alternating, so background load hits all cases alike."""
     seconds = {name: [] for name in cases}
     for _ in tqdm(range(repeats), desc=desc):
         for name, fn in cases.items():
-            seconds[name].append(timed(fn))
+            seconds[name].append(timing.seconds(fn))
     return seconds
 
 

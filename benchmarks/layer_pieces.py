@@ -10,7 +10,6 @@ and not shared: only speed is compared here; benchmarks/forward.py checks the ou
 """
 
 import argparse
-import time
 
 import jax
 import jax.numpy as jnp
@@ -22,18 +21,13 @@ from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRot
 from ff_jax.model import presets
 from ff_jax.model.llama import Block
 from forward import hf_config
+import timing
 from machine import describe
 
 
 def best_ms(fn, repeats: int) -> float:
     """The fastest of `repeats` calls after one warm-up (compile), in ms: the least disturbed run."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1000 * min(times)
+    return 1000 * min(timing.repeated(fn, repeats)[0])
 
 
 def ff_jax_pieces(batch: int, length: int, chunk: int) -> dict:

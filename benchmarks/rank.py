@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 from pathlib import Path
 
 import jax
@@ -38,19 +37,15 @@ from ff_jax.model import Llama, presets
 from ff_jax.rank.cross_encoder import CrossEncoder, score_candidates
 from ff_jax.rank.prefill import start_prefill
 from ff_jax.retrieval.scann_index import ScannIndex
+import timing
 from machine import describe
 
 
 def timed(fn, repeats: int, warm_up=None):
     """(median seconds of `repeats` calls of fn after one call of warm_up (default: fn itself), the
     last result)."""
-    result = (warm_up or fn)()
-    seconds = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn()
-        seconds.append(time.perf_counter() - start)
-    return statistics.median(seconds), result
+    times, result = timing.repeated(fn, repeats, warm_up)
+    return statistics.median(times), result
 
 
 def main() -> None:
