@@ -24,20 +24,17 @@ from typing import Optional, Sequence, Union
 
 import gin
 import numpy as np
-import scipy.stats
 from tqdm.auto import tqdm
 
 from ff_jax import files
 from ff_jax.data.pipeline import as_text
-from ff_jax.data.ranking_metrics import hit_matrix, ndcg_at_k
 from ff_jax.model.sharding import logical_axis_rules, make_mesh
 from ff_jax.rank.checkpoints import DUAL_ENCODER, RANKER, check_kind, restore_weights
 from ff_jax.rank.cross_encoder import score_candidates
 from ff_jax.rank.train import build_ranker, model_arguments, train_ranker
-from ff_jax.retrieval.embedding_store import read_tower
-from ff_jax.retrieval.eval_data import feed_eval_data, read_records
-from ff_jax.retrieval.evaluate import metrics_of_ranking, print_table, rank
-from ff_jax.retrieval.recommender import EmbeddingRecommender, corpus_order
+from ff_jax.retrieval.eval_data import read_records
+from ff_jax.retrieval.evaluate import embedded_split, metrics_of_ranking, print_table, rank
+from ff_jax.retrieval.paired import compare_rankings
 
 COLUMNS = ("ndcg@10", "recall@10", "mrr")
 
@@ -82,19 +79,10 @@ class Reranking:
 def rerank_split(model, tokenizer, data, retriever: Path, split: str, k: int, max_members: int, progress: bool):
     """(TrainingData, Reranking) of `split`: the retriever's top k per member (as `ff-jax eval` ranks
     them), each scored by the ranker (context prefilled once per member)."""
-    training, members = feed_eval_data(data.feed, split)
-    root = retriever / "embeddings"
-    item_ids, items = read_tower(root / "items")
-    items = corpus_order(item_ids, items, training.corpus_ids, str(root / "items"))
-    member_ids, member_vectors = read_tower(root / f"members_{split}")
-    embedded = set(member_ids.tolist())
-    evaluated = [m for m in members if m.user_id in embedded and m.targets]
-    if max_members:
-        evaluated = evaluated[:max_members]
-    if not evaluated:
-        raise ValueError(f"{root / f'members_{split}'}: none of the {len(members)} {split} members has an embedding")
+    loaded = embedded_split(data.feed, retriever / "embeddings", split)
+    training, evaluated = loaded.training, loaded.evaluated[: max_members or None]
     k = min(k, training.num_items)
-    retriever_model = EmbeddingRecommender(member_ids.tolist(), member_vectors, items).fit(training)
+    retriever_model = loaded.recommender()
     retrieved = rank(retriever_model, evaluated, training, k, "engaged", progress=progress)
     member_rows = retriever_model.member_rows(evaluated)
 
@@ -115,16 +103,8 @@ def rerank_split(model, tokenizer, data, retriever: Path, split: str, k: int, ma
 
 def ndcg_gain(before: np.ndarray, after: np.ndarray, members, data, k: int = 10, seed: int = 0) -> dict:
     """The mean per-member change of NDCG@k from `before` to `after` (same members), with a 95%
-    paired bootstrap interval over members (scipy's BCa): whether a gain is more than noise."""
-    keep = [i for i, m in enumerate(members) if m.targets]
-    targets = [data.positions(members[i].targets) for i in keep]
-    per_member = [ndcg_at_k(*hit_matrix(ranked[keep], targets), k) for ranked in (before, after)]
-    change = per_member[1] - per_member[0]
-    if not change.any():
-        return {"mean": 0.0, "ci95": [0.0, 0.0], "members": len(change)}
-    interval = scipy.stats.bootstrap((change,), np.mean, confidence_level=0.95, n_resamples=2000,
-                                     rng=np.random.default_rng(seed)).confidence_interval
-    return {"mean": float(change.mean()), "ci95": [float(interval.low), float(interval.high)], "members": len(change)}
+    paired bootstrap interval over members: whether a gain is more than noise."""
+    return compare_rankings(before, after, members, data, [f"ndcg@{k}"], seed)[f"ndcg@{k}"]
 
 
 def choose_weight(model, tokenizer, data, retriever: Path, k: int, progress: bool) -> tuple[float, dict]:

@@ -16,6 +16,7 @@ popularity-similarity correlation. `evaluate_run` is the gin entry of `ff-jax ev
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -211,6 +212,35 @@ CHEAP_BASELINES = {"random": RandomScores, "popularity": Popularity,
                    "bpr": lambda: baselines.BPR()}
 
 
+@dataclasses.dataclass
+class EmbeddedSplit:
+    """A split of the run's data with the towers `ff-jax embed` wrote for it."""
+
+    training: TrainingData
+    members: list[EvalMember]        # every member of the split
+    member_ids: np.ndarray
+    member_vectors: np.ndarray
+    items: np.ndarray                # item vectors in corpus order
+    evaluated: list[EvalMember]      # the members with an embedding and a target
+
+    def recommender(self) -> EmbeddingRecommender:
+        """Cosine retrieval with these towers, as `ff-jax eval` ranks at full width."""
+        return EmbeddingRecommender(self.member_ids.tolist(), self.member_vectors, self.items).fit(self.training)
+
+
+def embedded_split(data, root: Path, split: str) -> EmbeddedSplit:
+    """`split` of `data` (a FeedData) with the towers under `root` (an embeddings folder)."""
+    training, members = feed_eval_data(data, split)
+    item_ids, items = read_tower(root / "items")
+    items = corpus_order(item_ids, items, training.corpus_ids, str(root / "items"))
+    member_ids, member_vectors = read_tower(root / f"members_{split}")
+    embedded = set(member_ids.tolist())
+    evaluated = [m for m in members if m.user_id in embedded and m.targets]
+    if not evaluated:
+        raise ValueError(f"{root / f'members_{split}'}: none of the {len(members)} {split} members has an embedding")
+    return EmbeddedSplit(training, members, member_ids, member_vectors, items, evaluated)
+
+
 @gin.configurable(denylist=["workdir"])
 def evaluate_run(workdir: str, embeddings: str = "embeddings", split: str = "test", ks: Sequence[int] = DEFAULT_KS,
                  serving_k: int | None = SERVING_K, dims: Sequence[int] | None = None, ann: bool = True,
@@ -226,16 +256,10 @@ def evaluate_run(workdir: str, embeddings: str = "embeddings", split: str = "tes
         raise ValueError(f"evaluate_run.baselines: unknown {unknown}; choose from {sorted(CHEAP_BASELINES)}")
     data = data or train_arguments()["data"]
     root = Path(workdir) / embeddings
-    training, members = feed_eval_data(data, split)
-    item_ids, items = read_tower(root / "items")
     member_dir = root / f"members_{split}"
-    member_ids, member_vectors = read_tower(member_dir)
-    items = corpus_order(item_ids, items, training.corpus_ids, str(root / "items"))
-    embedded = set(member_ids.tolist())
-    evaluated = [m for m in members if m.user_id in embedded and m.targets]
-    if not evaluated:
-        raise ValueError(f"{member_dir}: none of the {len(members)} {split} members has an embedding")
-    report = evaluate_embeddings(member_ids.tolist(), member_vectors, items, evaluated, training,
+    loaded = embedded_split(data, root, split)
+    training, members, evaluated = loaded.training, loaded.members, loaded.evaluated
+    report = evaluate_embeddings(loaded.member_ids.tolist(), loaded.member_vectors, loaded.items, evaluated, training,
                                  dims or tower_settings(root / "items")["dims"], ks, serving_k, exclude, ann,
                                  progress=progress)
     report.update(split=split, members_in_split=len(members), members_evaluated=len(evaluated),
