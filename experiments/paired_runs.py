@@ -54,7 +54,8 @@ def main() -> None:
         report["compared"][str(workdir)] = changes = compare_rankings(base, ranked, members, base_data, METRICS)
         print(f"{workdir.name} - {args.workdirs[0].name} ({len(members)} {args.split} members):")
         for metric, c in changes.items():
-            print(f"  {metric:11s} {c['mean']:+.4f}  (95% paired bootstrap: {c['ci95'][0]:+.4f} to {c['ci95'][1]:+.4f})")
+            low, high = c["ci95"]
+            print(f"  {metric:11s} {c['mean']:+.4f}  (95% paired bootstrap: {low:+.4f} to {high:+.4f})")
     if args.out:
         args.out.write_text(json.dumps(report, indent=1) + "\n")
         print(f"wrote {args.out}")
