@@ -7,6 +7,7 @@ import pytest
 
 from .test_server import CONFIG, TOKEN
 from .test_uvicorn import call, free_port
+from .waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -39,13 +40,14 @@ def test_two_replicas_serve_the_bundle_and_each_others_fresh_items(bundle_dir, t
                 return err.code, err.headers["x-served-by"], None
 
         ready = set()
-        for _ in range(2000):
+
+        def both_ready() -> bool:
             status, replica, _ = served_by("/readyz")
             if status == 200:
                 ready.add(replica)
-            if len(ready) == 2:
-                break
-        assert len(ready) == 2, ready
+            return len(ready) == 2
+
+        wait_until(both_ready, "two ready replicas", lambda: f"ready: {ready}")
         item = {"item_id": "ray1", "fields": {"text": "soup served twice", "topic": "food"}}
         status, answer = call(f"{url}/v1/items", {"items": [item]}, TOKEN)
         assert status == 200 and answer["index_size"] == 41

@@ -16,6 +16,8 @@ from ff_jax.serving.batching import MicroBatcher
 from ff_jax.serving.items_log import ItemLog, ItemLogError
 from ff_jax.serving.prompting import HistoryItem, padded
 
+from .waiting import wait_until
+
 TOKEN = "test-token-1234"
 CONFIG = ServerConfig(max_batch=4, max_queue_delay_ms=5.0, max_k=64, max_history=8, max_body_bytes=20_000,
                       length_buckets=(128,), max_items_per_request=8)
@@ -29,13 +31,9 @@ def start(bundle_dir, state_dir, config=CONFIG):
 
     client = TestClient(create_app(bundle_dir, state_dir, config))
     client.__enter__()
-    for _ in range(6000):  # warm-up compiles 9 shapes
-        if client.get("/readyz").status_code == 200:
-            return client
-        import time
-
-        time.sleep(0.05)
-    raise AssertionError(f"not ready: {client.get('/readyz').json()}")
+    wait_until(lambda: client.get("/readyz").status_code == 200, "ready",  # warm-up compiles 9 shapes
+               lambda: client.get("/readyz").json())
+    return client
 
 
 @pytest.fixture(scope="module")
@@ -270,8 +268,6 @@ def fuzz(schema, headers, examples=40):
 
 
 def test_schema_fuzzing_finds_no_server_error(bundle_dir, tmp_path, monkeypatch):
-    import time
-
     import schemathesis
     from schemathesis.python import asgi
 
@@ -281,8 +277,7 @@ def test_schema_fuzzing_finds_no_server_error(bundle_dir, tmp_path, monkeypatch)
     app = create_app(bundle_dir, tmp_path, CONFIG)
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)  # runs the app's lifespan: warm-up starts
     with asgi.get_client(app) as probe:
-        while probe.get("/readyz").status_code != 200:
-            time.sleep(0.05)
+        wait_until(lambda: probe.get("/readyz").status_code == 200, "ready", lambda: probe.get("/readyz").json())
     fuzz(schema, AUTH)
     fuzz(schema, {})  # without the token too
 

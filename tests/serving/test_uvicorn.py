@@ -7,13 +7,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 
 import pytest
 
 from .test_server import TOKEN, fuzz
+from .waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -45,14 +45,21 @@ def start_server(bundle_dir, state_dir, port):
         env={**os.environ, "JAX_PLATFORMS": "cpu", "FF_JAX_SERVE_TOKEN": TOKEN},
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
-    while process.poll() is None:
+
+    def ready() -> bool:
+        if process.poll() is not None:
+            raise AssertionError(f"server exited: {process.stderr.read().decode()[-3000:]}")
         try:
-            if call(f"{url}/readyz")[0] == 200:
-                return process, url
+            return call(f"{url}/readyz")[0] == 200
         except (urllib.error.URLError, ConnectionError):
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"server exited: {process.stderr.read().decode()[-3000:]}")
+            return False
+
+    try:
+        wait_until(ready, f"{url}/readyz 200", every_s=0.1)
+    except AssertionError:
+        process.kill()  # a server that never became ready outlives no test
+        raise
+    return process, url
 
 
 def test_acknowledged_items_survive_kill_9(bundle_dir, tmp_path):
