@@ -40,5 +40,5 @@ def prepare(data_dir: Path) -> tuple[list[str], str]:
     for name in ("feed_world", "feed_world_corpus"):
         tfds_builders.build(name, config, data_dir)
     corpus = tfds_builders.open_prepared(data_dir, "feed_world_corpus", CONFIG_NAME)[0]["corpus"]
-    prompts = [corpus[i]["item_prompt"].decode() for i in range(len(corpus))]
+    prompts = [corpus[i]["item_prompt"] for i in range(len(corpus))]
     return prompts, fit_word_tokenizer(prompts, data_dir / "tokenizer.json")

@@ -193,19 +193,27 @@ class PromptRenderer:
     def member_prompt(self, profile: list[str], history: Sequence[str], engaged: Sequence[bool],
                       pieces: dict[str, str]) -> MemberPrompt:
         """`history` item ids oldest -> newest (as the splits give them) with their engagement flags."""
-        if len(history) != len(engaged):
-            raise ValueError(f"history has {len(history)} items but {len(engaged)} engagement flags")
-        keep_all = self.template.history_source == "impressions"
-        out: list[str] = []
-        for item_id, flag in zip(reversed(history), reversed(engaged)):
-            if len(out) >= self.template.max_history_items:
-                break
-            if not (flag or keep_all):
-                continue
-            action = (open_tag(ACTION) + ("engaged" if flag else "skipped") + close_tag(ACTION)) if keep_all else ""
-            out.append("\n" + open_tag(ITEM) + action + pieces[item_id] + close_tag(ITEM))
-        return MemberPrompt(prefix=self.template.system_prompt + "\n", profile=list(profile),
-                            history=out, suffix=self.template.suffix)
+        return member_prompt(self.template, profile, history, engaged, pieces)
+
+
+def member_prompt(template: PromptTemplate, profile: list[str], history: Sequence, engaged: Sequence[bool],
+                  pieces) -> MemberPrompt:
+    """The member prompt from rendered pieces: `profile` fields, `history` item keys oldest -> newest
+    with their engagement flags, and `pieces[key]`, each history item's rendered fields. Only the
+    newest `max_history_items` kept items are looked up, so `pieces` may render lazily."""
+    if len(history) != len(engaged):
+        raise ValueError(f"history has {len(history)} items but {len(engaged)} engagement flags")
+    keep_all = template.history_source == "impressions"
+    out: list[str] = []
+    for item_id, flag in zip(reversed(history), reversed(engaged)):
+        if len(out) >= template.max_history_items:
+            break
+        if not (flag or keep_all):
+            continue
+        action = (open_tag(ACTION) + ("engaged" if flag else "skipped") + close_tag(ACTION)) if keep_all else ""
+        out.append("\n" + open_tag(ITEM) + action + pieces[item_id] + close_tag(ITEM))
+    return MemberPrompt(prefix=template.system_prompt + "\n", profile=list(profile), history=out,
+                        suffix=template.suffix)
 
 
 # --------------------------------------------------------------------------- token budgets

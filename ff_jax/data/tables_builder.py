@@ -88,8 +88,7 @@ def tables_config(folder: str | Path, options: Optional[TablesOptions] = None, n
     config = TablesConfig(name="pending", folder=str(Path(folder).resolve()), options=dataclasses.asdict(options),
                           template=template or PromptTemplate(), numbers=numbers or "quantile")
     settings = {f.name: getattr(config, f.name) for f in dataclasses.fields(tb.FeedConfig)
-                if f.name not in ("name", "description", "version", "release_notes", "supported_versions",
-                                  "tags")}
+                if f.name not in ("name", "description")}
     settings["options"] = config.options
     key = content_key(find_table_files(folder), settings)
     slug = re.sub(r"[^a-z0-9]+", "_", Path(config.folder).name.lower()).strip("_") or "tables"

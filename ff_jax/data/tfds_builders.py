@@ -1,15 +1,10 @@
-"""TFDS builders (array_record, no TensorFlow) for prompt datasets, prepared offline, read with
-`tfds.data_source` / `builder.as_data_source()` and fed to `ff_jax.data.pipeline`.
+"""Prepared feed datasets: builders that turn tables into a store of records (ff_jax.data.store),
+read back as random-access sources by `open_prepared` and fed to `ff_jax.data.pipeline`.
 
-Two builders per dataset, with the same configs:
-- `feed_world` / `movielens_feed`: splits train / validation / test of member examples
-  (EXAMPLE_FEATURES: member prompt parts, positive + hard-negative item prompts, cohort, ids,
-  held-out targets for evaluation);
-- `feed_world_corpus` / `movielens_feed_corpus`: split `corpus`, one prompt per item.
-TFDS gives a builder config exactly one feature spec, and the configs of `feed_world` already
-name its sizes, so the corpus (a different record shape) is a sibling builder rather than a split.
-Both run the same deterministic preparation (load -> temporal split -> fit the quantiser on the
-training split -> render), so their prompts agree; in one process it runs once (cached).
+Two names per dataset, one preparation: `feed_world` / `movielens_feed` / `tables` give the splits
+train / validation / test of member examples, and `<name>_corpus` the split `corpus`, one record per
+item. Both read the same store, prepared by one deterministic pass (load -> temporal split -> fit the
+quantiser on the training split -> render pieces -> write), so their prompts agree.
 
 Corpus records also carry each item's creation time and author, for the serving catalogue (and
 its `blocked_authors` filter): `created_at` in unix seconds, from the items table's `created_at`
@@ -20,57 +15,43 @@ name), or "" when unknown. Neither is ever guessed.
 Records hold text, not tokens: the token budget belongs to the tokenizer and model chosen at
 training time, so truncation happens in the pipeline. The prompt format (markers, how an item
 prompt ends), the template, the schema and the quantiser travel in the dataset's metadata.
+
+Versions before 2.0.0 were TFDS array_record files holding every example's whole member prompt as
+text: 5 KB an example, and TFDS's writer buffered them in memory, then needed TensorFlow to spill.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import inspect
 from collections import Counter
-import json
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pandas as pd
-import tensorflow_datasets as tfds
 from absl import logging
-from etils import epath
-from tqdm.auto import tqdm
 
 from ff_jax.data import feed_world
 from ff_jax.data.movielens import load_movielens_100k
 from ff_jax.data.prompts import PromptFormat, PromptRenderer, PromptTemplate
 from ff_jax.data.quantizer import Quantizer, fit_on_training
-from ff_jax.data.splits import EvalMember, Splits, TrainExample, temporal_split
+from ff_jax.data.splits import Splits, temporal_split
+from ff_jax.data.store import STORE_VERSION, StoreInput, is_complete, write_store
+from ff_jax.data.store_records import open_store
 from ff_jax.data.tables import FeedTables
 
-VERSION = "1.1.0"  # of the member-example builders' records and metadata; an older preparation is prepared anew
-CORPUS_VERSION = "1.2.0"  # of the corpus builders' records (1.2.0: created_at and author)
-_text = tfds.features.Text
-EXAMPLE_FEATURES = {
-    "user_id": _text(), "cohort": _text(),  # "new" | "established"
-    "timestamp": tfds.features.Scalar(dtype=np.int64),  # train: the positive's time; eval: first target's
-    "member_prefix": _text(), "member_profile": tfds.features.Sequence(_text()),
-    "member_history": tfds.features.Sequence(_text()),  # newest first
-    "member_suffix": _text(),
-    "positive_id": _text(), "positive_prompt": _text(),  # empty in validation / test
-    "negative_ids": tfds.features.Sequence(_text()), "negative_prompts": tfds.features.Sequence(_text()),
-    "target_ids": tfds.features.Sequence(_text()),  # eval: held-out positives; train: [positive_id]
-    "engaged_history_ids": tfds.features.Sequence(_text()),  # eval: items removed from the ranking
-}
-CORPUS_FEATURES = {"item_id": _text(), "item_prompt": _text(),
-                   "created_at": tfds.features.Scalar(dtype=np.int64), "author": _text()}
+VERSION = CORPUS_VERSION = STORE_VERSION  # a preparation of an older version is prepared anew
 UNKNOWN_TIME = int(np.iinfo(np.int64).min)  # a corpus record's created_at when the tables do not give one
 AUTHOR_COLUMNS = ("author_id", "author", "author_name")  # the items column naming an item's author, first found
 NUMBER_MODES = ("quantile", "raw", "absent")  # the Quantizer modes: the numbers ablation
 
 
 @dataclasses.dataclass
-class FeedConfig(tfds.core.BuilderConfig):
-    """A dataset variant: split protocol, prompt template, how numbers appear (the ablation), and
-    for feed_world the simulator's settings (`world`, keyword arguments of FeedWorldConfig)."""
+class FeedConfig:
+    """A dataset variant, named `name`: split protocol, prompt template, how numbers appear (the
+    ablation), and for feed_world the simulator's settings (`world`, keyword arguments of FeedWorldConfig)."""
 
+    name: str = ""
+    description: str = ""
     template: PromptTemplate = PromptTemplate()
     numbers: str = "quantile"
     test_fraction: float = 0.2
@@ -117,51 +98,6 @@ def prepare(tables: FeedTables, config: FeedConfig, progress: bool = True) -> Pr
     return Prepared(tables, splits, renderer, metadata)
 
 
-class PromptRecords:
-    """Renders the records of a prepared dataset (item prompts and history pieces once, vectorised)."""
-
-    def __init__(self, prepared: Prepared, progress: bool):
-        self.p, self.progress = prepared, progress
-        items = prepared.tables.items
-        self.item_prompt = dict(zip(items["item_id"].astype(str), prepared.renderer.item_prompts(items)))
-        self.pieces = prepared.renderer.history_pieces(items)
-        self.profiles = prepared.renderer.profiles(prepared.tables.users)
-
-    def _member(self, user_id, history, engaged) -> dict:
-        prompt = self.p.renderer.member_prompt(self.profiles.get(user_id, []), list(history),
-                                               [bool(e) for e in engaged], self.pieces)
-        return {"member_prefix": prompt.prefix, "member_profile": prompt.profile,
-                "member_history": prompt.history, "member_suffix": prompt.suffix}
-
-    def train(self, example: TrainExample) -> dict:
-        return {"user_id": example.user_id, "cohort": example.cohort, "timestamp": int(example.timestamp),
-                **self._member(example.user_id, example.history, example.history_engaged),
-                "positive_id": example.positive, "positive_prompt": self.item_prompt[example.positive],
-                "negative_ids": list(example.hard_negatives),
-                "negative_prompts": [self.item_prompt[i] for i in example.hard_negatives],
-                "target_ids": [example.positive], "engaged_history_ids": []}
-
-    def evaluation(self, member: EvalMember) -> dict:
-        return {"user_id": member.user_id, "cohort": member.cohort, "timestamp": int(member.timestamp),
-                **self._member(member.user_id, member.history, member.history_engaged),
-                "positive_id": "", "positive_prompt": "", "negative_ids": [], "negative_prompts": [],
-                "target_ids": list(member.targets), "engaged_history_ids": member.engaged_history}
-
-    def examples(self, split: str) -> Iterator[tuple[str, dict]]:
-        rows = getattr(self.p.splits, split)
-        render = self.train if split == "train" else self.evaluation
-        for i, row in enumerate(tqdm(rows, desc=f"{self.p.tables.name} {split} prompts", unit="example",
-                                     disable=not self.progress, mininterval=1.0, leave=False)):
-            yield f"{i:09d}", render(row)
-
-    def corpus(self, created_at: np.ndarray) -> Iterator[tuple[str, dict]]:
-        """One record per item; `created_at` int64 [items] aligned with the items table."""
-        authors = item_authors(self.p.tables.items)
-        for i, (item_id, prompt) in enumerate(self.item_prompt.items()):
-            yield f"{i:09d}", {"item_id": item_id, "item_prompt": prompt, "created_at": int(created_at[i]),
-                               "author": authors[i]}
-
-
 def item_created_at(items) -> np.ndarray:
     """int64 unix seconds of the items table's `created_at` column, UNKNOWN_TIME where it is missing."""
     if "created_at" not in items:
@@ -178,26 +114,22 @@ def item_authors(items) -> list[str]:
     return ["" if value is None or value != value else str(value) for value in items[column].tolist()]
 
 
-class _FeedBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-    """Shared machinery; subclasses say where the tables come from and which record shape they write."""
+class _FeedBuilder:
+    """Prepares one dataset config into `<data_dir>/<dataset>/<config>/<VERSION>`; subclasses say where
+    the tables come from (`_load_tables`). `<dataset>_corpus` builders read the same preparation."""
 
-    VERSION = tfds.core.Version(VERSION)
-    RELEASE_NOTES = {"1.0.0": "First release.",
-                     "1.1.0": "Metadata counts each item's training positives (for the logQ correction)."}
+    name = ""
+    BUILDER_CONFIGS: list[FeedConfig] = []
     CORPUS = False
 
-    def __init_subclass__(cls, **kwargs):
-        super().__init_subclass__(**kwargs)
-        if cls.CORPUS:  # the corpus records changed shape on their own (CORPUS_VERSION)
-            cls.VERSION = tfds.core.Version(CORPUS_VERSION)
-            cls.RELEASE_NOTES = {**cls.RELEASE_NOTES, "1.2.0": "Corpus records carry created_at and author."}
-
-    @tfds.core.utils.classproperty
-    @classmethod
-    def code_path(cls):
-        # TFDS's own lookup goes through `importlib_resources` (an etils extra that is not installed)
-        # for classes inside a package; the source file is all it needs.
-        return epath.Path(inspect.getfile(cls))
+    def __init__(self, config: str | FeedConfig, data_dir: str | Path):
+        if isinstance(config, str):
+            known = {c.name: c for c in self.BUILDER_CONFIGS}
+            if config not in known:
+                raise ValueError(f"{self.name} has no config {config!r}; it has {sorted(known)}")
+            config = known[config]
+        self.builder_config = config
+        self.data_dir = store_root(data_dir, self.name, config.name)
 
     def _load_tables(self) -> FeedTables:
         raise NotImplementedError
@@ -206,32 +138,22 @@ class _FeedBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         """Each item's creation time (int64 unix s, UNKNOWN_TIME when not known), aligned with `items`."""
         return item_created_at(items)
 
-    # TFDS prints these two lines to stdout whatever the verbosity; here they are INFO logs, shown
-    # with `--verbosity=0` (ff_jax.verbosity).
-    def _log_download_bytes(self) -> None:
+    def download_and_prepare(self) -> None:
+        """Prepares the dataset unless a complete preparation of this version is there already."""
+        if is_complete(self.data_dir):
+            return
         logging.info("preparing %s/%s into %s", self.name, self.builder_config.name, self.data_dir)
-
-    def _log_download_done(self) -> None:
-        logging.info("prepared %s", self.data_dir)
-
-    def _info(self) -> tfds.core.DatasetInfo:
-        features = CORPUS_FEATURES if self.CORPUS else EXAMPLE_FEATURES
-        return tfds.core.DatasetInfo(builder=self, description=self.__doc__,
-                                     features=tfds.features.FeaturesDict(features),
-                                     metadata=tfds.core.MetadataDict())
-
-    def _split_generators(self, dl_manager):
-        del dl_manager  # everything is local: a package folder or the simulator
-        prepared = _prepared(type(self).__name__.replace("Corpus", ""), self.builder_config, self._load_tables)
-        self.info.metadata.update(json.loads(json.dumps(prepared.metadata)))
-        records = PromptRecords(prepared, progress=True)
-        if self.CORPUS:
-            return {"corpus": records.corpus(self._item_created_at(prepared.tables.items))}
+        tables = self._load_tables()
+        prepared = prepare(tables, self.builder_config)
         _check_splits(prepared, self.builder_config)
-        return {split: records.examples(split) for split in ("train", "validation", "test")}
+        write_store(StoreInput(tables, prepared.splits, prepared.renderer, prepared.metadata,
+                               self._item_created_at(tables.items), item_authors(tables.items)), self.data_dir)
 
-    def _generate_examples(self):  # the generators come from _split_generators
-        raise NotImplementedError
+
+def store_root(data_dir: str | Path, name: str, config: str) -> Path:
+    """Where a dataset's preparation lives; `<dataset>_corpus` shares its dataset's."""
+    dataset = name[: -len("_corpus")] if name.endswith("_corpus") else name
+    return Path(data_dir) / dataset / config / STORE_VERSION
 
 
 def _check_splits(prepared: Prepared, config: FeedConfig) -> None:
@@ -247,18 +169,6 @@ def _check_splits(prepared: Prepared, config: FeedConfig) -> None:
             raise ValueError(f"{prepared.tables.name}: the {split} split is empty: a member needs {need} "
                              f"(the most any member has is {most}); add interactions, or change "
                              "test_fraction / validation_fraction")
-
-
-_CACHE: dict[tuple, Prepared] = {}
-
-
-def _prepared(family: str, config: FeedConfig, load) -> Prepared:
-    """Dataset and corpus builders of one config share one preparation per process."""
-    key = (family, repr(config))
-    if key not in _CACHE:
-        _CACHE.clear()  # keep at most one dataset's tables in memory
-        _CACHE[key] = prepare(load(), config)
-    return _CACHE[key]
 
 
 # --------------------------------------------------------------------------- the datasets
@@ -324,34 +234,31 @@ class MovielensFeedCorpus(_MovieLensTables, _FeedBuilder):
 BUILDERS = {cls.name: cls for cls in (FeedWorld, FeedWorldCorpus, MovielensFeed, MovielensFeedCorpus)}
 
 
-def build(name: str, config: str | FeedConfig, data_dir: str | Path) -> tfds.core.DatasetBuilder:
-    """Prepare one dataset into `data_dir` (array_record files); a finished one is reused."""
+def build(name: str, config: str | FeedConfig, data_dir: str | Path) -> _FeedBuilder:
+    """Prepare one dataset (and so its corpus) into `data_dir`; a finished one is reused."""
     if name not in BUILDERS:
         raise ValueError(f"unknown dataset {name!r}; expected one of {sorted(BUILDERS)}")
-    builder = BUILDERS[name](config=config, data_dir=str(data_dir), file_format="array_record")
+    builder = BUILDERS[name](config=config, data_dir=data_dir)
     builder.download_and_prepare()
     return builder
 
 
 def is_prepared(data_dir: str | Path, name: str, config: str) -> bool:
-    """Whether `config` of builder `name` is prepared under data_dir at its current version (VERSION,
-    or CORPUS_VERSION for a corpus: an older version's records lack what this code reads, so they
-    are prepared anew)."""
-    version = CORPUS_VERSION if name.endswith("_corpus") else VERSION  # corpora are `<dataset>_corpus`
-    return (Path(data_dir) / name / config / version / "dataset_info.json").exists()
+    """Whether `config` of dataset `name` (or of its `_corpus`) is prepared under data_dir at this
+    version (an older version's files are not read: they are prepared anew)."""
+    return is_complete(store_root(data_dir, name, config))
 
 
 def open_prepared(data_dir: str | Path, name: str, config: str) -> tuple[dict, PromptFormat, dict]:
-    """(split -> data source, prompt format, metadata) of a prepared dataset, newest version."""
-    root = Path(data_dir) / name / config
-    versions = sorted((p for p in root.glob("*") if (p / "dataset_info.json").exists()),
-                      key=lambda p: tuple(int(x) for x in p.name.split(".")))
-    if not versions:
+    """(split -> data source, prompt format, metadata) of a prepared dataset: splits train /
+    validation / test, or `corpus` for a `<dataset>_corpus` name."""
+    root = store_root(data_dir, name, config)
+    if not is_complete(root):
         raise FileNotFoundError(f"{root}: no prepared dataset here; run "
                                 f"`ff_jax.data.tfds_builders.build({name!r}, {config!r}, {str(data_dir)!r})`")
-    builder = tfds.builder_from_directory(str(versions[-1]))
-    metadata = dict(builder.info.metadata)
-    return builder.as_data_source(), PromptFormat.from_dict(metadata["prompt_format"]), metadata
+    splits, corpus, metadata = open_store(root)
+    sources = {"corpus": corpus} if name.endswith("_corpus") else splits
+    return sources, PromptFormat.from_dict(metadata["prompt_format"]), metadata
 
 
 # `tables` / `tables_corpus` (your own files) subclass _FeedBuilder and add themselves to BUILDERS.

@@ -28,10 +28,15 @@ def read_records(source: Sequence, chunk: int = 1024) -> Iterator[dict]:
         yield from batch
 
 
+def ids_only(source: Sequence) -> Sequence:
+    """A prepared split without its prompt fields, when the source can skip rendering them."""
+    return source.without_prompts() if hasattr(source, "without_prompts") else source
+
+
 def eval_members(records: Sequence[dict]) -> list[EvalMember]:
     """EvalMembers of evaluation records; the history is the engaged history (what is excluded)."""
     members = []
-    for r in read_records(records):
+    for r in read_records(ids_only(records)):
         history = [as_text(i) for i in r["engaged_history_ids"]]
         members.append(EvalMember(as_text(r["user_id"]), history, [True] * len(history),
                                   [as_text(t) for t in r["target_ids"]], as_text(r["cohort"]), int(r["timestamp"])))
@@ -47,9 +52,9 @@ def prepared_eval_data(sources: dict, corpus: Sequence[dict], split: str = "test
     for r in read_records(corpus):
         item_ids.append(as_text(r["item_id"]))
         texts.append(as_text(r["item_prompt"]))
-    pairs = [(as_text(r["user_id"]), as_text(r["positive_id"])) for r in read_records(sources["train"])]
+    pairs = [(as_text(r["user_id"]), as_text(r["positive_id"])) for r in read_records(ids_only(sources["train"]))]
     if split == "test":
-        pairs += [(as_text(r["user_id"]), as_text(t)) for r in read_records(sources["validation"]) for t in r["target_ids"]]
+        pairs += [(as_text(r["user_id"]), as_text(t)) for r in read_records(ids_only(sources["validation"])) for t in r["target_ids"]]
     members = eval_members(sources[split])
     users = list(dict.fromkeys([u for u, _ in pairs] + [m.user_id for m in members]))
     user_codes = pd.Index(users).get_indexer([u for u, _ in pairs])

@@ -40,7 +40,7 @@ def _prepare_compact_feed_world(data_dir: Path, numbers: Optional[str], history:
     for name in ("feed_world", "feed_world_corpus"):
         tfds_builders.build(name, variant, root)
     corpus = tfds_builders.open_prepared(root, "feed_world_corpus", built)[0]["corpus"]
-    compact_feed_world.fit_word_tokenizer([corpus[i]["item_prompt"].decode() for i in range(len(corpus))], tokenizer)
+    compact_feed_world.fit_word_tokenizer([corpus[i]["item_prompt"] for i in range(len(corpus))], tokenizer)
 
 
 def _prepare_movielens(data_dir: Path, numbers: Optional[str], history: Optional[str]) -> None:

@@ -75,7 +75,7 @@ def test_row7_a_nan_age_is_missing_and_the_other_ages_are_quantised_in_prompts(t
     for split in ("train", "test"):
         for i in range(len(sources[split])):
             record = sources[split][i]
-            profiles[record["user_id"].decode()] = b" ".join(record["member_profile"]).decode()
+            profiles[record["user_id"]] = " ".join(record["member_profile"])
     assert set(profiles) == {f"m{u}" for u in range(len(AGES))}
     for user, profile in profiles.items():
         if user == "m2":

@@ -1,12 +1,11 @@
-"""TFDS round trip without TensorFlow: prepare a tiny dataset + corpus into tmp_path as array_record,
-read it back with tfds data sources, check the records against the splits, feed the pipeline."""
+"""Round trip of a prepared dataset: prepare a tiny dataset + corpus into tmp_path (ff_jax.data.store),
+read it back as random-access sources, check the records against the splits, feed the pipeline."""
 
 import hashlib
 
 import numpy as np
 import pandas as pd
 import pytest
-import tensorflow_datasets as tfds
 
 from ff_jax.data import tfds_builders as tb
 from ff_jax.data.quantizer import Quantizer
@@ -37,7 +36,7 @@ def tiny_tables():
     return validate_tables(users, items, interactions, SCHEMA, "tiny")
 
 
-class TinyFeed(tb._FeedBuilder, skip_registration=True):
+class TinyFeed(tb._FeedBuilder):
     """A tiny synthetic feed for the round-trip test."""
 
     name = "tiny_feed"
@@ -47,13 +46,13 @@ class TinyFeed(tb._FeedBuilder, skip_registration=True):
         return tiny_tables()
 
 
-class TinyFeedCorpus(TinyFeed, skip_registration=True):
+class TinyFeedCorpus(TinyFeed):
     name = "tiny_feed_corpus"
     CORPUS = True
 
 
 def build(cls, data_dir):
-    builder = cls(config="base", data_dir=str(data_dir), file_format="array_record")
+    builder = cls(config="base", data_dir=str(data_dir))
     builder.download_and_prepare()
     return builder
 
@@ -111,7 +110,7 @@ def test_corpus_records_carry_creation_times_and_authors(prepared):
     sources, _, _ = tb.open_prepared(prepared, "tiny_feed_corpus", "base")
     got = {text(r["item_id"]): (int(r["created_at"]), text(r["author"])) for r in sources["corpus"]}
     assert got == {f"p{i}": (1_600_000_000 + i * 3600, "") for i in range(60)}
-    assert (prepared / "tiny_feed_corpus" / "base" / tb.CORPUS_VERSION).is_dir()
+    assert (prepared / "tiny_feed" / "base" / tb.VERSION).is_dir()  # one preparation for both names
     assert tb.is_prepared(prepared, "tiny_feed_corpus", "base") and tb.is_prepared(prepared, "tiny_feed", "base")
 
 
@@ -177,7 +176,7 @@ def test_preparation_is_deterministic(prepared, tmp_path):
     build(TinyFeed, tmp_path)
 
     def digest(root):
-        files = sorted(root.glob(f"tiny_feed/base/{tb.VERSION}/*.array_record*"))
+        files = sorted(root.glob(f"tiny_feed/base/{tb.VERSION}/*"))
         return [hashlib.sha256(f.read_bytes()).hexdigest() for f in files]
 
     assert digest(tmp_path) == digest(prepared) != []
@@ -190,8 +189,27 @@ def test_reading_an_unprepared_dataset_says_how_to_build_it(tmp_path):
         tb.FeedConfig(name="x", numbers="log")
 
 
-def test_registered_builders_are_found_by_name_with_their_features(tmp_path):
-    for name, cls in tb.BUILDERS.items():
-        assert tfds.builder_cls(name) is cls
-    features = tfds.builder("movielens_feed_corpus/100k", data_dir=str(tmp_path)).info.features
-    assert set(features.keys()) == {"item_id", "item_prompt", "created_at", "author"}
+def test_storage_per_example_does_not_grow_with_history(tmp_path):
+    """A training record holds ids and an end in the member's timeline, not its history's text: one
+    member with 40 or 400 engagements costs the same bytes per training example."""
+    per_example = []
+    for n in (40, 400):
+        users = pd.DataFrame({"user_id": ["m0", "m1"], "headline": ["a", "b"], "industry": ["x", "y"]})
+        items = pd.DataFrame({"item_id": [f"p{i}" for i in range(n)], "text": [f"post {i} " * 20 for i in range(n)],
+                              "created_at": np.arange(n), "post_type": ["article"] * n, "like_count": np.arange(n)})
+        interactions = pd.DataFrame({"user_id": ["m0"] * n, "item_id": items["item_id"],
+                                     "timestamp": np.arange(n) + 10, "engaged": [True] * n})
+        tables = validate_tables(users, items, interactions, SCHEMA, f"long{n}")
+
+        class Long(tb._FeedBuilder):
+            name = f"long{n}"
+            BUILDER_CONFIGS = [tb.FeedConfig(name="base")]
+
+            def _load_tables(self):
+                return tables
+
+        build(Long, tmp_path)
+        sources, _, _ = tb.open_prepared(tmp_path, f"long{n}", "base")
+        assert len(sources["train"][len(sources["train"]) - 1]["member_history"]) >= 1
+        per_example.append((tmp_path / f"long{n}/base/{tb.VERSION}/train.arrow").stat().st_size / len(sources["train"]))
+    assert per_example[1] < 64 and per_example[1] <= per_example[0]

@@ -106,7 +106,7 @@ def test_ranker_rows_hold_the_engaged_item_then_impressed_then_negatives(tmp_pat
     records = sources["train"]
     by_member = {}
     for i in range(len(records)):
-        by_member.setdefault(records[i]["positive_prompt"].decode(), []).append(records[i])
+        by_member.setdefault(records[i]["positive_prompt"], []).append(records[i])
     item_ids, prompts = data.corpus()
     question = data.ranker.question
     for n in range(2):

@@ -170,7 +170,7 @@ def test_only_the_primary_process_writes(tmp_path):
 SCHEMA = generic_schema(users=[Column("headline", "text")], items=[Column("topic", "categorical")])
 
 
-class EmbedFeed(tb._FeedBuilder, skip_registration=True):
+class EmbedFeed(tb._FeedBuilder):
     """A tiny feed: members of two topics engage with posts of their topic."""
 
     name = "embed_feed"
@@ -192,7 +192,7 @@ class EmbedFeed(tb._FeedBuilder, skip_registration=True):
         return validate_tables(users, items, interactions, SCHEMA, "embed_feed")
 
 
-class EmbedFeedCorpus(EmbedFeed, skip_registration=True):
+class EmbedFeedCorpus(EmbedFeed):
     name = "embed_feed_corpus"
     CORPUS = True
 
@@ -201,7 +201,7 @@ class EmbedFeedCorpus(EmbedFeed, skip_registration=True):
 def run_files(tmp_path_factory):
     root = tmp_path_factory.mktemp("embed_e2e")
     for cls in (EmbedFeed, EmbedFeedCorpus):
-        cls(config="base", data_dir=str(root / "data"), file_format="array_record").download_and_prepare()
+        cls(config="base", data_dir=str(root / "data")).download_and_prepare()
     gin_file = root / "run.gin"
     gin_file.write_text("\n".join([
         "include 'model/tiny.gin'", "include 'runs/train.gin'", f"DATA_DIR = '{root / 'data'}'",

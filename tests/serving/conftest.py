@@ -43,7 +43,7 @@ def tables():
     return validate_tables(users, items, interactions, SCHEMA, "serve_feed")
 
 
-class ServeFeed(tb._FeedBuilder, skip_registration=True):
+class ServeFeed(tb._FeedBuilder):
     name = "serve_feed"
     BUILDER_CONFIGS = [tb.FeedConfig(name="base", template=TEMPLATE)]
 
@@ -51,7 +51,7 @@ class ServeFeed(tb._FeedBuilder, skip_registration=True):
         return tables()
 
 
-class ServeFeedCorpus(ServeFeed, skip_registration=True):
+class ServeFeedCorpus(ServeFeed):
     name = "serve_feed_corpus"
     CORPUS = True
 
@@ -89,7 +89,7 @@ def run_dir(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("serve_run")
     for cls in (ServeFeed, ServeFeedCorpus):
-        cls(config="base", data_dir=str(root / "data"), file_format="array_record").download_and_prepare()
+        cls(config="base", data_dir=str(root / "data")).download_and_prepare()
     workdir = root / "run"
     workdir.mkdir()
     (workdir / "config.gin").write_text("\n".join([*GIN, f"DATA_DIR = '{root / 'data'}'", ""]))

@@ -1,0 +1,214 @@
+"""A prepared dataset on disk: records hold ids and times, text lives once per item and per member.
+
+One preparation is one folder (`<data_dir>/<dataset>/<config>/<STORE_VERSION>/`) of Arrow IPC files,
+memory-mapped when read, so a reader's memory does not grow with the data:
+
+    metadata.json   prompt format, template, schema, quantiser, split settings, counts
+    items.arrow     one row per item, in corpus order: item_id, item_prompt, history_piece (its shorter
+                    form inside member histories), created_at, author
+    members.arrow   one row per member: user_id, cohort, profile (its rendered fields), start / stop of
+                    its rows in timeline.arrow
+    timeline.arrow  every interaction, grouped by member, oldest first: item (row of items.arrow), engaged
+    train.arrow     member, end (the history is the member's timeline[:end]), positive, negatives, timestamp
+    validation.arrow, test.arrow   member, end, targets, timestamp
+
+A training example costs about 40 bytes whatever its history length; the prompts are rendered when a
+record is read (ff_jax.data.store_records), from the same pieces and by the same function the
+text records of earlier versions were, so a model sees the same prompts (tests/data/test_prompt_parity.py).
+
+The folder is written under a temporary name and renamed when complete: a crash or a refused input
+leaves no half-prepared dataset behind.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pyarrow as pa
+from tqdm.auto import tqdm
+
+from ff_jax.data.tables_checks import index_in
+
+STORE_VERSION = "2.0.0"
+SPLITS = ("train", "validation", "test")
+METADATA = "metadata.json"
+CHUNK = 65_536  # rows rendered and written at a time: bounds the text held in memory
+
+
+def record_order(n: int, salt: str) -> np.ndarray:
+    """The order records are stored in: their generation index i sorted by md5(salt + f"{i:09d}").
+
+    This is the key-hash order TFDS's writer gave the text records of versions before 2.0, so a
+    dataset prepared now trains on exactly the batches it did then (tested against TFDS's Hasher)."""
+    base = hashlib.md5(salt.encode())
+
+    def key(i: int) -> int:
+        h = base.copy()
+        h.update(f"{i:09d}".encode())
+        return int.from_bytes(h.digest(), "big")
+
+    return np.asarray(sorted(range(n), key=key), np.int64)
+
+
+def _write_table(path: Path, batches: Iterator[pa.RecordBatch], schema: pa.Schema) -> int:
+    """Streams record batches into one Arrow IPC file; returns the rows written."""
+    rows = 0
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
+        for batch in batches:
+            writer.write_batch(batch)
+            rows += batch.num_rows
+    return rows
+
+
+def _ragged(lists: list[list[int]]) -> pa.Array:
+    return pa.array(lists, type=pa.list_(pa.int32()))
+
+
+ITEM_SCHEMA = pa.schema([("item_id", pa.large_string()), ("item_prompt", pa.large_string()),
+                         ("history_piece", pa.large_string()), ("created_at", pa.int64()),
+                         ("author", pa.large_string())])
+MEMBER_SCHEMA = pa.schema([("user_id", pa.large_string()), ("cohort", pa.string()),
+                           ("profile", pa.list_(pa.large_string())), ("start", pa.int64()), ("stop", pa.int64())])
+TIMELINE_SCHEMA = pa.schema([("item", pa.int32()), ("engaged", pa.bool_())])
+TRAIN_SCHEMA = pa.schema([("member", pa.int32()), ("end", pa.int32()), ("positive", pa.int32()),
+                          ("negatives", pa.list_(pa.int32())), ("timestamp", pa.int64())])
+EVAL_SCHEMA = pa.schema([("member", pa.int32()), ("end", pa.int32()), ("targets", pa.list_(pa.int32())),
+                         ("timestamp", pa.int64())])
+
+
+@dataclasses.dataclass
+class StoreInput:
+    """What a preparation writes (ff_jax.data.tfds_builders.prepare gives it)."""
+
+    tables: object  # FeedTables
+    splits: object  # Splits
+    renderer: object  # PromptRenderer
+    metadata: dict
+    created_at: np.ndarray  # int64 per row of tables.items (unix s, or UNKNOWN_TIME)
+    authors: list[str]  # per row of tables.items ("" when unknown)
+
+
+def write_store(data: StoreInput, root: Path, progress: bool = True) -> Path:
+    """Writes the preparation into `root` atomically (a temporary sibling, renamed when complete)."""
+    root = Path(root)
+    tmp = root.with_name(f".{root.name}.incomplete-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        counts = _write_all(data, tmp, progress)
+        metadata = {**data.metadata, "store_version": STORE_VERSION, "counts": counts}
+        (tmp / METADATA).write_text(json.dumps(metadata, indent=1, sort_keys=True, default=str))
+        if root.exists():  # a stale or concurrent preparation of the same content: replace it whole
+            shutil.rmtree(root)
+        tmp.rename(root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return root
+
+
+def _write_all(data: StoreInput, out: Path, progress: bool) -> dict:
+    tables, splits, renderer = data.tables, data.splits, data.renderer
+    items, users, inter = tables.items, tables.users, tables.interactions
+
+    # Items in corpus order; every other file names an item by its row here.
+    order = record_order(len(items), "corpus")
+    row_of_item = np.empty(len(items), np.int64)
+    row_of_item[order] = np.arange(len(items))
+    authors = np.asarray(data.authors, dtype=object)
+
+    def item_batches():
+        for start in range(0, len(items), CHUNK):
+            chunk = items.iloc[order[start:start + CHUNK]]
+            yield pa.record_batch([pa.array(chunk["item_id"].astype(str).tolist(), pa.large_string()),
+                                   pa.array(renderer.item_prompts(chunk), pa.large_string()),
+                                   pa.array(list(renderer.history_pieces(chunk).values()), pa.large_string()),
+                                   pa.array(data.created_at[order[start:start + CHUNK]], pa.int64()),
+                                   pa.array(authors[order[start:start + CHUNK]].tolist(), pa.large_string())], schema=ITEM_SCHEMA)
+
+    _write_table(out / "items.arrow", item_batches(), ITEM_SCHEMA)
+
+    # Each member's interactions oldest first, as temporal_split walks them.
+    member_of_row = index_in(inter["user_id"], users["user_id"])
+    by_member = np.argsort(member_of_row, kind="stable")
+    bounds = np.searchsorted(member_of_row[by_member], np.arange(len(users) + 1))
+    item_rows = row_of_item[index_in(inter["item_id"], items["item_id"])]
+    _write_table(out / "timeline.arrow", iter([pa.record_batch(
+        [pa.array(item_rows[by_member].astype(np.int32)), pa.array(inter["engaged"].to_numpy(bool)[by_member])],
+        schema=TIMELINE_SCHEMA)]), TIMELINE_SCHEMA)
+
+    user_ids = users["user_id"].astype(str)
+
+    def member_batches():
+        for start in range(0, len(users), CHUNK):
+            chunk = users.iloc[start:start + CHUNK]
+            profiles = renderer.profiles(chunk)
+            ids = chunk["user_id"].astype(str).tolist()
+            yield pa.record_batch([pa.array(ids, pa.large_string()),
+                                   pa.array([splits.cohorts.get(u, "new") for u in ids], pa.string()),
+                                   pa.array([profiles[u] for u in ids], pa.list_(pa.large_string())),
+                                   pa.array(bounds[start:start + len(ids)], pa.int64()),
+                                   pa.array(bounds[start + 1:start + 1 + len(ids)], pa.int64())],
+                                  schema=MEMBER_SCHEMA)
+
+    _write_table(out / "members.arrow", member_batches(), MEMBER_SCHEMA)
+
+    member_index = dict(zip(user_ids.tolist(), range(len(users))))
+    item_index = dict(zip(items["item_id"].astype(str).tolist(), row_of_item.tolist()))
+    counts = {"items": len(items), "members": len(users), "interactions": len(inter)}
+    for split in SPLITS:
+        rows = getattr(splits, split)
+        order = record_order(len(rows), split)
+        columns = {"member": np.empty(len(rows), np.int32), "end": np.empty(len(rows), np.int32),
+                   "timestamp": np.empty(len(rows), np.int64)}
+        lists: list[list[int]] = [[] for _ in rows]
+        positive = np.empty(len(rows), np.int32)
+        for at, i in enumerate(tqdm(order.tolist(), desc=f"{tables.name} {split} records", unit="example",
+                                    disable=not progress, mininterval=1.0, leave=False)):
+            row = rows[i]
+            _check_history(row)
+            columns["member"][at] = member_index[row.user_id]
+            columns["end"][at] = len(row.history)
+            columns["timestamp"][at] = row.timestamp
+            if split == "train":
+                positive[at] = item_index[row.positive]
+                lists[at] = [item_index[n] for n in row.hard_negatives]
+            else:
+                lists[at] = [item_index[t] for t in row.targets]
+        if split == "train":
+            arrays = [columns["member"], columns["end"], positive, _ragged(lists), columns["timestamp"]]
+            schema = TRAIN_SCHEMA
+        else:
+            arrays = [columns["member"], columns["end"], _ragged(lists), columns["timestamp"]]
+            schema = EVAL_SCHEMA
+        batch = pa.record_batch([a if isinstance(a, pa.Array) else pa.array(a) for a in arrays], schema=schema)
+        counts[split] = _write_table(out / f"{split}.arrow", iter([batch]), schema)
+    return counts
+
+
+def _check_history(row) -> None:
+    """Records name a history by its end in the member's timeline: it must start there."""
+    start = getattr(row.history, "_start", 0)
+    if start:
+        raise ValueError("temporal_split(max_history=...) histories cannot be stored; prompts truncate to "
+                         "PromptTemplate.max_history_items and the token budget instead")
+
+
+def is_complete(root: Path) -> bool:
+    return (Path(root) / METADATA).is_file()
+
+
+def read_metadata(root: Path) -> dict:
+    return json.loads((Path(root) / METADATA).read_text())
+
+
+def open_table(path: Path) -> pa.Table:
+    """An Arrow IPC file, memory-mapped: its pages are read from disk when touched."""
+    return pa.ipc.open_file(pa.memory_map(str(path), "r")).read_all()
