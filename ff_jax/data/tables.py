@@ -22,6 +22,7 @@ import pandas as pd
 from ff_jax.data import tables_checks as checks
 from ff_jax.data.schema import Column, TableSchema, infer_schema
 from ff_jax.data.tables_options import TablesOptions
+from ff_jax.data.text_template import TemplateError, apply_text_template, no_text_hint
 
 
 class LoadError(ValueError):
@@ -210,6 +211,7 @@ def validate_tables(users: pd.DataFrame, items: pd.DataFrame, interactions: pd.D
         timestamp_note = ("no 'timestamp' column: rows are taken to be in time order as written "
                           "(timestamp = row number, in seconds after 1970-01-01)")
     schema = _with_rating(schema, interactions, options, sources["interactions"])
+    users, items, template_notes = _text_from_templates(users, items, options, sources)
     frames = {"users": users, "items": items, "interactions": interactions}
     for table, frame in frames.items():
         report = summary.tables.setdefault(table, TableReport(table, sources[table]))
@@ -217,9 +219,12 @@ def validate_tables(users: pd.DataFrame, items: pd.DataFrame, interactions: pd.D
             report.rows_read = len(frame)
         missing = [c for c in (schema or TableSchema()).required(table) if c not in frame.columns]
         if missing:
+            hint = f"; {no_text_hint(list(frame.columns))}" if (table, missing) == ("items", ["text"]) else ""
             raise LoadError(f"{sources[table]}: missing required column(s) {missing} "
-                            f"(found: {list(frame.columns)})")
+                            f"(found: {list(frame.columns)}){hint}")
     schema = schema or infer_schema(users, items, interactions)
+    for table, notes in template_notes.items():
+        summary[table].notes.extend(notes)
     if timestamp_note:
         summary["interactions"].notes.append(timestamp_note)
 
@@ -301,6 +306,23 @@ def validate_tables(users: pd.DataFrame, items: pd.DataFrame, interactions: pd.D
         summary["items"].notes.append(f"{unseen:,} items have no interactions (kept in the corpus)")
     return FeedTables(name, users.reset_index(drop=True), items.reset_index(drop=True),
                       inter.reset_index(drop=True), schema, summary)
+
+
+def _text_from_templates(users: pd.DataFrame, items: pd.DataFrame, options: TablesOptions,
+                         sources: dict[str, str]) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, list[str]]]:
+    """TablesOptions.item_text / user_text: the `text` column made from other columns (text_template),
+    and the load summary's notes on it per table."""
+    notes: dict[str, list[str]] = {"users": [], "items": []}
+    try:
+        if options.item_text is not None:
+            items, notes["items"] = apply_text_template(items, options.item_text, sources["items"],
+                                                        "TablesOptions.item_text")
+        if options.user_text is not None:
+            users, notes["users"] = apply_text_template(users, options.user_text, sources["users"],
+                                                        "TablesOptions.user_text")
+    except TemplateError as err:
+        raise LoadError(str(err)) from None
+    return users, items, notes
 
 
 def _with_rating(schema: TableSchema | None, interactions: pd.DataFrame, options: TablesOptions,

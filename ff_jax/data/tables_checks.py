@@ -25,8 +25,13 @@ FALSE_WORDS = frozenset({"false", "f", "no", "n", "0"})
 
 
 def _arrow_strings(values) -> pa.Array:
+    """One contiguous Arrow string array. A large Arrow-backed pandas column (a Parquet file read in
+    row groups) converts to a ChunkedArray, which has no `.indices` after encoding: combine it."""
     values = values.array if isinstance(values, pd.Series) else values
-    return pa.array(values, from_pandas=True).cast(pa.large_string())
+    array = pa.array(values, from_pandas=True)
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks()
+    return array.cast(pa.large_string())
 
 
 def index_in(values, universe) -> np.ndarray:

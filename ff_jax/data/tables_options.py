@@ -23,6 +23,8 @@ class TablesOptions:
         `rating_column` >= this (MovieLens uses 4); rows without a rating are dropped, counted.
     numeric_ids: ids are compared as text by default ("007" is not 7). True: ids written as
         whole numbers are compared as numbers ("007", "7" and "7.0" all become "7").
+    item_text / user_text: a template that makes the items' (members') `text` from their columns,
+        e.g. '{title} by {author}' (rules: ff_jax.data.text_template); None: the file's own `text`.
     """
 
     encoding: str = "utf-8"
@@ -30,6 +32,8 @@ class TablesOptions:
     rating_threshold: Optional[float] = None
     rating_column: str = "rating"
     numeric_ids: bool = False
+    item_text: Optional[str] = None
+    user_text: Optional[str] = None
 
     def __post_init__(self):
         try:
