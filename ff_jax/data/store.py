@@ -100,6 +100,7 @@ def write_store(data: StoreInput, root: Path, progress: bool = True) -> Path:
     root = Path(root)
     tmp = root.with_name(f".{root.name}.incomplete-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
+    made = [p for p in tmp.parents if not p.exists()]  # folders this call creates, deepest first
     tmp.mkdir(parents=True)
     try:
         counts = _write_all(data, tmp, progress)
@@ -110,6 +111,9 @@ def write_store(data: StoreInput, root: Path, progress: bool = True) -> Path:
         tmp.rename(root)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        for folder in made:  # no empty <dataset>/<config>/ folders left behind either
+            if folder.exists() and not any(folder.iterdir()):
+                folder.rmdir()
         raise
     return root
 

@@ -135,5 +135,20 @@ def open_tables(name: str, config: TablesConfig, data_dir: str | Path, prepare: 
     prepared first (printing the load summary) when missing and `prepare` is set."""
     if prepare and not tb.is_prepared(data_dir, name, config.name):
         print(f"Preparing {name}/{config.name} from {config.folder} into {data_dir}", flush=True)
+        earlier = earlier_preparations(data_dir, config)
+        if earlier:
+            print(f"  The files in {config.folder} (or the options that shape the records) changed since "
+                  f"{', '.join(earlier)} was prepared from them. A run trained on that content is now embedded "
+                  "and evaluated on the new content: its figures describe these files, and it has not seen "
+                  "what changed; train again for a model of the new files.", flush=True)
         tb.build(name, config, data_dir)
     return tb.open_prepared(data_dir, name, config.name)
+
+
+def earlier_preparations(data_dir: str | Path, config: TablesConfig) -> list[str]:
+    """Other complete preparations of the same folder under data_dir (another content key)."""
+    slug = config.name.rsplit("_", 1)[0]
+    root = Path(data_dir) / Tables.name
+    found = [p.parent.name for p in root.glob(f"{slug}_*/{tb.VERSION}") if p.parent.name != config.name
+             and p.parent.name.rsplit("_", 1)[0] == slug and tb.is_prepared(data_dir, Tables.name, p.parent.name)]
+    return sorted(found)

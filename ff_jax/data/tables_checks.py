@@ -273,6 +273,10 @@ def engaged_from_rating(frame: pd.DataFrame, column: str, threshold: float, repo
     """engaged = rating >= threshold (TablesOptions.rating_threshold); a row without a rating says
     nothing about engagement and is dropped, counted."""
     rating = _numbers(frame[column], frame, column, source)
+    # These rows are dropped, not kept: coerce_columns' "kept as missing" count does not apply to them.
+    kept_as_missing = f"missing or NaN '{column}' (kept as missing)"
+    report.changed.pop(kept_as_missing, None)
+    report.examples.pop(kept_as_missing, None)
     frame = drop_rows(frame, rating.isna(), f"missing {column} (needed by rating_threshold)", column, report,
                       source)
     frame["engaged"] = (rating.loc[frame.index] >= threshold).to_numpy()

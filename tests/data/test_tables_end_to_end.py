@@ -26,8 +26,10 @@ DATASETS = {
 }
 
 
-def prepared_configs(data_dir: Path, builder: str = "tables") -> list[str]:
-    return sorted(p.parent.parent.name for p in (data_dir / builder).glob("*/*/dataset_info.json"))
+def prepared_configs(data_dir: Path) -> list[str]:
+    """The preparations under data_dir (`tables` and `tables_corpus` share one), with nothing else there."""
+    assert sorted(p.name for p in data_dir.iterdir()) == ["tables"]  # no half-prepared or scratch folders
+    return sorted(p.parent.parent.name for p in (data_dir / "tables").glob("*/*/metadata.json"))
 
 
 @pytest.mark.parametrize("dataset", sorted(DATASETS))
@@ -56,7 +58,7 @@ def test_train_embed_eval_on_your_own_tables(tmp_path, capsys, dataset):
     assert 0 <= report["by_dim"]["64"]["metrics"]["all"]["recall@10"] <= 1
     assert "popularity" in report["baselines"]
     # embed and eval found the run's dataset by the same content key (the corpus sibling included)
-    assert prepared_configs(data_dir) == prepared_configs(data_dir, "tables_corpus") == [config]
+    assert prepared_configs(data_dir) == [config]
 
 
 def test_a_changed_file_is_prepared_anew(tmp_path, capsys):
@@ -70,13 +72,16 @@ def test_a_changed_file_is_prepared_anew(tmp_path, capsys):
                     tables_options=TablesOptions(encoding="latin-1"))
     first = data.config_name
     corpus = data.open_dataset("tables_corpus")[0]["corpus"]
-    assert not any(b"Bouillabaisse" in corpus[i]["item_prompt"] for i in range(len(corpus)))
+    assert not any("Bouillabaisse" in corpus[i]["item_prompt"] for i in range(len(corpus)))
     items = (folder / "items.csv").read_bytes()
     assert items.count(b'part 0"') == 1
     (folder / "items.csv").write_bytes(items.replace(b'part 0"', b'Bouillabaisse"'))
     second = data.config_name
     assert second != first
     corpus = data.open_dataset("tables_corpus")[0]["corpus"]
-    assert any(b"Bouillabaisse" in corpus[i]["item_prompt"] for i in range(len(corpus)))
-    assert prepared_configs(tmp_path / "tfds", "tables_corpus") == sorted([first, second])
-    assert capsys.readouterr().out.count("Load summary for 'mine'") == 2
+    assert any("Bouillabaisse" in corpus[i]["item_prompt"] for i in range(len(corpus)))
+    assert prepared_configs(tmp_path / "tfds") == sorted([first, second])
+    out = capsys.readouterr().out
+    assert out.count("Load summary for 'mine'") == 2
+    # the second preparation says why it happened and what it means for a run trained on the first
+    assert f"changed since {first} was prepared from them" in out and "train again" in out

@@ -130,7 +130,7 @@ def test_row8_no_usable_rows_no_positive_or_no_test_member_is_an_error_naming_th
     data_dir = tmp_path / f"tfds_{case}"
     with pytest.raises(NotEnoughData, match=message):
         FeedData(data_dir=str(data_dir), dataset="tables", tables=str(folder)).open_dataset("tables")
-    assert not list(data_dir.rglob("dataset_info.json")) and not list(data_dir.rglob("*.array_record*"))
+    assert not data_dir.exists()  # no folder at all: not an empty <name>_<hash>/, not a scratch one
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # the user's files untouched
 
 
@@ -146,3 +146,19 @@ def test_row8_ff_jax_train_says_not_enough_data_and_trains_nothing(make_folder, 
     assert f"ff-jax train: not enough data: {folder / 'interactions.csv'}: no test members" in err, err
     assert not (workdir / "checkpoints").exists()
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+
+def test_blank_ratings_are_counted_once_as_dropped(tmp_path):
+    """Rows without a rating under rating_threshold are dropped, and the summary says only that (they
+    were counted as "kept as missing" too)."""
+    items, _ = feed()
+    rows = "".join(f"m{u},i{(u + k) % 12},{1_700_000_000 + 100 * k + u},{'' if k == 3 else 5}\n"
+                   for k in range(10) for u in range(len(AGES)))
+    folder = write_folder(tmp_path / "blank", "user_id\n" + "".join(f"m{u}\n" for u in range(len(AGES))), items,
+                          "user_id,item_id,timestamp,rating\n" + rows)
+    from ff_jax.data.tables_options import TablesOptions
+
+    report = load_table_folder(folder, TablesOptions(rating_threshold=4)).summary["interactions"]
+    assert report.dropped == {"missing rating (needed by rating_threshold)": len(AGES)}
+    assert not any("rating" in reason for reason in report.changed)
+    assert report.rows_read - report.rows_kept == len(AGES)
