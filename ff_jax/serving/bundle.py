@@ -16,9 +16,10 @@
       ranker.json                    head, context and candidate budgets, question token ids
 
 `ff_jax.serving.export` writes it into a temporary folder and renames it, so a folder without
-manifest.json is an export that never finished. `load_bundle` checks every file against the
-manifest (size, then sha256), refuses files the manifest does not list, versions this jax
-cannot run and custom calls outside the allow-list, and names the file at fault.
+manifest.json is an export that never finished. `load_bundle` checks the manifest against its own
+sha256 (an edited field, a dropped file entry), every file against the manifest (size, then
+sha256), refuses files the manifest does not list, versions this jax cannot run and custom calls
+outside the allow-list, and names the file at fault.
 """
 
 from __future__ import annotations
@@ -42,7 +43,9 @@ from ff_jax.model.tokenizer import load_tokenizer
 from ff_jax.retrieval import IndexFormatError, load_index
 
 FORMAT = "ff_jax.serving.bundle"
-VERSION = 2  # 2: the ranker's steps take batches of members (score: multi-candidate rows over gathered caches)
+# 2: the ranker's steps take batches of members (score: multi-candidate rows over gathered caches)
+# 3: the manifest covers itself (files.SEAL), so an edited setting is refused like a flipped byte
+VERSION = 3
 RANKER_SINCE = 2  # the oldest format whose ranker steps this code runs
 TOWERS = ("member", "item")
 WEIGHTS = "weights.safetensors"
@@ -128,6 +131,7 @@ def read_manifest(root: Path) -> dict[str, Any]:
     if not low <= manifest["calling_convention"] <= high:
         raise BundleError(f"{path}: calling convention {manifest['calling_convention']} is outside what "
                           f"jax {jax.__version__} runs ({low}..{high})")
+    files.check_seal(path, manifest, BundleError)  # e.g. "items" or the model's hidden_size edited by hand
     listed = manifest["files"]
     for name, entry in listed.items():
         file = root / name

@@ -156,7 +156,7 @@ def publish(out: Path, write, manifest: dict) -> None:
         write(staging)
         manifest = {**manifest, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                     "files": layout.file_table(staging)}
-        files.write_manifest(staging / MANIFEST, manifest)
+        files.write_manifest(staging / MANIFEST, files.sealed(manifest))  # refuses later edits (bundle.py)
         _sync_tree(staging)
         os.rename(staging, out)
         fsync_path(out.parent)  # the rename itself survives a power loss

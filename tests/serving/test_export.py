@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ff_jax.files import MANIFEST
+from ff_jax.files import MANIFEST, SEAL, sealed
 from ff_jax.serving import bundle as layout
 from ff_jax.serving.bundle import BundleError, load_bundle, read_manifest
 from ff_jax.serving.prompting import HistoryItem, ServingPrompts, padded
@@ -115,8 +115,8 @@ def test_prompts_are_the_training_pipelines(run_dir, loaded, prompts):
     checked = 0
     for i in range(len(test)):
         record = test[i]
-        user = record["user_id"].decode()
-        history = [HistoryItem(item_id=x.decode()) for x in reversed(record["engaged_history_ids"])]
+        user = record["user_id"]
+        history = [HistoryItem(item_id=x) for x in reversed(record["engaged_history_ids"])]
         profile = {"headline": users.loc[user, "headline"], "age": float(users.loc[user, "age"])}
         got = prompts.member_token_ids(profile, history, prompt_of)
         np.testing.assert_array_equal(got, prompts.tokens.member(record))
@@ -196,11 +196,28 @@ def test_an_added_file_is_refused(copy):
     (lambda m: m["files"][layout.PROMPTS].update(sha256="0" * 64), "prompts.json: checksum mismatch"),
     (lambda m: m.update(platforms=["tpu"]), "exported for \\['tpu'\\], not for this host's cpu"),
 ])
-def test_an_edited_manifest_is_refused(copy, edit, message):
+def test_a_manifest_of_another_export_is_refused(copy, edit, message):
+    """Manifests as another jax, format or platform would write them (sealed): each check names the field."""
     manifest = json.loads((copy / MANIFEST).read_text())
     edit(manifest)
-    (copy / MANIFEST).write_text(json.dumps(manifest))
+    (copy / MANIFEST).write_text(json.dumps(sealed({k: v for k, v in manifest.items() if k != SEAL})))
     with pytest.raises(BundleError, match=message):
+        load_bundle(copy)
+
+
+@pytest.mark.parametrize("edit", [
+    lambda m: m.update(items=59),
+    lambda m: m["model"]["backbone"].update(hidden_size=128),
+    lambda m: m["files"].pop(layout.PROMPTS),
+    lambda m: m.update(created="2000-01-01T00:00:00Z"),
+    lambda m: m.pop(SEAL),
+])
+def test_a_hand_edited_manifest_is_refused_by_name(copy, edit):
+    """Issue 26 row 2: was served (an edited "items" or hidden_size reached the server unnoticed)."""
+    manifest = json.loads((copy / MANIFEST).read_text())
+    edit(manifest)
+    (copy / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    with pytest.raises(BundleError, match=f"{copy / MANIFEST}: (edited after it was written|has no {SEAL})"):
         load_bundle(copy)
 
 

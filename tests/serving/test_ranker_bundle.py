@@ -9,6 +9,7 @@ import shutil
 import numpy as np
 import pytest
 
+from ff_jax.files import sealed
 from ff_jax.serving import bundle as layout
 from ff_jax.serving.bundle import BundleError, load_bundle
 from ff_jax.serving.prompting import HistoryItem, RankerPrompts, ServingPrompts
@@ -191,7 +192,7 @@ def test_a_format_1_ranker_bundle_is_refused(ranked_bundle_dir, tmp_path):
     copy = tmp_path / "bundle"
     shutil.copytree(ranked_bundle_dir, copy)
     manifest = json.loads((copy / "manifest.json").read_text())
-    assert manifest["version"] == layout.VERSION == 2
-    (copy / "manifest.json").write_text(json.dumps({**manifest, "version": 1}))
+    assert manifest["version"] == layout.VERSION == 3
+    (copy / "manifest.json").write_text(json.dumps(sealed({**manifest, "version": 1})))  # as format 1 wrote it
     with pytest.raises(BundleError, match=f"{copy / 'manifest.json'}: bundle format 1 holds ranker steps.*export it again"):
         load_bundle(copy)
