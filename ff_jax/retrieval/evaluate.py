@@ -6,7 +6,7 @@
 Protocol (docs/reference.md, "Evaluation protocol"): every corpus item is ranked for every
 evaluated member except the items removed by `exclude` ("engaged": the member's engaged history,
 the default; "history": every item in the history; "none"); the held-out targets are the relevant
-items. Ranking and metrics come from ff_jax.data.ranking_metrics (`top_k`, `ranking_metrics`), as
+items. Ranking and metrics give what ff_jax.data.ranking_metrics (`top_k`, `ranking_metrics`) gives, as
 training's validation does: recall@K and NDCG@K for K in `ks` and the serving candidate count
 (2,000 in the paper, capped at the corpus size), hit rate and MRR, averaged over members, overall
 and per cohort ("new" / "established"). Embeddings add: one report per Matryoshka prefix size,
@@ -16,9 +16,12 @@ popularity-similarity correlation. `evaluate_run` is the gin entry of `ff-jax ev
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
+import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import gin
@@ -28,7 +31,6 @@ from rich.console import Console
 from rich.table import Table
 from tqdm.auto import tqdm
 
-from ff_jax.data.ranking_metrics import ranking_metrics, top_k
 from ff_jax.data.splits import EvalMember
 from ff_jax.retrieval import baselines, metrics
 from ff_jax.retrieval.baselines.simple import Popularity, RandomScores
@@ -36,10 +38,12 @@ from ff_jax.retrieval.embed_job import train_arguments
 from ff_jax.retrieval.embedding_store import read_tower, tower_settings
 from ff_jax.retrieval.eval_data import feed_eval_data
 from ff_jax.retrieval.exact import ExactIndex
+from ff_jax.retrieval.metrics import ranking_figures, top_k  # ranking_metrics' results, batched for ~10^4 members
 from ff_jax.retrieval.scann_index import ScannIndex
 from ff_jax.retrieval.recommender import EmbeddingRecommender, Recommender, TrainingData, corpus_order, unit_rows
 
 DEFAULT_KS = (10, 50, 100, 1000)
+RANK_THREADS = max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
 SERVING_K = 2000
 EXCLUDE_MODES = ("engaged", "history", "none")
 
@@ -60,18 +64,24 @@ def rank(recommender: Recommender, members: Sequence[EvalMember], data: Training
     """Corpus positions [members, min(k, corpus)] ranked by `recommender`, -1 where nothing is left.
 
     Members are scored `batch_size` at a time (default: up to 256, fewer for big corpora so a
-    batch's score matrix stays near 128 MB)."""
+    batch's score matrix stays near 128 MB), in order, in this thread; each batch's top-k runs on
+    one of RANK_THREADS threads (numpy's partition and sort release the GIL) while the next batch
+    is scored. The result does not depend on the threads: top-k keys are unique per row."""
     batch_size = batch_size or int(np.clip((1 << 25) // max(data.num_items, 1), 1, 256))
     excluded = [data.positions(e) for e in excluded_items(members, exclude)]
-    out = []
-    for start in tqdm(range(0, len(members), batch_size), desc=f"ranking ({getattr(recommender, 'name', '')})",
-                      unit="batch", disable=not progress, mininterval=1.0):
-        batch = members[start : start + batch_size]
-        scores = np.asarray(recommender.score(batch))
-        if scores.shape != (len(batch), data.num_items):
-            raise ValueError(f"{type(recommender).__name__}.score returned shape {scores.shape}; expected "
-                             f"({len(batch)}, {data.num_items}) = (members, corpus items)")
-        out.append(top_k(scores, excluded[start : start + batch_size], k))
+    out, pending = [], collections.deque()
+    with ThreadPoolExecutor(RANK_THREADS) as pool:
+        for start in tqdm(range(0, len(members), batch_size), desc=f"ranking ({getattr(recommender, 'name', '')})",
+                          unit="batch", disable=not progress, mininterval=1.0):
+            batch = members[start : start + batch_size]
+            scores = np.asarray(recommender.score(batch))
+            if scores.shape != (len(batch), data.num_items):
+                raise ValueError(f"{type(recommender).__name__}.score returned shape {scores.shape}; expected "
+                                 f"({len(batch)}, {data.num_items}) = (members, corpus items)")
+            pending.append(pool.submit(top_k, scores, excluded[start : start + batch_size], k))
+            if len(pending) > RANK_THREADS:  # at most RANK_THREADS + 1 batches of scores held at once
+                out.append(pending.popleft().result())
+        out.extend(job.result() for job in pending)
     return np.concatenate(out) if out else np.zeros((0, min(k, data.num_items)), np.int64)
 
 
@@ -90,7 +100,7 @@ def metrics_of_ranking(ranked: np.ndarray, members: Sequence[EvalMember], data: 
     if not keep:
         raise ValueError("no evaluated member has a target")
     targets = [data.positions(members[i].targets) for i in keep]
-    return ranking_metrics(ranked[keep], targets, ks, cohorts=[members[i].cohort for i in keep])
+    return ranking_figures(ranked[keep], targets, data.num_items, ks, [members[i].cohort for i in keep])[0]
 
 
 def evaluate_recommender(recommender: Recommender, members: Sequence[EvalMember], data: TrainingData,

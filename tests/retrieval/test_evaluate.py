@@ -173,3 +173,81 @@ def test_popularity_similarity_names_a_zero_vector_by_its_corpus_row():
     items[250] = 0.0
     with pytest.raises(ValueError, match="item vectors row 250 has zero norm"):
         popularity_similarity(rng.normal(size=(10, 8)), items, np.ones(300), max_items=300)
+
+
+# ----------------------------------------------------------------------------- the batched path (issue 25)
+
+def naive_report(scores, excluded, targets, cohorts, ks):
+    """The old computation, member by member: a stable sort per member, set arithmetic per metric."""
+    per_user = []
+    for row, ex, tg in zip(scores, excluded, targets):
+        drop = set(np.asarray(ex).tolist())
+        order = [j for j in np.argsort(-row, kind="stable").tolist() if j not in drop][:max(ks)]
+        tg = set(np.asarray(tg).tolist())
+        first = next((r for r, j in enumerate(order) if j in tg), None)
+        figures = {"mrr": 0.0 if first is None else 1 / (first + 1)}
+        for k in ks:
+            top = order[:k]
+            dcg = sum(1 / np.log2(r + 2) for r, j in enumerate(top) if j in tg)
+            ideal = sum(1 / np.log2(r + 2) for r in range(min(len(tg), k)))
+            figures[f"recall@{k}"] = len(set(top) & tg) / len(tg)
+            figures[f"ndcg@{k}"] = dcg / ideal
+            figures[f"hit_rate@{k}"] = float(bool(set(top) & tg))
+        per_user.append(figures)
+    out = {}
+    for name in ["all", *sorted(set(cohorts))]:
+        chosen = [f for f, c in zip(per_user, cohorts) if name in ("all", c)]
+        out[name] = {"users": float(len(chosen)), **{m: float(np.mean([f[m] for f in chosen])) for m in chosen[0]}}
+    return out
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_batched_top_k_equals_the_old_top_k_and_a_plain_sort(seed):
+    from ff_jax.data import ranking_metrics as old
+
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(5, 60))
+    scores = rng.integers(-3, 4, size=(25, n)).astype(np.float32)  # ties everywhere, negatives, zeros
+    scores[rng.random(scores.shape) < 0.2] *= -1  # -0.0 beside 0.0: they tie (they compare equal)
+    scores[rng.random(scores.shape) < 0.1] = -np.inf
+    scores[rng.random(scores.shape) < 0.05] = np.inf
+    scores[:3] = rng.normal(size=(3, n)).astype(np.float32) * 1e-30  # tiny values, both signs
+    excluded = [rng.choice(n, size=rng.integers(0, n // 2 + 1), replace=False) for _ in range(25)]
+    excluded[4] = np.arange(n)  # nothing rankable: all -1
+    for k in (1, 3, n - 1, n, n + 5):
+        np.testing.assert_array_equal(top_k(scores, excluded, k), old.top_k(scores, excluded, k))
+    # and against the plain sort where no score is -inf (the sort keeps -inf items, top_k pads them)
+    finite = np.where(np.isinf(scores), 0.0, scores).astype(np.float32)
+    np.testing.assert_array_equal(top_k(finite, excluded, 7), reference_top_k(finite, excluded, 7))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_batched_evaluation_equals_the_old_per_member_computation(seed):
+    """rank + metrics_of_ranking (batched keys, lookup-table hits) against ranking_metrics (exactly)
+    and a naive per-member loop (to rounding), on a random case with ties and empty slots."""
+    from ff_jax.data.ranking_metrics import ranking_metrics
+    from ff_jax.retrieval.evaluate import metrics_of_ranking
+
+    rng = np.random.default_rng(seed)
+    n_items, n_users = 70, 90
+    scores = rng.integers(0, 8, size=(n_users, n_items)).astype(np.float32)
+    data = corpus_data(n_items, users=[f"u{i}" for i in range(n_users)])
+    members = []
+    for u in range(n_users):
+        picked = rng.choice(n_items, size=rng.integers(1, 60), replace=False)
+        cut = rng.integers(0, len(picked))
+        members.append(member(f"u{u}", engaged=[f"i{j}" for j in picked[:cut]], targets=[f"i{j}" for j in picked[cut:]],
+                              cohort="new" if u % 3 == 0 else "established"))
+    members[5].targets.append(members[5].targets[0])  # a repeated target counts once
+    rec = FixedScores({f"u{u}": scores[u].tolist() for u in range(n_users)}).fit(data)
+    ks = [1, 5, 10, 70]
+    ranked = rank(rec, members, data, 70, batch_size=16, progress=False)
+    excluded = [data.positions(m.engaged_history) for m in members]
+    targets = [data.positions(m.targets) for m in members]
+    got = metrics_of_ranking(ranked, members, data, ks)
+    assert got == ranking_metrics(ranked, targets, ks, cohorts=[m.cohort for m in members])  # identical floats
+    expected = naive_report(scores, excluded, targets, [m.cohort for m in members], ks)
+    assert got.keys() == expected.keys()
+    for cohort in expected:
+        assert got[cohort] == pytest.approx(expected[cohort], rel=1e-12)
+    assert (ranked == -1).any()  # members whose history + targets left fewer than 70 items
