@@ -35,12 +35,18 @@ class TrainingData:
     period: before validation for the validation split (the training period), before the test
     targets for the test split (training + validation periods), as the protocol's history is.
     Columns follow `corpus_ids`; `items` is the items table in the same order.
+
+    `events` (optional) is the same period's interactions in time order, for sequential models:
+    columns `user` (row of `user_ids`), `item` (corpus position) and `engaged`, oldest first (ties in
+    the tables' order), engaged or not, repeats kept. `training_data` fills it; None where the
+    source has no order (see `member_events`).
     """
 
     corpus_ids: list[str]
     items: pd.DataFrame
     user_ids: list[str]
     engagements: sp.csr_matrix
+    events: pd.DataFrame | None = None
 
     def __post_init__(self):
         shape = (len(self.user_ids), len(self.corpus_ids))
@@ -87,16 +93,44 @@ def training_data(tables: FeedTables, splits: Splits, split: str = "test") -> Tr
         raise ValueError(f"splits.period has {len(splits.period)} rows but {tables.name} has {len(inter)} "
                          "interactions: the splits were made from other tables")
     allowed = splits.period < TEST if split == "test" else splits.period == TRAIN
-    rows = inter[allowed & inter["engaged"].to_numpy(bool)]
+    rows = inter[allowed]
+    engaged = rows["engaged"].to_numpy(bool)
     corpus = list(splits.corpus_ids)
     items = tables.items.set_index("item_id").loc[corpus].reset_index()
     users = tables.users["user_id"].astype(str).tolist()
     user_codes = pd.Index(users).get_indexer(rows["user_id"])
     item_codes = pd.Index(corpus).get_indexer(rows["item_id"])
-    if (user_codes < 0).any() or (item_codes < 0).any():
+    if (user_codes[engaged] < 0).any() or (item_codes[engaged] < 0).any():
         raise ValueError(f"{tables.name}: interactions name users or items missing from the tables")
-    matrix = binary_matrix(user_codes, item_codes, (len(users), len(corpus)))
-    return TrainingData(corpus, items, users, matrix)
+    matrix = binary_matrix(user_codes[engaged], item_codes[engaged], (len(users), len(corpus)))
+    known = (user_codes >= 0) & (item_codes >= 0)  # an impression may name an item outside the corpus
+    events = pd.DataFrame({"user": user_codes[known].astype(np.int32), "item": item_codes[known].astype(np.int32),
+                           "engaged": engaged[known]})
+    return TrainingData(corpus, items, users, matrix, events)
+
+
+def member_events(members: Sequence[EvalMember], data: TrainingData) -> pd.DataFrame:
+    """`TrainingData.events` rebuilt from the members' histories (oldest first), for data without them.
+
+    A member's history is every interaction before their first target, so for the members of the
+    evaluated split it is their part of the training period; users outside `members` get no events.
+    History items outside the corpus and members outside `data.user_ids` are left out.
+    """
+    corpus = pd.Index(data.corpus_ids)
+    users, items, engaged = [], [], []
+    for m in members:
+        row = data.user_row(m.user_id)
+        if row is None or not m.history:
+            continue
+        codes = corpus.get_indexer(list(m.history))
+        keep = codes >= 0
+        users.append(np.full(int(keep.sum()), row, np.int32))
+        items.append(codes[keep].astype(np.int32))
+        engaged.append(np.asarray(m.history_engaged, bool)[keep])
+    empty = np.zeros(0, np.int32)
+    return pd.DataFrame({"user": np.concatenate(users) if users else empty,
+                         "item": np.concatenate(items) if items else empty,
+                         "engaged": np.concatenate(engaged) if engaged else np.zeros(0, bool)})
 
 
 class Recommender(abc.ABC):
