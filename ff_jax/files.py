@@ -53,11 +53,15 @@ def write_manifest(path: Path, manifest: dict[str, Any]) -> None:
     write_atomic(path, json.dumps(manifest, indent=1, sort_keys=True))
 
 
+def checksum_names(directory: Path) -> list[str]:
+    """The relative paths `checksums` covers: every file under `directory` but its manifest."""
+    directory = Path(directory)
+    return sorted(str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST)
+
+
 def checksums(directory: Path) -> dict[str, str]:
     """sha256 of every file under `directory` but its manifest, by relative path."""
-    directory = Path(directory)
-    files = sorted(p for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST)
-    return {str(p.relative_to(directory)): sha256_file(p) for p in files}
+    return {name: sha256_file(Path(directory) / name) for name in checksum_names(directory)}
 
 
 def _checked(file: Path, actual: str | None, expected: str | None, error: type[Exception]) -> None:

@@ -90,20 +90,21 @@ def train_ranker(workdir: str, config_text: Optional[str] = None, data: RankerDa
                  init_from: Optional[str] = None, loss: Callable = ListwiseSoftmax(),
                  optimizer: OptimizerConfig = OptimizerConfig(), checkpoint: CheckpointConfig = CheckpointConfig(),
                  mesh_factory: Callable = make_mesh, num_steps: int = 1000, seed: int = 0, tensorboard: bool = True,
-                 progress: bool = True, memory_limit_gb: Optional[float] = None) -> dict:
+                 progress: bool = True, memory_limit_gb: Optional[float] = None, start_over: bool = False) -> dict:
     """Trains a cross-encoder ranker into `workdir`; returns the last logged train metrics.
 
     config_text: the parsed gin config, written to `workdir/config.gin` once the workdir is
     accepted. init_from: a dual-encoder workdir whose newest checkpoint's backbone starts the ranker (its
     model settings must match). model_config / pretrained / model_overrides default to what the
     gin config binds to `train`, so the model files of configs/model/ serve both. The rest as for
-    ff_jax.train.loop.train.
+    ff_jax.train.loop.train (start_over included).
     """
     model_config, pretrained, model_overrides = model_arguments(model_config, pretrained, model_overrides)
+    loop.check_num_steps(num_steps, "train_ranker.num_steps")
     workdir = Path(workdir)
     check_kind(workdir, RANKER, allow_new=True)
     rules, mesh = logical_axis_rules(), mesh_factory()
-    overrides = dict(model_overrides or {})
+    overrides = loop.check_model_overrides(model_overrides)
     run = signature(data, model_config, pretrained, overrides, init_from, loss, optimizer)
     loop.check_workdir(workdir, run)
     model, tokenizer = build_ranker(data, model_config, pretrained, overrides, init_from, mesh, rules, seed)
@@ -113,7 +114,7 @@ def train_ranker(workdir: str, config_text: Optional[str] = None, data: RankerDa
     iterator = data.train_iterator(tokenizer, loop._local_shards(mesh, rules), seed)
     ckpt = Checkpointer(workdir / "checkpoints", checkpoint)
     start = 0
-    good = ckpt.newest_good()
+    good = ckpt.resume_from(start_over, "--gin.train_ranker.start_over")
     if good is not None:
         start, state = ckpt.restore(state, shardings, iterator, step=good)
     step_cfg = steps.StepConfig(loss, tx, 1, 1, learning_rate_schedule(optimizer), optimizer.accumulation_steps,

@@ -12,11 +12,13 @@ are written) and synchronous on CPU hosts (CheckpointConfig.async_save).
 What makes a checkpoint trustworthy (orbax checksums no array data: only the index of a zarr3
 shard carries a crc32c, and its default OCDBT layout has none):
   sealed    — once orbax has finished writing step N, checkpoints/N/manifest.json records the size
-              and sha256 of every file in it (ff_jax.files). No manifest: the save never finished.
+              and sha256 of every file in it, and a sha256 of its own fields (ff_jax.files). No
+              manifest: the save never finished.
   verified  — a restore hashes the files first. The newest checkpoint that fails (a flipped byte, a
-              truncated or missing file, no manifest) is skipped, saying which and why, and the next
-              newest tried. Training moves skipped ones to checkpoints.rejected/ (kept, never
-              deleted), so its new saves cannot collide with them.
+              truncated, missing or unlisted file, an edited manifest, no manifest) is skipped,
+              saying which and why, and the next newest tried. Training moves skipped ones to
+              checkpoints.rejected/ (kept, never deleted), so its new saves cannot collide with them;
+              when none verifies it refuses to start over from step 0 unless asked (`resume_from`).
   kept      — an old checkpoint is deleted only after a newer one is sealed, keeping the newest
               `keep` (orbax's max_to_keep deletes them when a save starts, even a save that fails).
   retried   — a failed save (a full disk) is retried once, synchronously, with the state at hand; a
@@ -43,7 +45,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
 
-from ff_jax.files import MANIFEST, checksums, verify, write_manifest
+from ff_jax.files import MANIFEST, check_seal, checksum_names, checksums, sealed, verify, write_manifest
 from ff_jax.train.stop_signals import StopSignals
 
 
@@ -128,6 +130,13 @@ def _sync(name: str) -> None:
     """A barrier across processes (multi-host: process 0 writes what all of them read next)."""
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices(f"ff_jax.checkpointing.{name}")
+
+
+def newest_sealed_step(directory: Path) -> Optional[int]:
+    """The newest step under a checkpoints folder whose save finished (it has its manifest), read
+    from the folder names alone: nothing is hashed or restored."""
+    steps = [int(p.name) for p in Path(directory).glob("*") if p.name.isdigit() and (p / MANIFEST).is_file()]
+    return max(steps, default=None)
 
 
 class Checkpointer:
@@ -299,8 +308,9 @@ class Checkpointer:
         if jax.process_index() == 0:
             folder = self._folder(step)
             digests = checksums(folder)
-            write_manifest(folder / MANIFEST, {"step": step, "sha256": digests,
-                                               "bytes": {name: (folder / name).stat().st_size for name in digests}})
+            write_manifest(folder / MANIFEST, sealed({"step": step, "sha256": digests,
+                                                      "bytes": {name: (folder / name).stat().st_size
+                                                                for name in digests}}))
             self._verified.add(step)
         _sync(f"sealed.{step}")
 
@@ -317,8 +327,9 @@ class Checkpointer:
     # -------------------------------------------------------------- verifying
 
     def verify(self, step: int) -> None:
-        """Raises CorruptCheckpoint naming the first file of checkpoint `step` that is missing, or
-        differs in size or sha256 from its manifest (or the manifest itself when it is absent)."""
+        """Raises CorruptCheckpoint naming the first file of checkpoint `step` that is missing, unlisted,
+        or differs in size or sha256 from its manifest (or the manifest itself when it is absent or
+        edited)."""
         if step in self._verified:
             return
         folder = self._folder(step)
@@ -330,6 +341,11 @@ class Checkpointer:
                                     "checksummed checkpoints)") from err
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise CorruptCheckpoint(f"{folder / MANIFEST}: unreadable ({err})") from err
+        check_seal(folder / MANIFEST, manifest, CorruptCheckpoint)  # a dropped entry would hide a file from the check
+        unlisted = sorted(set(checksum_names(folder)) - set(digests))
+        if unlisted:  # orbax would read it unchecked
+            raise CorruptCheckpoint(f"{folder / unlisted[0]}: not listed in {MANIFEST} ({len(unlisted)} unlisted "
+                                    "file(s)), so it cannot be verified")
         for name, digest in sorted(digests.items()):
             file = folder / name
             if file.is_file() and file.stat().st_size != sizes.get(name):
@@ -351,6 +367,23 @@ class Checkpointer:
             if self._rejected:
                 logging.warning("using checkpoint %d, the newest that verifies", step)
             return step
+        return None
+
+    def resume_from(self, start_over: bool, start_over_flag: str) -> Optional[int]:
+        """For a training run: the newest good checkpoint (None: start at step 0). When there are
+        checkpoints and none verifies, starting at step 0 would quietly discard the run: that is
+        refused, naming `start_over_flag`, unless `start_over` asks for it."""
+        good = self.newest_good()
+        if good is not None or not self._rejected:
+            return good
+        newest = max(self._rejected)
+        if not start_over:
+            raise CorruptCheckpoint(
+                f"{self.directory}: none of the {len(self._rejected)} checkpoint(s) verifies (newest, step {newest}: "
+                f"{self._rejected[newest]}); nothing was changed. To train from step 0 anyway, run again with "
+                f"{start_over_flag}=True (they are then moved to {self.rejected_directory})")
+        logging.warning("none of the %d checkpoint(s) under %s verifies: training starts over from step 0 (%s=True)",
+                        len(self._rejected), self.directory, start_over_flag)
         return None
 
     def prepare_to_write(self) -> None:

@@ -76,6 +76,23 @@ _SHAPE_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_layers",
                  "head_dim", "tie_embeddings", "scan_layers", "lora_rank", "param_dtype")
 
 
+def check_num_steps(num_steps: int, name: str) -> None:
+    """Refuses a step count below 1 by its own name (else the optimiser's warm-up check says it, misleadingly)."""
+    if num_steps < 1:
+        raise ValueError(f"{name} must be >= 1 (the STEPS macro), got {num_steps}")
+
+
+def check_model_overrides(overrides: Optional[dict]) -> dict:
+    """`overrides` as a dict, refusing a field LlamaConfig does not have by name (listing those it has)."""
+    overrides = dict(overrides or {})
+    fields = [f.name for f in dataclasses.fields(LlamaConfig)]
+    unknown = sorted(set(overrides) - set(fields))
+    if unknown:
+        raise ValueError(f"model_overrides: unknown LlamaConfig field(s) {unknown}; the fields are: "
+                         f"{', '.join(fields)}")
+    return overrides
+
+
 def check_workdir(workdir: Path, signature: dict) -> None:
     """Refuses a workdir whose run.json describes a different run (`accept_run` writes it)."""
     path = workdir / "run.json"
@@ -146,7 +163,7 @@ def train(workdir: str, data: FeedData = gin.REQUIRED, model_config: Optional[Ll
           mesh_factory: Callable = make_mesh, num_steps: int = 1000, seed: int = 0, eval_every: int = 0,
           recall_ks: Sequence[int] = (10, 50), pca_dims: Sequence[int] = (), tensorboard: bool = True,
           progress: bool = True, memory_limit_gb: Optional[float] = None, max_skipped_steps: int = 0,
-          config_text: Optional[str] = None) -> dict:
+          start_over: bool = False, config_text: Optional[str] = None) -> dict:
     """Trains a dual encoder into `workdir`; returns the last logged metrics as
     {"train": {...}, "validation": {...}}.
 
@@ -157,17 +174,20 @@ def train(workdir: str, data: FeedData = gin.REQUIRED, model_config: Optional[Ll
     memory; for CPU devices, the host's physical memory shared among them).
     max_skipped_steps: how many steps with a non-finite loss, gradient or update may be skipped (their
     update not applied) before training stops; 0: the first one stops it. None is ever saved.
+    start_over: when the workdir has checkpoints and none verifies, train from step 0 (they are
+    moved to checkpoints.rejected/) instead of refusing.
     config_text: written to workdir/config.gin once every check has passed (the CLI's gin config,
     which `ff-jax embed --workdir` reads back).
     """
     if max_skipped_steps < 0:
         raise ValueError(f"train.max_skipped_steps must be >= 0, got {max_skipped_steps}")
+    check_num_steps(num_steps, "train.num_steps")
     workdir = Path(workdir)
     rules = logical_axis_rules()
     mesh = mesh_factory()
     if mesh.devices.flat[0].platform == "cpu":  # host memory is the device's: freed step buffers must go back to the OS
         host_memory.keep_large_buffers_mapped()
-    overrides = dict(model_overrides or {})
+    overrides = check_model_overrides(model_overrides)
     signature = _signature(model_config, pretrained, overrides, encoder, loss, optimizer)
     check_workdir(workdir, signature)
     model, tokenizer = build_model(data, encoder, loss, model_config, pretrained, overrides, mesh, rules, seed)
@@ -180,7 +200,7 @@ def train(workdir: str, data: FeedData = gin.REQUIRED, model_config: Optional[Ll
     iterator = data.train_iterator(tokenizer, num_shards)
     ckpt = Checkpointer(workdir / "checkpoints", checkpoint)
     start = 0
-    good = ckpt.newest_good()  # newer ones that fail verification are skipped, saying why
+    good = ckpt.resume_from(start_over, "--gin.train.start_over")  # failing ones are skipped, saying why
     if good is not None:
         start, state = ckpt.restore(state, shardings, iterator, step=good)
 

@@ -38,6 +38,9 @@ class OptimizerConfig:
     def __post_init__(self):
         if self.accumulation_steps < 1:
             raise ValueError(f"OptimizerConfig.accumulation_steps must be >= 1, got {self.accumulation_steps}")
+        if self.total_steps < 1:  # said first: else it reads as a warm-up problem
+            raise ValueError(f"OptimizerConfig.total_steps must be >= 1 (runs/train.gin sets it to the STEPS macro), "
+                             f"got {self.total_steps}")
         if self.warmup_steps >= self.total_steps:
             raise ValueError(f"OptimizerConfig.warmup_steps ({self.warmup_steps}) must be below "
                              f"total_steps ({self.total_steps})")

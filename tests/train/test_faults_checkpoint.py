@@ -3,6 +3,7 @@ from the newest checkpoint of a finished `ff-jax train` run, and a workdir on a 
 Each asserts the new behaviour and that the good checkpoints the user had are still there."""
 
 import contextlib
+import json
 import os
 import resource
 import subprocess
@@ -207,3 +208,66 @@ def test_a_save_that_fails_once_is_retried_and_one_that_fails_twice_raises(tmp_p
         ckpt.save(4, states[2], force=True)
     ckpt.close(raise_errors=False)
     assert checkpoint_steps(tmp_path) == [2, 3]
+
+
+def _unlist_and_flip(checkpoint, reseal: bool):
+    """Issue 26 row 1's edit: a file dropped from both maps of the manifest, then 4 of its bytes flipped.
+    reseal: the manifest's own checksum recomputed too, as a careful hand edit would."""
+    from ff_jax.files import SEAL, sealed
+
+    manifest_file = checkpoint / "manifest.json"
+    manifest = json.loads(manifest_file.read_text())
+    name = "state/ocdbt.process_0/manifest.ocdbt"
+    if name not in manifest["sha256"]:  # orbax's layout differs: any array data file
+        name = str(largest_data_file(checkpoint).relative_to(checkpoint))
+    del manifest["sha256"][name], manifest["bytes"][name]
+    if reseal:
+        manifest = sealed({k: v for k, v in manifest.items() if k != SEAL})
+    manifest_file.write_text(json.dumps(manifest))
+    data = bytearray((checkpoint / name).read_bytes())
+    data[len(data) // 2:len(data) // 2 + 4] = bytes(b ^ 0xFF for b in data[len(data) // 2:len(data) // 2 + 4])
+    (checkpoint / name).write_bytes(bytes(data))
+    return checkpoint / name
+
+
+@pytest.mark.parametrize("reseal, said", [(False, "manifest.json: edited after it was written"),
+                                          (True, "not listed in manifest.json")])
+def test_a_file_the_manifest_does_not_list_is_not_trusted(tmp_path, reseal, said):
+    """Was: step 2 restored, the flipped unlisted file read unchecked, no warning (the reader `ff-jax embed` uses)."""
+    directory = tmp_path / "checkpoints"
+    states = _two_checkpoints(directory)
+    unlisted = _unlist_and_flip(directory / "2", reseal)
+    ckpt = Checkpointer(directory)
+    with pytest.raises(CorruptCheckpoint, match=said):
+        ckpt.verify(2)
+    if reseal:
+        with pytest.raises(CorruptCheckpoint, match=f"{unlisted}: not listed"):
+            ckpt.verify(2)
+    step, restored = ckpt.restore_fields({"params": {"w": jnp.zeros((4, 8))}})
+    assert step == 1  # the newest checkpoint that verifies, with a warning naming why 2 was skipped
+    np.testing.assert_array_equal(restored["params"]["w"], states[1]["params"]["w"])
+    ckpt.close()
+
+
+def test_when_no_checkpoint_verifies_training_refuses_unless_asked_to_start_over(runs, reference):
+    """Issue 26 row 3: was every checkpoint moved to checkpoints.rejected/ and a silent restart from step 0, exit 0."""
+    workdir = runs.copy_of(reference, "none_verifies")
+    for step in checkpoint_steps(workdir):
+        data_file = largest_data_file(workdir / "checkpoints" / str(step))
+        data = bytearray(data_file.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        data_file.write_bytes(bytes(data))
+    before = digests(workdir)
+    refused = runs.train(workdir)
+    assert refused.returncode == 2
+    message = refused.stderr.strip().splitlines()[-1]
+    assert message.startswith(f"ff-jax train: corrupt checkpoint: {workdir / 'checkpoints'}: none of the 2 "
+                              "checkpoint(s) verifies (newest, step 8: "), message
+    assert "--gin.train.start_over=True" in message and "Traceback" not in refused.stderr
+    assert digests(workdir) == before  # nothing moved, nothing trained
+
+    started_over = runs.train(workdir, "train.start_over=True")
+    assert started_over.returncode == 0, started_over.stderr[-3000:]
+    assert "training starts over from step 0 (--gin.train.start_over=True)" in started_over.stderr
+    assert [s for s, _ in losses(workdir)][-8:] == list(range(1, 9))  # trained from step 1 again
+    assert sorted(p.name for p in (workdir / "checkpoints.rejected").iterdir()) == ["6", "8"]  # kept aside
