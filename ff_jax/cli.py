@@ -37,10 +37,21 @@ class CommandLineError(ValueError):
     label = "bad flag"
 
 
+class NoSuchWorkdir(CommandLineError):
+    label = "no such workdir"
+
+
 def _module(name: str):
     """A subcommand's module, imported only when it runs: they import jax and TFDS (seconds), which
     `ff-jax --help` and `ff-jax SUBCOMMAND --help` should not wait for."""
     return importlib.import_module(name)
+
+
+def _existing_run(args, what: str) -> None:
+    """Refuses a --workdir that does not exist when nothing else (--gin_file) describes the run: it
+    would otherwise be reported as a missing gin binding."""
+    if not Path(args.workdir).exists() and not args.gin_file:
+        raise NoSuchWorkdir(f"--workdir={args.workdir} ({what})")
 
 
 def _files_with_workdir_config(args) -> list[str]:
@@ -65,6 +76,7 @@ def _train(args) -> None:
 
 
 def _embed(args) -> None:
+    _existing_run(args, "give a training run's workdir, or --gin_file=... for a run to embed with")
     checkpoints = _module("ff_jax.rank.checkpoints")
     if checkpoints.run_kind(Path(args.workdir)) == checkpoints.RANKER:  # a ranker has no towers to embed with
         checkpoints.check_kind(Path(args.workdir), checkpoints.DUAL_ENCODER)
@@ -76,6 +88,7 @@ def _embed(args) -> None:
 
 
 def _eval(args) -> None:
+    _existing_run(args, "give the workdir `ff-jax embed` wrote to")
     evaluate = _module("ff_jax.retrieval.evaluate")  # prints its own table
     with gin_cli.configured(_files_with_workdir_config(args), args.gin_bindings):
         evaluate.evaluate_run(workdir=args.workdir)
@@ -104,6 +117,7 @@ def _eval_or_rerank(args) -> None:
 def _export(args) -> None:
     if not args.out:
         raise CommandLineError("--out=DIR is required (where the bundle goes; it must not exist yet)")
+    _existing_run(args, "give a training run's workdir")
     export = _module("ff_jax.serving.export")
     ranker = None
     if args.ranker:  # exported first, under the ranker run's own config.gin
@@ -122,10 +136,12 @@ def _serve(args) -> None:
     server = _module("ff_jax.serving.server")
     with gin_cli.configured(args.gin_file or [], args.gin_bindings):
         config = server.ServerConfig()  # limits and batching; the server then runs without gin
+    # Beside the bundle (never inside it: an unlisted file there is refused), not under the current directory.
+    state_dir = args.workdir or str(Path(args.bundle).absolute().with_name(Path(args.bundle).name + ".state"))
     if args.replicas:
-        _module("ff_jax.serving.ray_serve").run(args.bundle, args.workdir, args.host, args.port, config, args.replicas)
+        _module("ff_jax.serving.ray_serve").run(args.bundle, state_dir, args.host, args.port, config, args.replicas)
     else:
-        server.serve(args.bundle, args.workdir, args.host, args.port, config)
+        server.serve(args.bundle, state_dir, args.host, args.port, config)
 
 
 def _demo(args) -> None:
@@ -184,7 +200,8 @@ class Command:
     summary: str
     run_file: str  # the gin file whose macros --help lists
     workdir_help: str
-    workdir_default: Optional[str] = None  # None: --workdir is required
+    workdir_default: Optional[str] = None  # None: --workdir is required, unless workdir_optional
+    workdir_optional: bool = False  # no --workdir: the command picks one itself
     gin_files: bool = True  # takes --gin_file
     extra_flags: Callable[[flags.FlagValues], None] = lambda fv: None
     macros_note: str = ""
@@ -216,8 +233,8 @@ COMMANDS = {
                      workdir_default="workdirs/sweeps", extra_flags=_sweep_flags,
                      macros_note="DATA_DIR is --data_dir; --gin_file and --gin.NAME=VALUE go to every run's training"),
     "serve": Command(_serve, "Serves a bundle over HTTP: /v1/recommend, /v1/items, /healthz, /readyz, /metrics.",
-                     "runs/serve.gin", "where the fresh-items log lives (replayed at start-up)",
-                     workdir_default="workdirs/serve", extra_flags=_serve_flags,
+                     "runs/serve.gin", "where the fresh-items log lives (replayed at start-up; default: "
+                     "BUNDLE.state, beside the bundle)", workdir_optional=True, extra_flags=_serve_flags,
                      macros_note="ServerConfig bindings, from --gin_file or --gin.ServerConfig.NAME=VALUE"),
     "demo": Command(_demo, "The whole job end to end on a CPU: a pretrained backbone, feed data, a tiny dual encoder "
                     "trained, then embedded and evaluated against baselines.", "experiments/compact_feed_world.gin",
@@ -259,7 +276,7 @@ def help_text(name: str) -> str:
     note = f" ({command.macros_note})" if command.macros_note else ""
     header = gin_cli.header_comment(command.run_file).splitlines()
     gin_files = "--gin_file=FILE [--gin_file=FILE ...] " if command.gin_files else ""
-    workdir = "[--workdir=DIR]" if command.workdir_default else "--workdir=DIR"
+    workdir = "[--workdir=DIR]" if command.workdir_default or command.workdir_optional else "--workdir=DIR"
     return "\n".join([f"usage: ff-jax {name} {gin_files}[--gin.NAME=VALUE ...] {workdir} [flags]", "",
                       textwrap.fill(command.summary, 100), "", "flags:", *flag_help, "",
                       f"gin macros of {command.run_file} (set with --gin.NAME=VALUE); required: "
@@ -299,8 +316,10 @@ def parse_flags(fv: flags.FlagValues, name: str, argv: Sequence[str]) -> flags.F
     extra = fv([f"ff-jax {name}", *gin_cli.rewrite_gin_flags(argv)])[1:]
     if extra:
         raise CommandLineError(f"unexpected argument(s) {extra}: flags take the form --name=value")
-    if not fv.workdir:
+    if not fv.workdir and not COMMANDS[name].workdir_optional:
         raise CommandLineError(f"--workdir=DIR is required ({COMMANDS[name].workdir_help})")
+    if fv.workdir and Path(fv.workdir).exists() and not Path(fv.workdir).is_dir():  # before any data is prepared
+        raise CommandLineError(f"--workdir={fv.workdir} is a file, not a folder")
     return fv
 
 

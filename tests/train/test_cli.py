@@ -152,3 +152,43 @@ def test_a_command_leaves_no_gin_bindings_behind(tmp_path, capsys):
     assert code == 2
     assert gin.config_str().strip() == ""
     assert FeedData(data_dir=str(tmp_path)).dataset == "feed_world"
+
+
+# ----------------------------------------------------------------------------- issue 26
+
+
+def test_an_unknown_model_override_is_one_line_listing_the_fields(tmp_path, capsys):
+    """Row 6: was a traceback (LlamaConfig.__init__() got an unexpected keyword argument 'dim'), exit 1."""
+    err = _one_line_error(capsys, "train", "--gin_file=experiments/tiny_smoke.gin", f"--gin.DATA_DIR={tmp_path}",
+                          "--gin.train.model_overrides={'dim': 96}", f"--workdir={tmp_path / 'w'}")
+    assert err.startswith("ff-jax train: error: model_overrides: unknown LlamaConfig field(s) ['dim']"), err
+    assert "hidden_size" in err and "lora_rank" in err  # the valid fields are listed
+    assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("name", ["train", "embed", "eval", "rank-train"])
+def test_a_workdir_that_is_a_file_is_refused_before_any_data_is_prepared(name, tmp_path, capsys):
+    """Row 9: was found only after the data was prepared (a file-exists error)."""
+    workdir = tmp_path / "w"
+    workdir.write_text("not a folder")
+    err = _one_line_error(capsys, name, "--gin_file=experiments/tiny_smoke.gin", f"--gin.DATA_DIR={tmp_path / 'd'}",
+                          f"--workdir={workdir}")
+    assert err == f"ff-jax {name}: bad flag: --workdir={workdir} is a file, not a folder\n"
+    assert not (tmp_path / "d").exists()  # nothing prepared
+
+
+@pytest.mark.parametrize("name", ["embed", "eval", "export"])
+def test_a_missing_workdir_is_named_as_such(name, tmp_path, capsys):
+    """Row 9: `ff-jax embed --workdir=<missing>` said "no training data is bound"."""
+    extra = [f"--out={tmp_path / 'b'}"] if name == "export" else []
+    err = _one_line_error(capsys, name, f"--workdir={tmp_path / 'missing'}", *extra)
+    assert err.startswith(f"ff-jax {name}: no such workdir: --workdir={tmp_path / 'missing'} ("), err
+
+
+@pytest.mark.parametrize("steps", [0, -5])
+def test_a_step_count_below_one_is_named_as_such(steps, tmp_path, capsys):
+    """Row 9: STEPS=0 or -5 was reported as a warm-up problem."""
+    err = _one_line_error(capsys, "train", "--gin_file=experiments/tiny_smoke.gin", f"--gin.DATA_DIR={tmp_path}",
+                          f"--gin.STEPS={steps}", f"--workdir={tmp_path / 'w'}")
+    assert f"total_steps must be >= 1 (runs/train.gin sets it to the STEPS macro), got {steps}" in err, err
+    assert "warmup" not in err
