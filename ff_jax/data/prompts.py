@@ -160,12 +160,21 @@ class PromptRenderer:
             text = values.map({True: "yes", False: "no"})
         else:
             text = values.where(present).astype(str).str.strip()
-            text = text.str.replace(self._forged, _defuse, regex=True)
+            text = self._defused(text)
             if kind == "text":
                 text = _cut_text(text.fillna(""), max_chars)
         text = text.fillna("")
         wrapped = open_tag(column) + text + close_tag(column)
         return wrapped.where(text != "", "")
+
+    def _defused(self, text: pd.Series) -> pd.Series:
+        """Markers written inside values, defused. Every marker starts with "<": the regex (a Python
+        call per match) runs only on the few values that hold one."""
+        suspect = text.str.contains("<", regex=False, na=False)
+        if suspect.any():
+            text = text.copy()
+            text[suspect] = text[suspect].str.replace(self._forged, _defuse, regex=True)
+        return text
 
     def _concat(self, table: str, frame: pd.DataFrame, columns: list[str], max_chars: int) -> pd.Series:
         out = pd.Series("", index=frame.index, dtype=object)

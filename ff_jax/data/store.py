@@ -31,15 +31,16 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 from tqdm.auto import tqdm
 
+from ff_jax.data.prepare_engine import PrepareConfig, map_chunks
 from ff_jax.data.tables_checks import index_in
 
 STORE_VERSION = "2.0.0"
 SPLITS = ("train", "validation", "test")
 METADATA = "metadata.json"
-CHUNK = 65_536  # rows rendered and written at a time: bounds the text held in memory
 
 
 def record_order(n: int, salt: str) -> np.ndarray:
@@ -95,15 +96,40 @@ class StoreInput:
     authors: list[str]  # per row of tables.items ("" when unknown)
 
 
-def write_store(data: StoreInput, root: Path, progress: bool = True) -> Path:
-    """Writes the preparation into `root` atomically (a temporary sibling, renamed when complete)."""
+@dataclasses.dataclass(frozen=True)
+class RenderItems:
+    """A chunk of the items table -> item_id, item_prompt, history_piece (picklable, for engines)."""
+
+    renderer: object  # PromptRenderer
+
+    def __call__(self, chunk: pd.DataFrame) -> pd.DataFrame:
+        return pd.DataFrame({"item_id": chunk["item_id"].astype(str).tolist(),
+                             "item_prompt": self.renderer.item_prompts(chunk),
+                             "history_piece": list(self.renderer.history_pieces(chunk).values())})
+
+
+@dataclasses.dataclass(frozen=True)
+class RenderProfiles:
+    """A chunk of the users table -> user_id, profile (its rendered fields)."""
+
+    renderer: object  # PromptRenderer
+
+    def __call__(self, chunk: pd.DataFrame) -> pd.DataFrame:
+        profiles = self.renderer.profiles(chunk)
+        ids = chunk["user_id"].astype(str).tolist()
+        return pd.DataFrame({"user_id": ids, "profile": [profiles[u] for u in ids]})
+
+
+def write_store(data: StoreInput, root: Path, progress: bool = True, engine: PrepareConfig | None = None) -> Path:
+    """Writes the preparation into `root` atomically (a temporary sibling, renamed when complete);
+    `engine` renders the text (this machine's cores by default)."""
     root = Path(root)
     tmp = root.with_name(f".{root.name}.incomplete-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     made = [p for p in tmp.parents if not p.exists()]  # folders this call creates, deepest first
     tmp.mkdir(parents=True)
     try:
-        counts = _write_all(data, tmp, progress)
+        counts = _write_all(data, tmp, progress, engine or PrepareConfig())
         metadata = {**data.metadata, "store_version": STORE_VERSION, "counts": counts}
         (tmp / METADATA).write_text(json.dumps(metadata, indent=1, sort_keys=True, default=str))
         if root.exists():  # a stale or concurrent preparation of the same content: replace it whole
@@ -118,7 +144,7 @@ def write_store(data: StoreInput, root: Path, progress: bool = True) -> Path:
     return root
 
 
-def _write_all(data: StoreInput, out: Path, progress: bool) -> dict:
+def _write_all(data: StoreInput, out: Path, progress: bool, engine: PrepareConfig) -> dict:
     tables, splits, renderer = data.tables, data.splits, data.renderer
     items, users, inter = tables.items, tables.users, tables.interactions
 
@@ -126,16 +152,22 @@ def _write_all(data: StoreInput, out: Path, progress: bool) -> dict:
     order = record_order(len(items), "corpus")
     row_of_item = np.empty(len(items), np.int64)
     row_of_item[order] = np.arange(len(items))
-    authors = np.asarray(data.authors, dtype=object)
+    created_at, authors = data.created_at[order], np.asarray(data.authors, dtype=object)[order]
 
     def item_batches():
-        for start in range(0, len(items), CHUNK):
-            chunk = items.iloc[order[start:start + CHUNK]]
-            yield pa.record_batch([pa.array(chunk["item_id"].astype(str).tolist(), pa.large_string()),
-                                   pa.array(renderer.item_prompts(chunk), pa.large_string()),
-                                   pa.array(list(renderer.history_pieces(chunk).values()), pa.large_string()),
-                                   pa.array(data.created_at[order[start:start + CHUNK]], pa.int64()),
-                                   pa.array(authors[order[start:start + CHUNK]].tolist(), pa.large_string())], schema=ITEM_SCHEMA)
+        done = 0
+        bar = tqdm(total=len(items), desc=f"{tables.name} item prompts", unit="item", disable=not progress,
+                   mininterval=1.0, leave=False)
+        for rendered in map_chunks(RenderItems(renderer), items.iloc[order], engine):
+            n = len(rendered)
+            yield pa.record_batch([pa.array(rendered["item_id"].tolist(), pa.large_string()),
+                                   pa.array(rendered["item_prompt"].tolist(), pa.large_string()),
+                                   pa.array(rendered["history_piece"].tolist(), pa.large_string()),
+                                   pa.array(created_at[done:done + n], pa.int64()),
+                                   pa.array(authors[done:done + n].tolist(), pa.large_string())], schema=ITEM_SCHEMA)
+            done += n
+            bar.update(n)
+        bar.close()
 
     _write_table(out / "items.arrow", item_batches(), ITEM_SCHEMA)
 
@@ -151,16 +183,15 @@ def _write_all(data: StoreInput, out: Path, progress: bool) -> dict:
     user_ids = users["user_id"].astype(str)
 
     def member_batches():
-        for start in range(0, len(users), CHUNK):
-            chunk = users.iloc[start:start + CHUNK]
-            profiles = renderer.profiles(chunk)
-            ids = chunk["user_id"].astype(str).tolist()
+        done = 0
+        for rendered in map_chunks(RenderProfiles(renderer), users, engine):
+            ids, n = rendered["user_id"].tolist(), len(rendered)
             yield pa.record_batch([pa.array(ids, pa.large_string()),
                                    pa.array([splits.cohorts.get(u, "new") for u in ids], pa.string()),
-                                   pa.array([profiles[u] for u in ids], pa.list_(pa.large_string())),
-                                   pa.array(bounds[start:start + len(ids)], pa.int64()),
-                                   pa.array(bounds[start + 1:start + 1 + len(ids)], pa.int64())],
-                                  schema=MEMBER_SCHEMA)
+                                   pa.array(rendered["profile"].tolist(), pa.list_(pa.large_string())),
+                                   pa.array(bounds[done:done + n], pa.int64()),
+                                   pa.array(bounds[done + 1:done + 1 + n], pa.int64())], schema=MEMBER_SCHEMA)
+            done += n
 
     _write_table(out / "members.arrow", member_batches(), MEMBER_SCHEMA)
 

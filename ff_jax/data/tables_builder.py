@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Optional
 
 from ff_jax.data import tfds_builders as tb
+from ff_jax.data.prepare_engine import PrepareConfig
 from ff_jax.data.prompts import PromptTemplate
 from ff_jax.data.tables import FeedTables, LoadError, load_tables
 from ff_jax.data.tables_options import TablesOptions
@@ -130,7 +131,8 @@ class TablesCorpus(_TableFiles, tb._FeedBuilder):
 tb.BUILDERS.update({cls.name: cls for cls in (Tables, TablesCorpus)})
 
 
-def open_tables(name: str, config: TablesConfig, data_dir: str | Path, prepare: bool = True):
+def open_tables(name: str, config: TablesConfig, data_dir: str | Path, prepare: bool = True,
+                engine: Optional[PrepareConfig] = None):
     """(split sources, PromptFormat, metadata) of `tables` or `tables_corpus` for this content key,
     prepared first (printing the load summary) when missing and `prepare` is set."""
     if prepare and not tb.is_prepared(data_dir, name, config.name):
@@ -141,7 +143,7 @@ def open_tables(name: str, config: TablesConfig, data_dir: str | Path, prepare: 
                   f"{', '.join(earlier)} was prepared from them. A run trained on that content is now embedded "
                   "and evaluated on the new content: its figures describe these files, and it has not seen "
                   "what changed; train again for a model of the new files.", flush=True)
-        tb.build(name, config, data_dir)
+        tb.build(name, config, data_dir, engine)
     return tb.open_prepared(data_dir, name, config.name)
 
 

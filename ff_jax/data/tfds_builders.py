@@ -32,6 +32,7 @@ from absl import logging
 
 from ff_jax.data import feed_world
 from ff_jax.data.movielens import load_movielens_100k
+from ff_jax.data.prepare_engine import PrepareConfig
 from ff_jax.data.prompts import PromptFormat, PromptRenderer, PromptTemplate
 from ff_jax.data.quantizer import Quantizer, fit_on_training
 from ff_jax.data.splits import Splits, temporal_split
@@ -138,8 +139,9 @@ class _FeedBuilder:
         """Each item's creation time (int64 unix s, UNKNOWN_TIME when not known), aligned with `items`."""
         return item_created_at(items)
 
-    def download_and_prepare(self) -> None:
-        """Prepares the dataset unless a complete preparation of this version is there already."""
+    def download_and_prepare(self, engine: PrepareConfig | None = None) -> None:
+        """Prepares the dataset unless a complete preparation of this version is there already;
+        `engine` renders its text (None: PrepareConfig() as gin binds it)."""
         if is_complete(self.data_dir):
             return
         logging.info("preparing %s/%s into %s", self.name, self.builder_config.name, self.data_dir)
@@ -147,7 +149,8 @@ class _FeedBuilder:
         prepared = prepare(tables, self.builder_config)
         _check_splits(prepared, self.builder_config)
         write_store(StoreInput(tables, prepared.splits, prepared.renderer, prepared.metadata,
-                               self._item_created_at(tables.items), item_authors(tables.items)), self.data_dir)
+                               self._item_created_at(tables.items), item_authors(tables.items)), self.data_dir,
+                    engine=engine or PrepareConfig())
 
 
 def store_root(data_dir: str | Path, name: str, config: str) -> Path:
@@ -234,12 +237,13 @@ class MovielensFeedCorpus(_MovieLensTables, _FeedBuilder):
 BUILDERS = {cls.name: cls for cls in (FeedWorld, FeedWorldCorpus, MovielensFeed, MovielensFeedCorpus)}
 
 
-def build(name: str, config: str | FeedConfig, data_dir: str | Path) -> _FeedBuilder:
+def build(name: str, config: str | FeedConfig, data_dir: str | Path,
+          engine: PrepareConfig | None = None) -> _FeedBuilder:
     """Prepare one dataset (and so its corpus) into `data_dir`; a finished one is reused."""
     if name not in BUILDERS:
         raise ValueError(f"unknown dataset {name!r}; expected one of {sorted(BUILDERS)}")
     builder = BUILDERS[name](config=config, data_dir=data_dir)
-    builder.download_and_prepare()
+    builder.download_and_prepare(engine)
     return builder
 
 

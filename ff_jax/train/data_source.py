@@ -17,6 +17,7 @@ import numpy as np
 
 from ff_jax.data.batches import EmbeddingBatch
 from ff_jax.data.pipeline import BatchConfig, LogQ, as_text, embedding_batches, train_batches
+from ff_jax.data.prepare_engine import PrepareConfig
 from ff_jax.data.prompts import PromptFormat
 from ff_jax.data.tables_options import TablesOptions
 
@@ -52,6 +53,7 @@ class FeedData:
     numbers: Optional[str] = None  # "raw" / "absent": the builder config's variant for that ablation
     tables: Optional[str] = None  # dataset="tables": the folder of users / items / interactions files
     tables_options: Optional[TablesOptions] = None  # None: TablesOptions() with its gin bindings
+    prepare_engine: Optional[PrepareConfig] = None  # where preparation renders text; None: PrepareConfig()
 
     def _tables_config(self):
         from ff_jax.data.tables_builder import tables_config
@@ -74,7 +76,7 @@ class FeedData:
         if self.dataset == "tables":  # `tables` or `tables_corpus`, keyed by the files' content
             from ff_jax.data.tables_builder import open_tables
 
-            return open_tables(name, self._tables_config(), self.data_dir, self.prepare)
+            return open_tables(name, self._tables_config(), self.data_dir, self.prepare, self.prepare_engine)
         if self.prepare and not tfds_builders.is_prepared(self.data_dir, name, self.config_name):
             config = self.config
             if self.numbers:  # the named config with numbers rendered another way
@@ -82,7 +84,7 @@ class FeedData:
                 if self.config not in known:
                     raise ValueError(f"FeedData.config={self.config!r}: {name} has configs {sorted(known)}")
                 config = dataclasses.replace(known[self.config], name=self.config_name, numbers=self.numbers)
-            tfds_builders.build(name, config, self.data_dir)
+            tfds_builders.build(name, config, self.data_dir, self.prepare_engine)
         return tfds_builders.open_prepared(self.data_dir, name, self.config_name)
 
     def prompt_format(self) -> PromptFormat:
