@@ -2,7 +2,8 @@
 so the OpenAPI schema says what is accepted and everything else is a 4xx naming the field.
 
 Strings refuse lone surrogates and control characters (other than tab and newline): they cannot be
-tokenised or logged faithfully. Numbers refuse NaN and infinities.
+tokenised or logged faithfully. Numbers refuse NaN and infinities. Types are strict: `k: true` or
+`k: "5"` is refused, not read as 1 or 5.
 """
 
 
@@ -89,7 +90,7 @@ def models(config: ServerConfig) -> dict[str, type[BaseModel]]:
     Fields = Annotated[dict[Name, Value], Field(max_length=config.max_profile_fields)]
 
     class Strict(BaseModel):
-        model_config = ConfigDict(extra="forbid")
+        model_config = ConfigDict(extra="forbid", strict=True)  # no true -> 1, "5" -> 5
 
     class HistoryItem(Strict):
         """A recent engagement, newest first: a catalogue `item_id`, an item's `text`, or its `fields`."""

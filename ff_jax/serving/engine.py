@@ -73,6 +73,7 @@ class Engine:
         self.author_of: dict[str, str] = {i: a for i, a in zip(catalogue["item_id"], catalogue["author"])
                                           if isinstance(a, str)}
         self.log = ItemLog(Path(state_dir) / config.log_file)
+        self.log.check()  # a corrupt log is refused now, naming its line, not found by warm-up
         self.towers = {tower: jax.jit(self.bundle.functions[tower].call) for tower in TOWERS}
         self.batch_sizes = sorted({1 << i for i in range(config.max_batch.bit_length()) if 1 << i <= config.max_batch}
                                   | {config.max_batch})

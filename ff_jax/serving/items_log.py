@@ -9,7 +9,8 @@ replica picks up what the others wrote. Writers hold an exclusive flock (`locked
 check ids, append and sync, so replicas on one host never interleave or accept one id twice.
 
 A crash mid-write can only leave a last line without its newline (never acknowledged): the first
-locked reader cuts it off. A broken line before the end is corruption, refused with its number.
+locked reader cuts it off. A broken line before the end is corruption, refused with its number
+(`check`, at start-up: the server does not come up).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from ff_jax.files import fsync_path
 
 class ItemLogError(ValueError):
     """The fresh-items log is corrupt (names the file and line)."""
+
+    label = "corrupt items log"
 
 
 class ItemLog:
@@ -89,6 +92,15 @@ class ItemLog:
         self._offset, self._line = 0, 0
         with self.locked():
             return self.read_new()
+
+    def check(self) -> None:
+        """Reads the whole log once, refusing a broken line by its number: run before a server comes
+        up, so a corrupt log stops it at start-up instead of leaving it forever not ready."""
+        reader = ItemLog(self.path)  # its own offsets: this reader's stay where they are
+        try:
+            reader.replay()
+        finally:
+            reader.close()
 
     def append(self, records: list[dict[str, Any]]) -> None:
         """Appends `records` durably (fsync before returning). Call inside `locked()`, after

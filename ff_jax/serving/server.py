@@ -17,6 +17,7 @@ import concurrent.futures
 import hmac
 import os
 import socket
+import sys
 import time
 from pathlib import Path
 from typing import Optional
@@ -27,6 +28,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException
 
 from ff_jax.serving.api import ServerConfig, models
 from ff_jax.serving.batching import MicroBatcher
@@ -94,8 +96,9 @@ def create_app(bundle_dir: str | Path, state_dir: str | Path, config: ServerConf
     def warm_up():
         try:
             engine.start()
-        except Exception as err:  # noqa: BLE001  (reported by /readyz and the log; the process stays up)
+        except Exception as err:  # noqa: BLE001  (reported by /readyz and on stderr; the process stays up)
             state["warm_up_error"] = f"{type(err).__name__}: {err}"
+            print(f"ff-jax serve: warm-up failed, /readyz answers 503: {state['warm_up_error']}", file=sys.stderr)
             raise
 
     async def lifespan(app):
@@ -129,6 +132,15 @@ def create_app(bundle_dir: str | Path, state_dir: str | Path, config: ServerConf
                   if e["type"] == "json_invalid" else {"field": field_path(e["loc"]), "message": e["msg"].removeprefix("Value error, ")}
                   for e in err.errors()]
         return JSONResponse(jsonable_encoder({"detail": detail}), status_code=422)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, err: HTTPException):
+        # Starlette's own refusals in the same form: a body JSON cannot parse (e.g. nested 100,000
+        # deep: FastAPI answers 400 "There was an error parsing the body"), an unknown path or method.
+        if err.status_code == 400:
+            return problem(400, "body", "could not be parsed as JSON (nested too deeply, or unreadable)")
+        field = {404: "path", 405: "method"}.get(err.status_code, "request")
+        return problem(err.status_code, field, str(err.detail), headers=getattr(err, "headers", None))
 
     @app.exception_handler(FieldError)
     async def field_error(request: Request, err: FieldError):
@@ -197,8 +209,34 @@ def create_app(bundle_dir: str | Path, state_dir: str | Path, config: ServerConf
     return app
 
 
+class PortUnavailable(OSError):
+    """The address `ff-jax serve` was asked to listen on is taken (or not ours to take)."""
+
+    label = "port unavailable"
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A socket bound to host:port, for uvicorn to listen on; refuses one in use in one line
+    (uvicorn itself logs [Errno 98] and exits with status 3)."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: a restart reuses the port at once
+    try:
+        sock.bind((host, port))
+    except OSError as err:
+        sock.close()
+        raise PortUnavailable(f"{host}:{port}: {err.strerror} (is another server listening there? choose another "
+                              "--port)") from None
+    sock.set_inheritable(True)
+    return sock
+
+
 def serve(bundle_dir: str, state_dir: str, host: str, port: int, config: ServerConfig = ServerConfig()) -> None:
-    """Runs the server until interrupted."""
-    app = create_app(bundle_dir, state_dir, config)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    """Runs the server until interrupted. The port is taken first: one in use is said before the
+    bundle is loaded."""
+    sock = listening_socket(host, port)
+    try:
+        app = create_app(bundle_dir, state_dir, config)
+        uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning")).run(sockets=[sock])
+    finally:
+        sock.close()
 

@@ -7,6 +7,7 @@ last line."""
 import asyncio
 import concurrent.futures
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -318,3 +319,81 @@ def test_the_items_log_drops_a_torn_tail_and_refuses_corruption(tmp_path):
     log.path.write_bytes(b"#" + lines[0][1:] + lines[1])  # a flipped byte in an acknowledged line
     with pytest.raises(ItemLogError, match=r"items.jsonl:1: not a JSON record"):
         ItemLog(log.path).replay()
+
+
+# ----------------------------------------------------------------------------- issue 26
+
+
+@pytest.mark.parametrize("content, field", [
+    (b'{"member": {}, "k": true}', "k"),  # was served as k=1
+    (b'{"member": {}, "k": "5"}', "k"),  # was served as k=5
+    (b'{"member": {}, "k": 5.0}', "k"),
+    (b'{"member": {"history": [{"item_id": 7}]}}', "member.history[0].item_id"),
+])
+def test_request_types_are_strict(client, content, field):
+    """Issue 26 row 7."""
+    answer = post_raw(client, "/v1/recommend", content)
+    assert answer.status_code == 422 and field in [d["field"] for d in answer.json()["detail"]], answer.json()
+
+
+def test_a_body_nested_too_deeply_is_refused_naming_the_body(client):
+    """Issue 26 row 7: 100,000 nested `[` were a 400 without a field list (here 15,000: CONFIG's body limit)."""
+    answer = post_raw(client, "/v1/recommend", b"[" * 15_000)
+    assert answer.status_code == 400
+    assert answer.json() == {"detail": [{"field": "body", "message": "could not be parsed as JSON (nested too "
+                                                                      "deeply, or unreadable)"}]}
+    assert client.get("/no/such/path").json()["detail"][0]["field"] == "path"  # Starlette's other refusals too
+
+
+def corrupt_items_log(path):
+    """Three acknowledged records, the middle one's bytes damaged."""
+    log = ItemLog(path)
+    log.append([{"item_id": f"fresh{i}", "prompt": f"<item>fresh {i}</item>"} for i in range(3)])
+    log.close()
+    lines = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(lines[0] + b"#" + lines[1][1:] + lines[2])
+
+
+def serve_error(capsys, *argv):
+    """`ff-jax serve ...` in this process: (exit status, stderr); refused before uvicorn starts."""
+    from ff_jax import cli
+
+    code = cli.main(["serve", *argv])
+    return code, capsys.readouterr().err
+
+
+def test_a_corrupt_items_log_stops_the_server_at_start_up_naming_the_line(bundle_dir, tmp_path, capsys):
+    """Issue 26 row 4: was /healthz 200 and /readyz 503 forever, nothing on stderr."""
+    corrupt_items_log(tmp_path / "state" / "items.jsonl")
+    code, err = serve_error(capsys, f"--bundle={bundle_dir}", f"--workdir={tmp_path / 'state'}", "--port=0")
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith(f"ff-jax serve: corrupt items log: {tmp_path / 'state' / 'items.jsonl'}:2: not a JSON "
+                          "record"), err
+
+
+def test_a_port_in_use_is_one_line_before_the_bundle_is_loaded(tmp_path, capsys):
+    """Issue 26 row 8: was uvicorn's [Errno 98] and exit status 3."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, err = serve_error(capsys, f"--bundle={tmp_path / 'not_loaded_yet'}", f"--workdir={tmp_path}",
+                                f"--port={port}")
+    assert code == 2
+    assert err == (f"ff-jax serve: port unavailable: 127.0.0.1:{port}: Address already in use (is another server "
+                   "listening there? choose another --port)\n")
+
+
+def test_serve_keeps_its_state_beside_the_bundle_by_default(bundle_dir, tmp_path, capsys, monkeypatch):
+    """Issue 26 row 13: the default was workdirs/serve under the current directory (inside the repo
+    when started from its root). Shown through the log it replays: a corrupt one there is named."""
+    import shutil
+
+    bundle = Path(shutil.copytree(bundle_dir, tmp_path / "bundles" / "b1"))
+    corrupt_items_log(tmp_path / "bundles" / "b1.state" / "items.jsonl")
+    monkeypatch.chdir(tmp_path / "bundles")
+    code, err = serve_error(capsys, "--bundle=b1", "--port=0")
+    assert code == 2 and f"{bundle.with_name('b1.state') / 'items.jsonl'}:2: not a JSON record" in err, err
+    assert sorted(p.name for p in (tmp_path / "bundles").iterdir()) == ["b1", "b1.state"]  # no workdirs/ here
