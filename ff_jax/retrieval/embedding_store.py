@@ -77,7 +77,8 @@ class ShardWriter:
                          for k, v in self.settings.items() if manifest["settings"].get(k) != v]
                 raise EmbeddingStoreError(
                     f"{self.directory} holds embeddings made with other settings:\n  " + "\n  ".join(diffs)
-                    + "\nUse another output folder, or overwrite=True to discard them.")
+                    + "\nUse another output folder (--gin.EmbedConfig.output=NAME), or "
+                    "--gin.EmbedConfig.overwrite=True to discard them.")
             if primary:
                 shutil.rmtree(self.directory)
             manifest = None

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import gin
 import numpy as np
+from absl import logging
 import pandas as pd
 from rich.console import Console
 from rich.table import Table
@@ -40,6 +41,7 @@ from ff_jax.retrieval.eval_data import feed_eval_data
 from ff_jax.retrieval.exact import ExactIndex
 from ff_jax.retrieval.metrics import ranking_figures, top_k  # ranking_metrics' results, batched for ~10^4 members
 from ff_jax.retrieval.scann_index import ScannIndex
+from ff_jax.train.checkpointing import newest_sealed_step
 from ff_jax.retrieval.recommender import (EmbeddingRecommender, Recommender, TrainingData, corpus_order,
                                           member_events, unit_rows)
 
@@ -253,6 +255,19 @@ def embedded_split(data, root: Path, split: str) -> EmbeddedSplit:
     return EmbeddedSplit(training, members, member_ids, member_vectors, items, evaluated)
 
 
+def warn_if_stale(workdir: Path, member_dir: Path, model: dict) -> None:
+    """Says, in one line, when the embeddings come from an older checkpoint than the run's newest:
+    the figures are then those of the older model (a chosen EmbedConfig.checkpoint_step, or a run
+    trained on after `ff-jax embed`)."""
+    if model.get("source") != "checkpoint":
+        return
+    newest = newest_sealed_step(workdir / model["checkpoints"])
+    if newest is not None and newest > model["step"]:
+        logging.warning("%s: embedded with checkpoint %d, but the newest checkpoint is %d: these figures are "
+                        "checkpoint %d's. To evaluate %d: ff-jax embed --workdir=%s --gin.EmbedConfig.overwrite=True",
+                        member_dir, model["step"], newest, model["step"], newest, workdir)
+
+
 @gin.configurable(denylist=["workdir"])
 def evaluate_run(workdir: str, embeddings: str = "embeddings", split: str = "test", ks: Sequence[int] = DEFAULT_KS,
                  serving_k: int | None = SERVING_K, dims: Sequence[int] | None = None, ann: bool = True,
@@ -276,6 +291,7 @@ def evaluate_run(workdir: str, embeddings: str = "embeddings", split: str = "tes
                                  progress=progress)
     report.update(split=split, members_in_split=len(members), members_evaluated=len(evaluated),
                   model=tower_settings(member_dir)["model"])
+    warn_if_stale(Path(workdir), member_dir, report["model"])
     if "sasrec" in baselines and training.events is None:  # the prepared records keep no order
         training.events = member_events(members, training)
     report["baselines"] = {name: evaluate_recommender(CHEAP_BASELINES[name]().fit(training), evaluated, training, ks,

@@ -138,3 +138,34 @@ def test_row5_a_copied_and_a_moved_workdir_resume(run_files, trained_workdir, tm
     # eval in both, on the same embeddings: the same figures
     assert evaluate(copied)["by_dim"] == evaluate(moved)["by_dim"]
     assert not original.exists() and (moved / "checkpoints").is_dir()
+
+
+def test_eval_says_when_embeddings_are_older_than_the_newest_checkpoint(run_files, trained_workdir,  # noqa: F811
+                                                                        tmp_path, capsys, caplog):
+    """Issue 26 row 5: eval on embeddings of an older checkpoint exited 0 without a word; and embed's
+    refusal named `overwrite=True`, not the flag that works."""
+    _, gin_file = run_files
+    workdir = tmp_path / "run"
+    shutil.copytree(trained_workdir, workdir)
+    embed = ["embed", f"--gin_file={gin_file}", f"--workdir={workdir}"]
+    evaluate = ["eval", f"--gin_file={gin_file}", f"--workdir={workdir}", "--gin.evaluate_run.ks=(5, 10)",
+                "--gin.evaluate_run.ann=False"]
+    assert cli.main(embed) == 0
+    with caplog.at_level(logging.WARNING):
+        assert cli.main(evaluate) == 0
+    assert not [r for r in caplog.records if "newest checkpoint" in r.getMessage()]  # up to date: nothing said
+
+    # Training went on: a newer checkpoint (a copy of step 0's, sealed as step 5: only its number is read).
+    shutil.copytree(workdir / "checkpoints" / "0", workdir / "checkpoints" / "5")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert cli.main(evaluate) == 0
+    said = [r.getMessage() for r in caplog.records if "newest checkpoint" in r.getMessage()]
+    assert said == [f"{workdir / 'embeddings' / 'members_test'}: embedded with checkpoint 0, but the newest "
+                    "checkpoint is 5: these figures are checkpoint 0's. To evaluate 5: ff-jax embed "
+                    f"--workdir={workdir} --gin.EmbedConfig.overwrite=True"], said
+
+    capsys.readouterr()
+    assert cli.main([*embed, "--gin.EmbedConfig.checkpoint_step=0", "--gin.EmbedConfig.dtype='float16'"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "or --gin.EmbedConfig.overwrite=True to discard them." in err, err
