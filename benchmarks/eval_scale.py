@@ -112,8 +112,15 @@ def digest(array: np.ndarray) -> str:
 
 def run_baseline(name: str, training, members) -> dict:
     """Times of one baseline's stages as `evaluate_recommender` runs them, its metrics and ranking digest."""
-    from ff_jax.retrieval.evaluate import (CHEAP_BASELINES, DEFAULT_KS, SERVING_K, cutoffs,
-                                           metrics_of_ranking, rank)
+    from ff_jax.retrieval import evaluate
+    from ff_jax.retrieval.evaluate import CHEAP_BASELINES, DEFAULT_KS, SERVING_K, cutoffs, rank
+
+    # What evaluate_recommender computes from the ranking: since the fresh-item cohort (issue 27),
+    # figures_of_ranking (metrics + freshness); before it, metrics_of_ranking.
+    if hasattr(evaluate, "figures_of_ranking"):
+        figures = lambda *a: evaluate.figures_of_ranking(*a)[0]  # noqa: E731
+    else:
+        figures = evaluate.metrics_of_ranking
 
     t0 = time.perf_counter()
     rec = CHEAP_BASELINES[name]().fit(training)
@@ -121,7 +128,7 @@ def run_baseline(name: str, training, members) -> dict:
     chosen = cutoffs(DEFAULT_KS, SERVING_K, training.num_items)
     ranked = rank(rec, members, training, max(chosen), "engaged", progress=False)
     t2 = time.perf_counter()
-    metrics = metrics_of_ranking(ranked, members, training, chosen)
+    metrics = figures(ranked, members, training, chosen)
     t3 = time.perf_counter()
     return {"fit_s": t1 - t0, "rank_s": t2 - t1, "metrics_s": t3 - t2, "total_s": t3 - t0,
             "ranking_digest": digest(ranked), "metrics": metrics}

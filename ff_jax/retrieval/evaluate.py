@@ -9,9 +9,11 @@ the default; "history": every item in the history; "none"); the held-out targets
 items. Ranking and metrics give what ff_jax.data.ranking_metrics (`top_k`, `ranking_metrics`) gives, as
 training's validation does: recall@K and NDCG@K for K in `ks` and the serving candidate count
 (2,000 in the paper, capped at the corpus size), hit rate and MRR, averaged over members, overall
-and per cohort ("new" / "established"). Embeddings add: one report per Matryoshka prefix size,
-ScaNN's recall against exact search (and the metrics of the ScaNN-served lists), and the paper's
-popularity-similarity correlation. `evaluate_run` is the gin entry of `ff-jax eval` (ff_jax/cli.py).
+and per cohort ("new" / "established"), and recall@K / NDCG@K on the fresh targets (items with no
+engagement in the training data the recommenders fit on) and on the rest ("freshness").
+Embeddings add: one report per Matryoshka prefix size, ScaNN's recall against exact search (and
+the metrics of the ScaNN-served lists), and the paper's popularity-similarity correlation.
+`evaluate_run` is the gin entry of `ff-jax eval` (ff_jax/cli.py).
 """
 
 from __future__ import annotations
@@ -99,11 +101,28 @@ def cutoffs(ks: Sequence[int], serving_k: int | None, corpus: int) -> list[int]:
 def metrics_of_ranking(ranked: np.ndarray, members: Sequence[EvalMember], data: TrainingData,
                        ks: Sequence[int]) -> dict[str, dict[str, float]]:
     """ranking_metrics over members with targets, keyed "all" / cohort; positions as ids."""
+    return figures_of_ranking(ranked, members, data, ks, by_freshness=False)[0]
+
+
+def fresh_items(data: TrainingData) -> np.ndarray:
+    """bool [corpus items]: the items with no engagement in `data`, the interaction matrix the
+    recommenders are fit on (for the test split: the training and validation periods). A target
+    is "fresh" when its item is one of them: ID-based baselines know nothing about it."""
+    return data.popularity() == 0
+
+
+def figures_of_ranking(ranked: np.ndarray, members: Sequence[EvalMember], data: TrainingData, ks: Sequence[int],
+                       by_freshness: bool = True) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
+    """(metrics_of_ranking, freshness): freshness = {"fresh", "seen"} -> "targets" (how many
+    distinct targets of that kind), "users" (members with one), recall@K and NDCG@K with only that
+    kind of target relevant, averaged over those members (see metrics.ranking_figures); {} when
+    `by_freshness` is False. Fresh: see `fresh_items`."""
     keep = [i for i, m in enumerate(members) if m.targets]
     if not keep:
         raise ValueError("no evaluated member has a target")
     targets = [data.positions(members[i].targets) for i in keep]
-    return ranking_figures(ranked[keep], targets, data.num_items, ks, [members[i].cohort for i in keep])[0]
+    return ranking_figures(ranked[keep], targets, data.num_items, ks, [members[i].cohort for i in keep],
+                           fresh_items(data) if by_freshness else None)
 
 
 def evaluate_recommender(recommender: Recommender, members: Sequence[EvalMember], data: TrainingData,
@@ -112,9 +131,9 @@ def evaluate_recommender(recommender: Recommender, members: Sequence[EvalMember]
     """The metrics report of a fitted recommender on `members` (see the module docstring)."""
     chosen = cutoffs(ks, serving_k, data.num_items)
     ranked = rank(recommender, members, data, max(chosen), exclude, progress=progress)
+    figures, freshness = figures_of_ranking(ranked, members, data, chosen)
     return {"name": getattr(recommender, "name", type(recommender).__name__), "members": len(members),
-            "corpus": data.num_items, "ks": chosen, "exclude": exclude,
-            "metrics": metrics_of_ranking(ranked, members, data, chosen)}
+            "corpus": data.num_items, "ks": chosen, "exclude": exclude, "metrics": figures, "freshness": freshness}
 
 
 def popularity_similarity(member_vectors: np.ndarray, item_vectors: np.ndarray, popularity: np.ndarray,
@@ -180,22 +199,38 @@ def evaluate_embeddings(member_ids: Sequence[str], member_vectors: np.ndarray, i
 # ----------------------------------------------------------------------------- printing
 
 TABLE_COLUMNS = ("recall@10", "recall@50", "recall@100", "ndcg@10", "mrr")
+# (header, kind, figure) from a report's "freshness", shown on its "all" row: targets whose item had
+# no engagement in the training data ("fresh") and the rest ("seen"), n = distinct targets.
+FRESHNESS_COLUMNS = (("fresh n", "fresh", "targets"), ("fresh R@10", "fresh", "recall@10"),
+                     ("seen n", "seen", "targets"), ("seen R@10", "seen", "recall@10"))
+
+
+def _freshness_cell(report: dict, kind: str, figure: str) -> str:
+    value = report.get("freshness", {}).get(kind, {}).get(figure)
+    if value is None or value != value:  # absent, or NaN (no target of that kind)
+        return "-"
+    return str(int(value)) if figure == "targets" else f"{value:.3f}"
 
 
 def table_rows(reports: dict[str, dict], columns: Sequence[str] = TABLE_COLUMNS) -> list[list[str]]:
-    """[method, cohort, users, *columns] rows of {label: evaluate_recommender report}."""
+    """[method, cohort, users, *columns, *freshness columns] rows of {label: evaluate_recommender
+    report}; the FRESHNESS_COLUMNS come only when some report has "freshness", filled on "all" rows."""
+    fresh = any(report.get("freshness") for report in reports.values())
     rows = []
     for label, report in reports.items():
         for cohort, values in report["metrics"].items():
             rows.append([label, cohort, str(int(values["users"]))]
-                        + [f"{values[c]:.3f}" if c in values else "-" for c in columns])
+                        + [f"{values[c]:.3f}" if c in values else "-" for c in columns]
+                        + ([_freshness_cell(report, kind, figure) if cohort == "all" else "-"
+                            for _, kind, figure in FRESHNESS_COLUMNS] if fresh else []))
     return rows
 
 
 def print_table(reports: dict[str, dict], columns: Sequence[str] = TABLE_COLUMNS, title: str = "") -> None:
     """The reports as a table: rich on a terminal, plain aligned text in logs (rich would cut
     cells to fit its 80-column default there)."""
-    header = ["method", "cohort", "users", *columns]
+    fresh = any(report.get("freshness") for report in reports.values())
+    header = ["method", "cohort", "users", *columns, *([h for h, _, _ in FRESHNESS_COLUMNS] if fresh else [])]
     rows = table_rows(reports, columns)
     console = Console()
     if not console.is_terminal:

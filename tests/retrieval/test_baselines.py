@@ -226,3 +226,29 @@ def test_minilm_embeds_in_input_order_with_padding_ignored_and_ranks_by_meaning(
     rec = MiniLM(encoder, progress=False).fit(data)
     scores = rec.score([EvalMember("u0", ["i0"], [True], ["i3"], "new")])[0]
     assert int(np.argmax(np.delete(scores, 0))) == 2  # i3 (index 2 once i0 is removed) is the cat
+
+
+@pytest.mark.parametrize("make", [Popularity, lambda: ItemKNN(neighbors=20), lambda: ALS(factors=8, iterations=8),
+                                  lambda: BPR(factors=8, reg=1e-3, learning_rate=0.05, iterations=50)],
+                         ids=["popularity", "item-kNN", "ALS", "BPR"])
+def test_id_baselines_cannot_tell_never_engaged_items_apart(planted, make):
+    """A fresh item (no engagement in the training matrix) gets, for every member, the very score
+    every other never-engaged item gets: the model knows nothing of it, so where a fresh target
+    lands among the fresh items is the corpus order's doing (chance), not the model's."""
+    data, members = planted
+    matrix = data.engagements.toarray()
+    never = np.arange(3, data.num_items, 12)  # 13 items, 2 or 3 in each group's block
+    matrix[:, never] = 0
+    fresh_data = TrainingData(data.corpus_ids, data.items, data.user_ids, sp.csr_matrix(matrix))
+    scores = make().fit(fresh_data).score(members)
+    assert np.ptp(scores[:, never], axis=1).max() == 0.0  # equal within each member, exactly
+    assert np.ptp(scores, axis=1).min() > 0  # while the engaged items' scores differ
+    # Each member gets one fresh target more; the report counts the fresh ones apart.
+    never_ids = {f"i{j}" for j in never}
+    with_fresh = [member(m.user_id, [h for h in m.engaged_history if h not in never_ids],
+                         list(dict.fromkeys(m.targets + [f"i{never[u % len(never)]}"]))) for u, m in enumerate(members)]
+    report = evaluate_recommender(make().fit(fresh_data), with_fresh, fresh_data, ks=(10,), serving_k=None,
+                                  progress=False)
+    fresh = report["freshness"]["fresh"]
+    assert fresh["users"] == len(members)
+    assert fresh["targets"] == sum(len(set(m.targets) & never_ids) for m in with_fresh)

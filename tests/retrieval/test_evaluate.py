@@ -251,3 +251,49 @@ def test_batched_evaluation_equals_the_old_per_member_computation(seed):
     for cohort in expected:
         assert got[cohort] == pytest.approx(expected[cohort], rel=1e-12)
     assert (ranked == -1).any()  # members whose history + targets left fewer than 70 items
+
+
+# ----------------------------------------------------------------------------- fresh targets (issue 27)
+
+def test_fresh_and_seen_targets_by_hand():
+    """i3, i4, i5 have no engagement in the training matrix: targets on them are fresh."""
+    ids = [f"i{j}" for j in range(6)]
+    engaged = np.array([[1, 1, 0, 0, 0, 0], [0, 1, 1, 0, 0, 0], [1, 0, 0, 0, 0, 0]], np.float32)
+    data = TrainingData(ids, pd.DataFrame({"item_id": ids, "text": ids}), ["u0", "u1", "u2"], sp.csr_matrix(engaged))
+    rec = FixedScores({"u0": [6, 5, 4, 3, 2, 1], "u1": [1, 2, 3, 4, 5, 6], "u2": [0, 0, 9, 0, 0, 0]}).fit(data)
+    members = [member("u0", engaged=["i0"], targets=["i3", "i1"]),   # ranking i1 i2 i3 i4 i5
+               member("u1", targets=["i4", "i5"], cohort="new"),     # ranking i5 i4 i3 i2 i1 i0
+               member("u2", engaged=["i1"], targets=["i2"])]         # ranking i2 i0 i3 i4 i5
+    report = evaluate_recommender(rec, members, data, ks=(1, 3), serving_k=None, progress=False)
+    fresh, seen = report["freshness"]["fresh"], report["freshness"]["seen"]
+    assert (fresh["targets"], fresh["users"], seen["targets"], seen["users"]) == (3, 2, 2, 2)
+    assert fresh["recall@1"] == pytest.approx((0 + 1 / 2) / 2) and fresh["recall@3"] == pytest.approx(1.0)
+    assert fresh["ndcg@3"] == pytest.approx((1 / np.log2(4) + 1) / 2)
+    assert seen["recall@1"] == pytest.approx(1.0)
+    # The same by numpy from the ranking: fresh = no engagement in the matrix the recommender saw.
+    ranked = rank(rec, members, data, 6, progress=False)
+    never = np.flatnonzero(engaged.sum(axis=0) == 0)
+    for k in (1, 3):
+        for kind, pick in (("fresh", lambda t: np.isin(t, never)), ("seen", lambda t: ~np.isin(t, never))):
+            recalls = []
+            for row, m in zip(ranked, members):
+                t = data.positions(m.targets)[pick(data.positions(m.targets))]
+                if t.size:
+                    recalls.append(np.isin(row[:k], t).sum() / t.size)
+            assert report["freshness"][kind][f"recall@{k}"] == pytest.approx(np.mean(recalls))
+    # The printed table: n and R@10 of each kind on the "all" row (no K=10 in a 6-item corpus: "-").
+    from ff_jax.retrieval.evaluate import table_rows
+
+    rows = table_rows({"fixed": report})
+    assert rows[0][:2] == ["fixed", "all"] and rows[0][-4:] == ["3", "-", "2", "-"]
+    assert all(row[-4:] == ["-"] * 4 for row in rows[1:])
+    assert len(table_rows({"served": {"metrics": report["metrics"]}})[0]) == 3 + 5  # no freshness, no columns
+
+
+def test_a_split_without_fresh_targets_reports_none():
+    data = corpus_data(4)
+    data.engagements = sp.csr_matrix(np.ones((2, 4), np.float32))  # every item engaged
+    rec = FixedScores({"u0": [4, 3, 2, 1]}).fit(data)
+    report = evaluate_recommender(rec, [member("u0", targets=["i2"])], data, ks=(1,), serving_k=None, progress=False)
+    assert report["freshness"]["fresh"]["targets"] == 0 and np.isnan(report["freshness"]["fresh"]["recall@1"])
+    assert report["freshness"]["seen"]["recall@1"] == 0.0
