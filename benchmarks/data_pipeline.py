@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 import time
 
 import grain
@@ -118,15 +119,19 @@ def corpus_benchmark(size: str, limit: int | None, tokenizer, rows: list) -> Non
                  float("nan"), float("nan"), float("nan"), sample / grain_seconds, float("nan"), count))
 
 
-def movielens_benchmark(examples: int, tokenizer, rows: list) -> None:
-    from ff_jax.data.tfds_builders import MOVIELENS_TEMPLATE, FeedConfig, PromptRecords, prepare
-    from ff_jax.data.movielens import load_movielens_100k
+def movielens_store(data_dir: str):
+    """MovieLens-100k prepared into data_dir (ff_jax.data.store): (train source, prompt format)."""
+    from ff_jax.data import tfds_builders as tb
 
-    prepared = prepare(load_movielens_100k(), FeedConfig(name="bench", template=MOVIELENS_TEMPLATE), progress=False)
-    renderer = PromptRecords(prepared, progress=False)
-    train = prepared.splits.train  # an evenly spread sample: new and established members, early and late
-    records = [renderer.train(train[i]) for i in np.linspace(0, len(train) - 1, min(examples, len(train))).astype(int)]
-    fmt = prepared.renderer.format()
+    tb.build("movielens_feed", "100k", data_dir)
+    sources, fmt, _ = tb.open_prepared(data_dir, "movielens_feed", "100k")
+    return sources["train"], fmt
+
+
+def movielens_benchmark(examples: int, tokenizer, rows: list, data_dir: str) -> None:
+    train, fmt = movielens_store(data_dir)
+    # an evenly spread sample: new and established members, early and late
+    records = [train[int(i)] for i in np.linspace(0, len(train) - 1, min(examples, len(train))).astype(int)]
     b, h, length = 8, 1, 1024
     probe = PromptTokenizer(tokenizer, fmt, BatchConfig(length=length))
     member_lengths = [len(probe.member(r)) for r in records[::8]]
@@ -155,18 +160,52 @@ def movielens_benchmark(examples: int, tokenizer, rows: list) -> None:
                      len(records) / seconds, waste, len(batches)))
 
 
+RECIPE_RUN = "experiments/results/numbers_movielens/runs/quantized_seed0/metrics.jsonl"
+
+
+def recipe_rate(data_dir: str, batches: int) -> dict:
+    """Training examples/s the grain pipeline makes from the prepared store with the MovieLens CPU
+    recipe's batches (configs/experiments/movielens_cpu.gin: SmolLM2's tokenizer, 32 examples a step,
+    budgets 256/64, packed rows of 512), beside what that recipe's train step consumed (the median
+    `examples_per_s` of its committed run's log, measured on this kind of machine)."""
+    import json
+
+    from ff_jax.assets import smollm2_gguf
+
+    train, fmt = movielens_store(data_dir)
+    config = BatchConfig(examples_per_shard=32, length=512, member_budget=256, item_budget=64, max_segments=16)
+    tokenizer = load_tokenizer(smollm2_gguf())
+    iterator = iter(train_batches(train, tokenizer, fmt, config, seed=0, shard_index=0, shard_count=1,
+                                  read_threads=2))
+    next(iterator)  # start-up (threads, first reads) is not the steady rate
+    t0 = time.perf_counter()
+    made = sum(int(next(iterator).example_mask.sum()) for _ in range(batches))
+    produced = made / (time.perf_counter() - t0)
+    steps = [json.loads(line) for line in open(RECIPE_RUN)]
+    consumed = float(np.median([s["examples_per_s"] for s in steps if s.get("split") == "train" and "examples_per_s" in s]))
+    return {"pipeline_examples_per_s": produced, "train_step_examples_per_s": consumed, "ratio": produced / consumed,
+            "batches": batches}
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", default="1m", choices=sorted(feed_world.SIZES))
     parser.add_argument("--items", type=int, default=None, help="only the first N items of the corpus (0: skip the corpus)")
     parser.add_argument("--movielens-examples", type=int, default=4_000)
+    parser.add_argument("--recipe-batches", type=int, default=100, help="MovieLens recipe batches timed (0: skip)")
     args = parser.parse_args(argv)
     tokenizer = load_tokenizer(llama3_tokenizer_model())
     rows: list = []
+    data_dir = tempfile.mkdtemp(prefix="data_pipeline_")
+    if args.recipe_batches:
+        rate = recipe_rate(data_dir, args.recipe_batches)
+        print(f"MovieLens CPU recipe: the pipeline makes {rate['pipeline_examples_per_s']:,.0f} training examples/s "
+              f"from the store (2 reader threads); the recipe's train step consumed "
+              f"{rate['train_step_examples_per_s']:,.1f} examples/s: {rate['ratio']:.1f}x headroom.", flush=True)
     if args.items != 0:
         corpus_benchmark(args.size, args.items, tokenizer, rows)
     if args.movielens_examples:
-        movielens_benchmark(args.movielens_examples, tokenizer, rows)
+        movielens_benchmark(args.movielens_examples, tokenizer, rows, data_dir)
 
     info = describe()
     print(f"\nMachine: {info['cpu']}, {info['cores']} cores, Python {info['python']}; load average at the "
