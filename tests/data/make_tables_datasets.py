@@ -7,6 +7,9 @@ tables_csv/      latin-1 CSV files, interactions WITHOUT timestamps (file order 
 tables_parquet/  Parquet files with explicit 1-5 ratings instead of `engaged`, integer user ids in
                  users.parquet and zero-padded text ids ("007") in interactions.parquet, and a
                  schema.json. Read with TablesOptions.rating_threshold = 4, numeric_ids = True.
+tables_books/    the shape of a public book-ratings dump: items with title / author / year / publisher
+                 and no `text` column, ratings 0-10 (0 = implicit), no timestamps. Read with
+                 TablesOptions.item_text = '{title} by {author}', rating_threshold = 6.
 Members of two tastes (cooking, code) engage mostly with posts of their taste, so a model can learn.
 """
 
@@ -75,6 +78,26 @@ def write_parquet():
         '                  {"name": "rating", "kind": "numeric", "min_value": 1}]}\n')
 
 
+def write_books():
+    rng, users, items, inter = make(seed=3)
+    out = HERE / "tables_books"
+    out.mkdir(exist_ok=True)
+    authors = {"cooking": ["Julia Child", "Ottolenghi", "Nigella"], "code": ["Knuth", "Hopper", "Ritchie"]}
+    books = pd.DataFrame({"isbn": items["item_id"].str.replace("p", "978"),
+                          "title": items["text"].str.replace("Notes on ", "").str.capitalize(),
+                          "author": [authors[t][j % 3] for j, t in enumerate(items["topic"])],
+                          "year": rng.integers(1960, 2024, len(items)),
+                          "publisher": rng.choice(["Penguin", "O'Reilly", "Knopf"], len(items))})
+    books = books.rename(columns={"isbn": "item_id"})
+    ratings = np.where(inter["same"], rng.choice([0, 7, 8, 9, 10], len(inter)), rng.choice([0, 2, 4, 5], len(inter)))
+    inter = pd.DataFrame({"user_id": inter["user_id"], "item_id": inter["item_id"].str.replace("p", "978"),
+                          "rating": ratings})
+    users[["user_id"]].assign(age=rng.integers(18, 70, len(users))).to_csv(out / "users.csv", index=False)
+    books.to_csv(out / "items.csv", index=False)
+    inter.to_csv(out / "interactions.csv", index=False)
+
+
 if __name__ == "__main__":
     write_csv()
     write_parquet()
+    write_books()

@@ -24,6 +24,7 @@ SMALL = ["--gin.STEPS=3", "--gin.train.eval_every=-1", "--gin.CheckpointConfig.s
 DATASETS = {
     "tables_csv": ["--gin.TablesOptions.encoding=latin-1"],
     "tables_parquet": ["--gin.TablesOptions.rating_threshold=4", "--gin.TablesOptions.numeric_ids=True"],
+    "tables_books": ["--gin.TablesOptions.item_text='{title} by {author}'", "--gin.TablesOptions.rating_threshold=6"],
 }
 
 
