@@ -107,19 +107,23 @@ class FeedData:
             return None
         sources, fmt, metadata = self.open_dataset(self.dataset)
         corpus_source = self.open_dataset(f"{self.dataset}_corpus")[0]["corpus"]
-        corpus = [corpus_source[i] for i in range(len(corpus_source))]
-        prompts = {as_text(r["item_id"]): as_text(r["item_prompt"]) for r in corpus}
+        # Ids first, records only for the items kept: a corpus of 1M prompts is not held at once.
+        ids = [as_text(corpus_source[i]["item_id"]) for i in range(len(corpus_source))]
         split = sources["validation"]
         members = [split[i] for i in range(min(self.validation_members, len(split)))]
+        keep = range(len(ids))
         if self.validation_corpus:  # a fixed subset: every target, then the first items by id order
             needed = {as_text(t) for r in members for t in r["target_ids"]}
-            others = [r for r in corpus if as_text(r["item_id"]) not in needed]
-            corpus = [r for r in corpus if as_text(r["item_id"]) in needed] + others[
+            others = [i for i, item in enumerate(ids) if item not in needed]
+            keep = [i for i, item in enumerate(ids) if item in needed] + others[
                 : max(self.validation_corpus - len(needed), 0)]
+        corpus = [corpus_source[i] for i in keep]
+        position = {item: i for i, item in enumerate(ids)}
         pairs = []
         for record in members:
             target = as_text(record["target_ids"][0])
-            pairs.append({**record, "positive_id": target, "positive_prompt": prompts[target]})
+            prompt = as_text(corpus_source[position[target]]["item_prompt"])
+            pairs.append({**record, "positive_id": target, "positive_prompt": prompt})
         whole = dict(shard_index=0, shard_count=1, num_shards=num_shards, read_threads=self.read_threads)
         pair_batches = list(train_batches(pairs, tokenizer, fmt, self.batch, seed=0, num_epochs=1,
                                           log_q=_log_q(metadata), **whole))
