@@ -1,6 +1,12 @@
 """Reading a sweep file (configs/sweeps/*.toml) into a checked `Sweep`: its base gin file(s),
 bindings for every run, seeds, and named variants or a grid's product. Also how a TOML value is
-written as a gin flag value (`gin_text`), which the run commands use."""
+written as a gin flag value (`gin_text`), which the run commands use.
+
+An optional top-level `resources = { cpus = 2, gpus = 1 }` is what each run asks a Ray cluster for
+under `ff-jax sweep --ray` (a run is then a Ray task: Ray starts it once that much is free, and
+hands it the GPUs it reserved via CUDA_VISIBLE_DEVICES). Either key may be left out; the defaults,
+1 CPU and no GPU, are Ray's own for a task. The sequential path ignores it, and it is not part of
+a run's commands, so changing it never re-runs a finished run."""
 
 from __future__ import annotations
 
@@ -14,10 +20,12 @@ from ff_jax.gin_cli import CONFIGS_DIR
 from ff_jax.sweep.datasets import PREPARATIONS
 
 SWEEPS_DIR = CONFIGS_DIR / "sweeps"
-TOP_KEYS = {"description", "gin_file", "prepare", "seeds", "bindings", "embed", "eval", "variants", "grid"}
+TOP_KEYS = {"description", "gin_file", "prepare", "seeds", "bindings", "embed", "eval", "variants", "grid",
+            "resources"}
 VARIANT_TABLES = ("embed", "eval", "data")  # sub-tables of a variant; every other key is a train binding
 DATA_KEYS = {"numbers", "history_source"}  # a prepared dataset variant (needs `prepare`)
 GIN_WORDS = {"True", "False", "None"}  # words gin reads as other than strings
+DEFAULT_RESOURCES = {"cpus": 1.0, "gpus": 0.0}  # per run, under --ray (Ray's own default for a task)
 
 
 class SweepFileError(ValueError):
@@ -47,6 +55,7 @@ class Sweep:
     embed: dict[str, Any]
     eval: dict[str, Any]
     variants: tuple[Variant, ...]
+    resources: dict[str, float] = dataclasses.field(default_factory=lambda: dict(DEFAULT_RESOURCES))
 
 
 def resolve(name: str) -> Path:
@@ -131,6 +140,21 @@ def _slug(value: Any) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
 
 
+def _resources(raw: Any, path: Path) -> dict[str, float]:
+    """`resources = { cpus = N, gpus = M }`: what one run asks Ray for (fractions allowed, as in Ray)."""
+    if raw is None:
+        return dict(DEFAULT_RESOURCES)
+    if not isinstance(raw, dict) or set(raw) - set(DEFAULT_RESOURCES):
+        raise SweepFileError(f"{path}: resources must be a table with some of {sorted(DEFAULT_RESOURCES)}, "
+                             f"e.g. resources = {{ cpus = 2, gpus = 1 }}; got {raw!r}")
+    out = dict(DEFAULT_RESOURCES)
+    for key, value in raw.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise SweepFileError(f"{path}: resources.{key} must be a number >= 0, got {value!r}")
+        out[key] = float(value)
+    return out
+
+
 def load(name: str) -> Sweep:
     """The sweep file `name` (a path or a name in configs/sweeps/), checked."""
     path = resolve(name)
@@ -161,4 +185,4 @@ def load(name: str) -> Sweep:
         variants = [_variant(n, v, path, prepare) for n, v in raw["variants"].items()]
     return Sweep(path.stem, path, str(raw.get("description", "")), tuple(gin_files), prepare, tuple(seeds),
                  _table(raw, "bindings", path), _table(raw, "embed", path), _table(raw, "eval", path),
-                 tuple(variants))
+                 tuple(variants), _resources(raw.get("resources"), path))
