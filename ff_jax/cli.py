@@ -165,6 +165,15 @@ def _sweep_flags(fv: flags.FlagValues) -> None:
                         flag_values=fv)
     flags.DEFINE_string("results_dir", "experiments/results", "summary.csv, summary.md, plots and per-run "
                         "results go to RESULTS_DIR/<sweep>/", flag_values=fv)
+    flags.DEFINE_boolean("ray", False, "run each run as a Ray task on a local Ray instance (pip install "
+                         "'ff_jax[ray]'); skipping, resume and the summary are as without it", flag_values=fv)
+    flags.DEFINE_string("ray_address", None, "run each run as a Ray task on the Ray cluster at this address "
+                        "(HOST:6379, or auto); implies --ray. Every node must see the working directory, "
+                        "--workdir and --data_dir at the same paths", flag_values=fv)
+    flags.DEFINE_float("ray_cpus", None, "CPUs each run's Ray task asks for (default: the sweep file's "
+                       "resources.cpus, else 1)", lower_bound=0, flag_values=fv)
+    flags.DEFINE_float("ray_gpus", None, "GPUs each run's Ray task asks for (default: the sweep file's "
+                       "resources.gpus, else 0)", lower_bound=0, flag_values=fv)
 
 
 def _distributed_flag(fv: flags.FlagValues) -> None:

@@ -3,6 +3,8 @@ ordinary `ff-jax` commands in a workdir of its own, then summarised.
 
     ff-jax sweep --sweep=pooling_feed_world              # configs/sweeps/pooling_feed_world.toml
     ff-jax sweep --sweep=pooling_feed_world --dry_run    # the commands, one per line, for a scheduler
+    ff-jax sweep --sweep=pooling_feed_world --ray        # each run a Ray task, on a local Ray instance
+    ff-jax sweep --sweep=pooling_feed_world --ray_address=HEAD:6379   # ... on a Ray cluster
 
 A sweep file is a small TOML file in configs/sweeps/ (format in docs/experiments.md): the base gin
 file(s), bindings for every run, `seeds`, and either named `[variants.NAME]` tables of gin bindings
@@ -23,6 +25,7 @@ The package, one idea per module, in the order a sweep uses them:
     sweep_file  reading and checking a sweep file; TOML values as gin flag values
     datasets    the dataset variants (numbers, history) the runs read, and preparing them
     runs        planning each run's commands, running them, resuming (sweep_run.json)
+    ray_runs    --ray: each unfinished run as a Ray task with the file's `resources` (Ray imported only there)
     results     what a finished run leaves under <results>/runs/<run>/
     summary     summary.csv rows and summary.md (mean ± std over seeds)
     plots       the PNGs
@@ -33,13 +36,14 @@ from ff_jax.sweep.command import chosen_seeds, main, run_sweep, summarize
 from ff_jax.sweep.datasets import PREPARATIONS, data_bindings, prepare_data
 from ff_jax.sweep.plots import plot
 from ff_jax.sweep.results import collect, top_items
-from ff_jax.sweep.runs import EVAL_FILE, RECORD, STAGES, Run, SweepError, command_lines, execute, is_finished, plan
+from ff_jax.sweep.runs import (EVAL_FILE, RECORD, STAGES, Executor, Run, SweepError, command_lines, execute,
+                               execute_each, is_finished, plan)
 from ff_jax.sweep.summary import (flatten_metrics, format_mean_std, headline_columns, last_logged, mean_std,
                                   summary_markdown, summary_rows)
 from ff_jax.sweep.sweep_file import SWEEPS_DIR, Sweep, SweepFileError, Variant, gin_text, load, resolve
 
-__all__ = ["EVAL_FILE", "PREPARATIONS", "RECORD", "STAGES", "SWEEPS_DIR", "Run", "Sweep", "SweepError",
+__all__ = ["EVAL_FILE", "PREPARATIONS", "RECORD", "STAGES", "SWEEPS_DIR", "Executor", "Run", "Sweep", "SweepError",
            "SweepFileError", "Variant", "chosen_seeds", "collect", "command_lines", "data_bindings", "execute",
-           "flatten_metrics", "format_mean_std", "gin_text", "headline_columns", "is_finished", "last_logged",
-           "load", "main", "mean_std", "plan", "plot", "prepare_data", "resolve", "run_sweep", "summarize",
-           "summary_markdown", "summary_rows", "top_items"]
+           "execute_each", "flatten_metrics", "format_mean_std", "gin_text", "headline_columns", "is_finished",
+           "last_logged", "load", "main", "mean_std", "plan", "plot", "prepare_data", "resolve", "run_sweep",
+           "summarize", "summary_markdown", "summary_rows", "top_items"]

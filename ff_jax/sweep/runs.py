@@ -13,7 +13,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Optional
 
@@ -142,3 +142,18 @@ def execute(run: Run, sweep_name: str, log: Callable[[str], None] = print) -> bo
     record["eval_sha256"] = sha256_file(run.eval_file)
     _write_record(run, record)
     return True
+
+
+# How a sweep executes its unfinished runs: (runs, sweep name, started(run), log) -> (run, succeeded)
+# for each run, in the order they finish. `started` logs the run's "[i/n] name in workdir" line when
+# it starts (or, under Ray, is submitted). The driver (command.run_sweep) decides what runs, collects
+# each finished run and writes the summary, whichever executor ran them.
+Executor = Callable[[Sequence[Run], str, Callable[[Run], None], Callable[[str], None]], Iterator[tuple[Run, bool]]]
+
+
+def execute_each(runs: Sequence[Run], sweep_name: str, started: Callable[[Run], None],
+                 log: Callable[[str], None] = print) -> Iterator[tuple[Run, bool]]:
+    """The default executor: one run after the other, in this process (each stage a subprocess)."""
+    for run in runs:
+        started(run)
+        yield run, execute(run, sweep_name, log)
