@@ -319,8 +319,8 @@ def test_compact_feed_world_variants_are_prepared_where_the_runs_bindings_point(
         config = b["DATASET_CONFIG"] + (f"_{b['FeedData.numbers']}" if "FeedData.numbers" in b else "")
         corpus = tfds_builders.open_prepared(b["DATA_DIR"], "feed_world_corpus", config)[0]["corpus"]
         train = tfds_builders.open_prepared(b["DATA_DIR"], "feed_world", config)[0]["train"]
-        prompts = [corpus[i]["item_prompt"].decode() for i in range(200)]
-        histories = "".join(h.decode() for i in range(50) for h in train[i]["member_history"])
+        prompts = [corpus[i]["item_prompt"] for i in range(200)]
+        histories = "".join(h for i in range(50) for h in train[i]["member_history"])
         seen[variant.name] = (prompts, histories, Tokenizer.from_file(b["TOKENIZER"]).get_vocab())
     q, raw, absent, impressions = (seen[n] for n in ("q", "raw", "absent", "impressions"))
     assert all("<view_percentile>" in p and "<view_count>" not in p for p in q[0])
@@ -380,3 +380,116 @@ def test_the_package_keeps_every_name_the_single_module_had():
              "summary_markdown", "summary_rows", "top_items"]
     assert [n for n in names if not hasattr(sweep, n)] == []
     assert sweep.SWEEPS_DIR == CONFIGS_DIR / "sweeps" and sweep.RECORD == "sweep_run.json"
+
+
+# ----------------------------------------------------------------------------- --ray
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A local Ray instance of 2 CPUs for this module's --ray tests, shut down after them."""
+    ray = pytest.importorskip("ray")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def _without_wall_times(table: pd.DataFrame) -> pd.DataFrame:
+    return table.drop(columns=[c for c in table.columns if c.endswith("_seconds")])
+
+
+@pytest.mark.slow
+def test_ray_runs_two_runs_as_tasks_and_gives_the_sequential_summary(tmp_path, capsys, local_ray):
+    path = _write(tmp_path, TINY.replace("seeds = [0]\n", "seeds = [0]\nresources = { cpus = 1, gpus = 0 }\n"))
+    common = [f"--sweep={path}", f"--data_dir={tmp_path / 'tfds'}"]
+    sequential = [*common, f"--workdir={tmp_path / 'seq'}", f"--results_dir={tmp_path / 'seq_results'}"]
+    on_ray = [*common, f"--workdir={tmp_path / 'ray'}", f"--results_dir={tmp_path / 'ray_results'}", "--ray"]
+    code, out, err = _main(capsys, *sequential)
+    assert code == 0 and "2 ran, 0 already finished, 0 failed" in out, err
+    code, out, err = _main(capsys, *on_ray)
+    assert code == 0 and "2 ran, 0 already finished, 0 failed" in out, err
+    assert "Ray: 2 CPUs, 0 GPUs; each run asks for 1 CPUs" in out and "[1/2] mean_seed0" in out
+    # The same summary: every metric, binding and step; only the wall times differ.
+    seq = pd.read_csv(tmp_path / "seq_results" / "s" / "summary.csv")
+    ray = pd.read_csv(tmp_path / "ray_results" / "s" / "summary.csv")
+    assert list(seq.columns) == list(ray.columns) and len(ray) == 2
+    pd.testing.assert_frame_equal(_without_wall_times(ray), _without_wall_times(seq))
+    md = [(tmp_path / f"{r}_results" / "s" / "summary.md").read_text().splitlines() for r in ("seq", "ray")]
+    assert [line for line in md[1] if "_seconds" not in line] == [line for line in md[0] if "_seconds" not in line]
+    # Skipping is the driver's, as without Ray: the same command again submits nothing.
+    code, out, _ = _main(capsys, *on_ray)
+    assert code == 0 and "0 ran, 2 already finished" in out and "[1/2]" not in out
+
+
+@pytest.mark.slow
+def test_ray_a_failed_run_is_the_same_one_line_error_as_without_ray(tmp_path, capsys, local_ray):
+    path = _write(tmp_path, 'gin_file = "experiments/tiny_smoke.gin"\n[variants.bad_pooling]\n'
+                            '"EncoderConfig.pooling" = "median"\n[variants.fine]\n')
+    errors = []
+    for extra in ([], ["--ray"]):
+        flags = [f"--sweep={path}", f"--data_dir={tmp_path / 'd'}", f"--workdir={tmp_path / 'w'}",
+                 f"--results_dir={tmp_path / 'r'}", "--variants=bad_pooling", *extra]
+        code, out, err = _main(capsys, *flags)
+        assert code == 2 and "0 ran, 0 already finished, 1 failed" in out and "[1/1] bad_pooling_seed0" in out
+        assert "bad_pooling_seed0: `ff-jax train` exited 2" in out
+        errors.append(err)
+    assert errors[1] == errors[0] and errors[0].count("\n") == 1
+    assert errors[0].startswith("ff-jax sweep: sweep failed: 1 run(s) failed: bad_pooling_seed0 (log: ")
+    log = (tmp_path / "w" / "s" / "bad_pooling_seed0" / "logs" / "train.log").read_text()
+    assert log.count("EncoderConfig.pooling must be one of") == 2  # both attempts, the Ray task's too
+
+
+def test_ray_a_task_that_raises_is_a_failed_run_named_at_the_end(tmp_path, capsys, local_ray):
+    """An exception inside the task (here: its workdir cannot be made) fails that run, in one line."""
+    path = _write(tmp_path, 'gin_file = "a.gin"\n[variants.a]\nX = 1')
+    (tmp_path / "file").write_text("not a folder")
+    code, out, err = _main(capsys, f"--sweep={path}", f"--workdir={tmp_path / 'file'}", f"--data_dir={tmp_path}",
+                           f"--results_dir={tmp_path / 'r'}", "--ray")
+    assert code == 2 and "0 ran, 0 already finished, 1 failed" in out
+    assert any(line.startswith("  a_seed0: NotADirectoryError:") for line in out.splitlines()), out
+    assert err.startswith("ff-jax sweep: sweep failed: 1 run(s) failed: a_seed0 (log: ") and err.count("\n") == 1
+
+
+def test_ray_resources_come_from_the_sweep_file_and_the_flags_override_them(tmp_path):
+    from ff_jax.sweep.command import ray_resources
+
+    plain = sweep.load(str(_write(tmp_path, 'gin_file = "a.gin"\n[variants.a]\nX = 1', "plain.toml")))
+    assert plain.resources == {"cpus": 1.0, "gpus": 0.0}
+    sized = sweep.load(str(_write(tmp_path, 'gin_file = "a.gin"\nresources = { cpus = 4, gpus = 0.5 }\n'
+                                            '[variants.a]\nX = 1', "sized.toml")))
+    assert sized.resources == {"cpus": 4.0, "gpus": 0.5}
+    assert ray_resources(sized, None, None) == {"cpus": 4.0, "gpus": 0.5}
+    assert ray_resources(sized, 2.0, None) == {"cpus": 2.0, "gpus": 0.5}
+    assert ray_resources(plain, None, 1.0) == {"cpus": 1.0, "gpus": 1.0}
+
+
+@pytest.mark.parametrize("resources, message", [
+    ("resources = 2", "resources must be a table"),
+    ("resources = { cpu = 2 }", "resources must be a table with some of ['cpus', 'gpus']"),
+    ('resources = { gpus = "one" }', "resources.gpus must be a number >= 0"),
+    ("resources = { cpus = -1 }", "resources.cpus must be a number >= 0"),
+])
+def test_ray_bad_resources_are_one_line_naming_the_file(tmp_path, capsys, resources, message):
+    path = _write(tmp_path, f'gin_file = "a.gin"\n{resources}\n[variants.a]\nX = 1')
+    code, _, err = _main(capsys, f"--sweep={path}", "--dry_run")
+    assert code == 2 and err.count("\n") == 1 and err.startswith("ff-jax sweep: bad sweep file:"), err
+    assert str(path) in err and message in err
+
+
+def test_ray_flags_that_do_not_go_together_are_refused(tmp_path, capsys):
+    path = _write(tmp_path, 'gin_file = "a.gin"\n[variants.a]\nX = 1')
+    for flags, message in ((["--ray", "--dry_run"], "goes with neither --dry_run"),
+                           (["--ray_address=auto", "--prepare_only"], "goes with neither --dry_run"),
+                           (["--ray_cpus=2"], "use them with --ray or --ray_address")):
+        code, _, err = _main(capsys, f"--sweep={path}", f"--workdir={tmp_path / 'w'}", *flags)
+        assert code == 2 and err.startswith("ff-jax sweep: sweep failed:") and message in err, err
+
+
+def test_ray_missing_says_how_to_install_it(tmp_path, capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
+    path = _write(tmp_path, 'gin_file = "a.gin"\n[variants.a]\nX = 1')
+    code, _, err = _main(capsys, f"--sweep={path}", f"--workdir={tmp_path / 'w'}", "--ray")
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith("ff-jax sweep: missing dependency: --ray needs Ray") and "pip install 'ff_jax[ray]'" in err
