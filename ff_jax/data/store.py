@@ -61,10 +61,14 @@ def record_order(n: int, salt: str) -> np.ndarray:
 def _write_table(path: Path, batches: Iterator[pa.RecordBatch], schema: pa.Schema) -> int:
     """Streams record batches into one Arrow IPC file; returns the rows written."""
     rows = 0
-    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
-        for batch in batches:
-            writer.write_batch(batch)
-            rows += batch.num_rows
+    try:
+        with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
+            for batch in batches:
+                writer.write_batch(batch)
+                rows += batch.num_rows
+    finally:
+        if hasattr(batches, "close"):  # a failed write ends the generator now (its progress bar too)
+            batches.close()
     return rows
 
 
@@ -82,6 +86,13 @@ TRAIN_SCHEMA = pa.schema([("member", pa.int32()), ("end", pa.int32()), ("positiv
                           ("negatives", pa.list_(pa.int32())), ("timestamp", pa.int64())])
 EVAL_SCHEMA = pa.schema([("member", pa.int32()), ("end", pa.int32()), ("targets", pa.list_(pa.int32())),
                          ("timestamp", pa.int64())])
+
+
+class PrepareError(OSError):
+    """Writing a preparation failed (a full disk, a file limit); the message names the dataset and
+    the cause, and nothing of the preparation is left."""
+
+    label = "data not prepared"
 
 
 @dataclasses.dataclass
@@ -125,7 +136,7 @@ def write_store(data: StoreInput, root: Path, progress: bool = True, engine: Pre
     `engine` renders the text (this machine's cores by default)."""
     root = Path(root)
     tmp = root.with_name(f".{root.name}.incomplete-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    _remove_abandoned(root)
     made = [p for p in tmp.parents if not p.exists()]  # folders this call creates, deepest first
     tmp.mkdir(parents=True)
     try:
@@ -135,13 +146,24 @@ def write_store(data: StoreInput, root: Path, progress: bool = True, engine: Pre
         if root.exists():  # a stale or concurrent preparation of the same content: replace it whole
             shutil.rmtree(root)
         tmp.rename(root)
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
         for folder in made:  # no empty <dataset>/<config>/ folders left behind either
             if folder.exists() and not any(folder.iterdir()):
                 folder.rmdir()
+        if isinstance(err, OSError) and not isinstance(err, PrepareError):
+            raise PrepareError(err.errno, f"{root}: writing the prepared dataset failed "
+                                          f"({err.strerror or err}); nothing of it was kept") from None
         raise
     return root
+
+
+def _remove_abandoned(root: Path) -> None:
+    """Temporary folders of preparations whose process died (SIGKILL, power loss) are removed."""
+    for folder in root.parent.glob(f".{root.name}.incomplete-*") if root.parent.exists() else ():
+        pid = folder.name.rsplit("-", 1)[-1]
+        if not pid.isdigit() or int(pid) == os.getpid() or not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _write_all(data: StoreInput, out: Path, progress: bool, engine: PrepareConfig) -> dict:
@@ -156,18 +178,18 @@ def _write_all(data: StoreInput, out: Path, progress: bool, engine: PrepareConfi
 
     def item_batches():
         done = 0
-        bar = tqdm(total=len(items), desc=f"{tables.name} item prompts", unit="item", disable=not progress,
-                   mininterval=1.0, leave=False)
-        for rendered in map_chunks(RenderItems(renderer), items.iloc[order], engine):
-            n = len(rendered)
-            yield pa.record_batch([pa.array(rendered["item_id"].tolist(), pa.large_string()),
-                                   pa.array(rendered["item_prompt"].tolist(), pa.large_string()),
-                                   pa.array(rendered["history_piece"].tolist(), pa.large_string()),
-                                   pa.array(created_at[done:done + n], pa.int64()),
-                                   pa.array(authors[done:done + n].tolist(), pa.large_string())], schema=ITEM_SCHEMA)
-            done += n
-            bar.update(n)
-        bar.close()
+        with tqdm(total=len(items), desc=f"{tables.name} item prompts", unit="item", disable=not progress,
+                  mininterval=1.0, leave=False) as bar:  # closed (its line cleared) on an error too
+            for rendered in map_chunks(RenderItems(renderer), items.iloc[order], engine):
+                n = len(rendered)
+                yield pa.record_batch([pa.array(rendered["item_id"].tolist(), pa.large_string()),
+                                       pa.array(rendered["item_prompt"].tolist(), pa.large_string()),
+                                       pa.array(rendered["history_piece"].tolist(), pa.large_string()),
+                                       pa.array(created_at[done:done + n], pa.int64()),
+                                       pa.array(authors[done:done + n].tolist(), pa.large_string())],
+                                      schema=ITEM_SCHEMA)
+                done += n
+                bar.update(n)
 
     _write_table(out / "items.arrow", item_batches(), ITEM_SCHEMA)
 

@@ -162,3 +162,39 @@ def test_blank_ratings_are_counted_once_as_dropped(tmp_path):
     assert report.dropped == {"missing rating (needed by rating_threshold)": len(AGES)}
     assert not any("rating" in reason for reason in report.changed)
     assert report.rows_read - report.rows_kept == len(AGES)
+
+
+@pytest.mark.slow
+def test_a_preparation_that_cannot_write_is_one_line_and_leaves_nothing(tmp_path):
+    """Files limited to 8 KB (EFBIG, as a full disk gives ENOSPC): `ff-jax train` stops with one line
+    naming the dataset, and DATA_DIR holds nothing; a folder abandoned by a killed preparation is
+    cleared by the next one."""
+    import resource
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from ff_jax.data.tables_builder import tables_config
+    from ff_jax.data.tables_options import TablesOptions
+
+    data_dir = tmp_path / "data"
+    folder = Path(__file__).resolve().parent / "tables_books"
+    name = tables_config(folder, TablesOptions(item_text="{title} by {author}", rating_threshold=6)).name
+    abandoned = data_dir / "tables" / name / ".2.0.0.incomplete-999999999"  # no such process
+    abandoned.mkdir(parents=True)
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (8192, 8192))
+
+    done = subprocess.run([sys.executable, "-m", "ff_jax.cli", "train", "--gin_file=experiments/tiny_smoke.gin",
+                           "--gin.DATASET=tables", f"--gin.TABLES={folder}", f"--gin.DATA_DIR={data_dir}",
+                           "--gin.TablesOptions.item_text='{title} by {author}'",
+                           "--gin.TablesOptions.rating_threshold=6", f"--workdir={tmp_path / 'run'}"],
+                          capture_output=True, text=True, preexec_fn=limit, timeout=600)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    (line,) = [line for line in done.stderr.splitlines() if line.startswith("ff-jax train:")]
+    assert line.startswith("ff-jax train: data not prepared: ") and "File too large" in line
+    assert "nothing of it was kept" in line and f"{data_dir}/tables/tables_books_" in line
+    assert [p for p in data_dir.rglob("*") if p.is_file()] == []
+    assert not abandoned.exists()
