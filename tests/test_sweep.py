@@ -442,8 +442,9 @@ def test_ray_a_failed_run_is_the_same_one_line_error_as_without_ray(tmp_path, ca
 def test_ray_a_task_that_raises_is_a_failed_run_named_at_the_end(tmp_path, capsys, local_ray):
     """An exception inside the task (here: its workdir cannot be made) fails that run, in one line."""
     path = _write(tmp_path, 'gin_file = "a.gin"\n[variants.a]\nX = 1')
-    (tmp_path / "file").write_text("not a folder")
-    code, out, err = _main(capsys, f"--sweep={path}", f"--workdir={tmp_path / 'file'}", f"--data_dir={tmp_path}",
+    (tmp_path / "w").mkdir()
+    (tmp_path / "w" / "s").write_text("not a folder")  # where the sweep's run folders would go
+    code, out, err = _main(capsys, f"--sweep={path}", f"--workdir={tmp_path / 'w'}", f"--data_dir={tmp_path}",
                            f"--results_dir={tmp_path / 'r'}", "--ray")
     assert code == 2 and "0 ran, 0 already finished, 1 failed" in out
     assert any(line.startswith("  a_seed0: NotADirectoryError:") for line in out.splitlines()), out
