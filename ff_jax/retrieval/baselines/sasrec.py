@@ -158,7 +158,7 @@ class SASRec(Recommender):
     name = "SASRec"
 
     def __init__(self, dim: int = 64, blocks: int = 2, heads: int = 1, max_len: int = 50, dropout: float = 0.2,
-                 learning_rate: float = 1e-3, epochs: int = 100, batch_size: int = 128, input: str = "positives",
+                 learning_rate: float = 1e-3, epochs: int = 50, batch_size: int = 128, input: str = "positives",
                  seed: int = 0):
         if input not in INPUTS:
             raise ValueError(f"input must be one of {INPUTS}, got {input!r}")
