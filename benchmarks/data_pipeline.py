@@ -121,7 +121,7 @@ def corpus_benchmark(size: str, limit: int | None, tokenizer, rows: list) -> Non
 
 def movielens_store(data_dir: str):
     """MovieLens-100k prepared into data_dir (ff_jax.data.store): (train source, prompt format)."""
-    from ff_jax.data import tfds_builders as tb
+    from ff_jax.data import prepared as tb
 
     tb.build("movielens_feed", "100k", data_dir)
     sources, fmt, _ = tb.open_prepared(data_dir, "movielens_feed", "100k")

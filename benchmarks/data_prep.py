@@ -39,7 +39,7 @@ CHILD = r"""
 import json, resource, sys, time
 name, config, data_dir, engine = sys.argv[1:5]
 start = time.perf_counter()
-from ff_jax.data import tfds_builders as tb
+from ff_jax.data import prepared as tb
 result = {}
 try:
     if engine == "tfds":

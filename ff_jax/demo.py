@@ -90,8 +90,8 @@ def backbone_stage():
 
 
 def feed_data_stage(workdir: Path) -> tuple[Path, str]:
-    """feed_world "tiny" with compact prompts as TFDS datasets, and a word-level tokenizer fitted to them."""
-    _banner("2. Feed data: feed_world 'tiny' with quantised counts, TFDS + grain")
+    """feed_world "tiny" with compact prompts as a prepared dataset, and a word-level tokenizer fitted to them."""
+    _banner("2. Feed data: feed_world 'tiny' with quantised counts, prepared store + grain")
     data_dir = workdir / "tfds"
     prompts, tokenizer = compact_feed_world.prepare(data_dir)
     print(f"{len(prompts)} items; an item prompt: {prompts[0][:150]}")

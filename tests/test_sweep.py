@@ -306,7 +306,7 @@ def test_compact_feed_world_variants_are_prepared_where_the_runs_bindings_point(
     tokenizer, at the DATA_DIR / DATASET_CONFIG / TOKENIZER the run's commands name."""
     from tokenizers import Tokenizer
 
-    from ff_jax.data import tfds_builders
+    from ff_jax.data import prepared
 
     text = ('gin_file = "experiments/compact_feed_world.gin"\nprepare = "compact_feed_world"\n[variants.q]\n'
             '[variants.raw]\ndata = { numbers = "raw" }\n[variants.absent]\ndata = { numbers = "absent" }\n'
@@ -317,8 +317,8 @@ def test_compact_feed_world_variants_are_prepared_where_the_runs_bindings_point(
     for variant in loaded.variants:
         b = sweep.data_bindings(loaded, variant, tmp_path / "data")
         config = b["DATASET_CONFIG"] + (f"_{b['FeedData.numbers']}" if "FeedData.numbers" in b else "")
-        corpus = tfds_builders.open_prepared(b["DATA_DIR"], "feed_world_corpus", config)[0]["corpus"]
-        train = tfds_builders.open_prepared(b["DATA_DIR"], "feed_world", config)[0]["train"]
+        corpus = prepared.open_prepared(b["DATA_DIR"], "feed_world_corpus", config)[0]["corpus"]
+        train = prepared.open_prepared(b["DATA_DIR"], "feed_world", config)[0]["train"]
         prompts = [corpus[i]["item_prompt"] for i in range(200)]
         histories = "".join(h for i in range(50) for h in train[i]["member_history"])
         seen[variant.name] = (prompts, histories, Tokenizer.from_file(b["TOKENIZER"]).get_vocab())

@@ -6,7 +6,7 @@ from ff_jax.data.movielens import load_movielens_100k
 from ff_jax.data.splits import EvalMember, Splits, TrainExample, temporal_split
 from ff_jax.data.quantizer import Quantizer, fit_on_training
 from ff_jax.data.feed_world import FeedWorld, FeedWorldConfig, FeedWorldTruth, feed_world_config, generate
-# Prompts, packing and grain pipelines (TFDS builders: import ff_jax.data.tfds_builders, it loads TFDS).
+# Prompts, packing and grain pipelines (prepared datasets: import ff_jax.data.prepared).
 from ff_jax.data.batches import DualTowerBatch, EmbeddingBatch  # the batch contract (docs/contracts.md)
 from ff_jax.data.prompts import (MemberPrompt, PromptFormat, PromptRenderer, PromptTemplate, fit_item_tokens,
                                  fit_member_tokens)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
-from ff_jax.data import tfds_builders
+from ff_jax.data import prepared
 from ff_jax.data.prompts import PromptTemplate
 
 CONFIG_NAME = "tiny_compact"
@@ -35,10 +35,10 @@ def fit_word_tokenizer(texts, path: Path, vocab_size: int = 380) -> str:
 def prepare(data_dir: Path) -> tuple[list[str], str]:
     """Builds feed_world "tiny_compact" (+ its corpus) under data_dir; returns (item prompts, tokenizer path)."""
     data_dir = Path(data_dir)
-    base = {c.name: c for c in tfds_builders.FeedWorld.BUILDER_CONFIGS}["tiny"]
+    base = {c.name: c for c in prepared.FeedWorld.BUILDER_CONFIGS}["tiny"]
     config = dataclasses.replace(base, name=CONFIG_NAME, template=COMPACT)
     for name in ("feed_world", "feed_world_corpus"):
-        tfds_builders.build(name, config, data_dir)
-    corpus = tfds_builders.open_prepared(data_dir, "feed_world_corpus", CONFIG_NAME)[0]["corpus"]
+        prepared.build(name, config, data_dir)
+    corpus = prepared.open_prepared(data_dir, "feed_world_corpus", CONFIG_NAME)[0]["corpus"]
     prompts = [corpus[i]["item_prompt"] for i in range(len(corpus))]
     return prompts, fit_word_tokenizer(prompts, data_dir / "tokenizer.json")

@@ -1,4 +1,4 @@
-"""grain pipelines from prompt records (TFDS data sources, or any random-access sequence of dicts)
+"""grain pipelines from prompt records (prepared sources, or any random-access sequence of dicts)
 to the typed batches of ff_jax.data.batches (docs/contracts.md): tokenise + fit to the token
 budgets, pack / pad / bucket, batch with a leading shard axis N.
 
@@ -216,7 +216,7 @@ class LogQ:
 
 
 def as_text(value: Any) -> str:
-    """A TFDS string feature (bytes) or any value as str."""
+    """A text field (str, or bytes as older sources gave them) or any value as str."""
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 

@@ -266,7 +266,7 @@ def fit_item_tokens(ids: list[int], budget: int, last_field_open: int, closing: 
 
 @dataclasses.dataclass(frozen=True)
 class PromptFormat:
-    """What tokenising needs to know about prompts rendered earlier (stored with TFDS datasets)."""
+    """What tokenising needs to know about prompts rendered earlier (stored with prepared datasets)."""
 
     markers: tuple[str, ...]
     item_last_field: str  # the open tag of the one field an item prompt may be shortened in

@@ -171,7 +171,7 @@ def _cohorts(user_ids: list[str], pre_test_positives: np.ndarray, evaluated: np.
 def _check_not_empty(tables: FeedTables, period: np.ndarray, positive: np.ndarray, test_fraction: float) -> None:
     """Refuses, before any example is built, a split without training examples or (test_fraction
     above 0) without test members, naming the interactions file and what a member needs. An empty
-    validation split is left to its users (a prepared dataset refuses it: ff_jax.data.tfds_builders)."""
+    validation split is left to its users (a prepared dataset refuses it: ff_jax.data.prepared)."""
     source = tables.summary.tables["interactions"].source if "interactions" in tables.summary.tables else tables.name
     positives = tables.interactions["user_id"].to_numpy()[positive]
     most = int(pd.Series(positives).value_counts().max()) if len(positives) else 0

@@ -97,7 +97,7 @@ class PrepareError(OSError):
 
 @dataclasses.dataclass
 class StoreInput:
-    """What a preparation writes (ff_jax.data.tfds_builders.prepare gives it)."""
+    """What a preparation writes (ff_jax.data.prepared.prepare gives it)."""
 
     tables: object  # FeedTables
     splits: object  # Splits

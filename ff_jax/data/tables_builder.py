@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 from typing import Optional
 
-from ff_jax.data import tfds_builders as tb
+from ff_jax.data import prepared as tb
 from ff_jax.data.prepare_engine import PrepareConfig
 from ff_jax.data.prompts import PromptTemplate
 from ff_jax.data.tables import FeedTables, LoadError, load_tables

@@ -1,4 +1,4 @@
-"""RankerBatches from the prepared TFDS feed datasets (the dual encoder's, ff_jax.train.data_source).
+"""RankerBatches from the prepared feed datasets (the dual encoder's, ff_jax.train.data_source).
 
 Each training record becomes one row: the member's context (its member prompt within
 `context_budget`), then K = 1 + impressed + negatives candidates, each an item prompt plus the

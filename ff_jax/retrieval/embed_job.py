@@ -97,7 +97,7 @@ def training_record_index(member_id: str) -> int:
 
 
 class RecordSlice(Sequence):
-    """records[start:stop] without copying (TFDS data sources read lazily)."""
+    """records[start:stop] without copying (prepared sources render records when read)."""
 
     def __init__(self, records: Sequence, start: int, stop: int):
         self.records, self.start, self.stop = records, start, stop

@@ -1,4 +1,4 @@
-"""What `ff-jax eval` needs from a prepared TFDS feed dataset, in the shapes the evaluation uses.
+"""What `ff-jax eval` needs from a prepared feed dataset, in the shapes the evaluation uses.
 
 The member records of the evaluated split carry everything per member (held-out `target_ids`,
 `engaged_history_ids` removed from the ranking, `cohort`); the corpus builder lists every item.
@@ -45,7 +45,7 @@ def eval_members(records: Sequence[dict]) -> list[EvalMember]:
 
 def prepared_eval_data(sources: dict, corpus: Sequence[dict], split: str = "test") -> tuple[TrainingData, list[EvalMember]]:
     """(TrainingData over the corpus, members of `split`) from a dataset's split sources and its
-    corpus source (ff_jax.data.tfds_builders.open_prepared of the dataset and `<dataset>_corpus`)."""
+    corpus source (ff_jax.data.prepared.open_prepared of the dataset and `<dataset>_corpus`)."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     item_ids, texts = [], []

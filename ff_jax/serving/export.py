@@ -31,7 +31,7 @@ from safetensors.flax import save_file
 
 from ff_jax import files
 from ff_jax.data.pipeline import as_text
-from ff_jax.data.tfds_builders import CORPUS_VERSION, UNKNOWN_TIME
+from ff_jax.data.prepared import CORPUS_VERSION, UNKNOWN_TIME
 from ff_jax.files import MANIFEST, fsync_path
 from ff_jax.model.sharding import logical_axis_rules, make_mesh
 # Registers train_ranker, rerank_run and the losses a ranker run's config.gin names: `ff-jax export

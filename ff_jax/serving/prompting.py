@@ -135,7 +135,7 @@ class ServingPrompts:
 
     def member_record(self, profile: Mapping[str, Any], history: Sequence[HistoryItem],
                       catalogue_prompt: Mapping[str, str], where: str = "member") -> dict:
-        """The member prompt's parts, as the TFDS records hold them; `history` newest first (as
+        """The member prompt's parts, as the prepared records hold them; `history` newest first (as
         prompts list it), catalogue ids looked up in `catalogue_prompt` (item id -> full prompt)."""
         row = self._row("users", profile, f"{where}.profile")
         pieces: dict[str, str] = {}

@@ -26,36 +26,36 @@ def _compact_paths(data_dir: Path, numbers: Optional[str], history: Optional[str
 def _prepare_compact_feed_world(data_dir: Path, numbers: Optional[str], history: Optional[str]) -> None:
     """feed_world "tiny" with compact prompts (ff_jax.data.compact_feed_world) in the variant asked
     for, with a word-level tokenizer fitted to that variant's own prompts (raw counts are words too)."""
-    from ff_jax.data import compact_feed_world, tfds_builders
+    from ff_jax.data import compact_feed_world, prepared
 
     root, _, built, tokenizer = _compact_paths(data_dir, numbers, history)
-    if tokenizer.exists() and all(tfds_builders.is_prepared(root, n, built) for n in ("feed_world", "feed_world_corpus")):
+    if tokenizer.exists() and all(prepared.is_prepared(root, n, built) for n in ("feed_world", "feed_world_corpus")):
         return
     if built == compact_feed_world.CONFIG_NAME:
         compact_feed_world.prepare(root)
         return
-    base = {c.name: c for c in tfds_builders.FeedWorld.BUILDER_CONFIGS}["tiny"]
+    base = {c.name: c for c in prepared.FeedWorld.BUILDER_CONFIGS}["tiny"]
     template = dataclasses.replace(compact_feed_world.COMPACT, history_source=history or "positives")
     variant = dataclasses.replace(base, name=built, template=template, numbers=numbers or "quantile")
     for name in ("feed_world", "feed_world_corpus"):
-        tfds_builders.build(name, variant, root)
-    corpus = tfds_builders.open_prepared(root, "feed_world_corpus", built)[0]["corpus"]
+        prepared.build(name, variant, root)
+    corpus = prepared.open_prepared(root, "feed_world_corpus", built)[0]["corpus"]
     compact_feed_world.fit_word_tokenizer([corpus[i]["item_prompt"] for i in range(len(corpus))], tokenizer)
 
 
 def _prepare_movielens(data_dir: Path, numbers: Optional[str], history: Optional[str]) -> None:
     """MovieLens-100k with all rated films in the history ("100k_impressions"); the plain and
     numbers variants FeedData prepares itself on first use."""
-    from ff_jax.data import tfds_builders
+    from ff_jax.data import prepared
 
     if not history:
         return
     built = f"100k_{history}" + (f"_{numbers}" if numbers else "")
-    base = tfds_builders.MovielensFeed.BUILDER_CONFIGS[0]
+    base = prepared.MovielensFeed.BUILDER_CONFIGS[0]
     variant = dataclasses.replace(base, name=built, numbers=numbers or "quantile",
                                   template=dataclasses.replace(base.template, history_source=history))
     for name in ("movielens_feed", "movielens_feed_corpus"):
-        tfds_builders.build(name, variant, data_dir)
+        prepared.build(name, variant, data_dir)
 
 
 # `prepare = NAME` in a sweep file: (data_dir, numbers, history_source) -> None, building the

@@ -1,4 +1,4 @@
-"""The data a training run reads: a prepared TFDS feed dataset turned into grain batches.
+"""The data a training run reads: a prepared feed dataset (ff_jax.data.prepared) turned into grain batches.
 
 Training batches come from the dataset's `train` split (ff_jax.data.pipeline.train_batches, each
 process reading its own slice). Periodic validation uses the `validation` split, held out by time:
@@ -34,7 +34,7 @@ class Validation:
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
 class FeedData:
-    """A dataset prepared by ff_jax.data.tfds_builders under `data_dir` (built there first when
+    """A dataset prepared by ff_jax.data.prepared under `data_dir` (built there first when
     missing and `prepare` is true). `dataset` names the member-example builder; its corpus is the
     sibling builder `<dataset>_corpus`. `tokenizer`: "byte" (tests), a tokenizer path, or
     "checkpoint" (the pretrained model's own). dataset="tables": your own files in the folder
@@ -71,21 +71,21 @@ class FeedData:
     def open_dataset(self, name: str):
         """(split sources, PromptFormat, info) of builder `name` under data_dir, built first when
         missing and `prepare` is set."""
-        from ff_jax.data import tfds_builders
+        from ff_jax.data import prepared
 
         if self.dataset == "tables":  # `tables` or `tables_corpus`, keyed by the files' content
             from ff_jax.data.tables_builder import open_tables
 
             return open_tables(name, self._tables_config(), self.data_dir, self.prepare, self.prepare_engine)
-        if self.prepare and not tfds_builders.is_prepared(self.data_dir, name, self.config_name):
+        if self.prepare and not prepared.is_prepared(self.data_dir, name, self.config_name):
             config = self.config
             if self.numbers:  # the named config with numbers rendered another way
-                known = {c.name: c for c in tfds_builders.BUILDERS[name].BUILDER_CONFIGS}
+                known = {c.name: c for c in prepared.BUILDERS[name].BUILDER_CONFIGS}
                 if self.config not in known:
                     raise ValueError(f"FeedData.config={self.config!r}: {name} has configs {sorted(known)}")
                 config = dataclasses.replace(known[self.config], name=self.config_name, numbers=self.numbers)
-            tfds_builders.build(name, config, self.data_dir, self.prepare_engine)
-        return tfds_builders.open_prepared(self.data_dir, name, self.config_name)
+            prepared.build(name, config, self.data_dir, self.prepare_engine)
+        return prepared.open_prepared(self.data_dir, name, self.config_name)
 
     def prompt_format(self) -> PromptFormat:
         return self.open_dataset(self.dataset)[1]

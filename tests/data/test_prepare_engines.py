@@ -5,7 +5,7 @@ MovieLens-100k in chunks of 300 rows, so every path renders 6 item chunks and 4 
 import pytest
 from record_digests import GOLDEN, digests
 
-from ff_jax.data import tfds_builders as tb
+from ff_jax.data import prepared as tb
 from ff_jax.data.prepare_engine import PrepareConfig
 
 pytestmark = pytest.mark.slow

@@ -5,7 +5,7 @@ tests/data/golden_prompt_records.json holds that path's digests of MovieLens-100
 import pytest
 from record_digests import GOLDEN, digests
 
-from ff_jax.data import tfds_builders as tb
+from ff_jax.data import prepared as tb
 from ff_jax.data.store import record_order
 
 

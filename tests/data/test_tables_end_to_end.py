@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from ff_jax import cli
-from ff_jax.data import tfds_builders as tb
+from ff_jax.data import prepared as tb
 from ff_jax.data.tables_options import TablesOptions
 from ff_jax.retrieval.embedding_store import read_tower
 

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from ff_jax.data import tfds_builders as tb
+from ff_jax.data import prepared as tb
 from ff_jax.data.pipeline import BatchConfig, PromptTokenizer, embedding_batches
 from ff_jax.data.prompts import PromptFormat
 from ff_jax.data.schema import Column, generic_schema

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ff_jax.data import tfds_builders as tb
+from ff_jax.data import prepared as tb
 from ff_jax.data.prompts import PromptTemplate
 from ff_jax.data.schema import Column, generic_schema
 from ff_jax.data.tables import validate_tables

@@ -49,7 +49,7 @@ def reference_embeddings(model, tokens, segments):
 
 
 def test_towers_give_the_checkpoint_embeddings(run_dir, loaded, prompts):
-    from ff_jax.data import tfds_builders as tb
+    from ff_jax.data import prepared as tb
 
     catalogue = loaded.catalogue
     item_ids = [prompts.item_token_ids([p])[0] for p in catalogue["prompt"][:12]]
@@ -91,7 +91,7 @@ def test_the_index_holds_each_catalogue_item_under_its_own_vector(loaded, prompt
 
 def test_prompts_are_the_training_pipelines(run_dir, loaded, prompts):
     """Catalogue history pieces and member prompts from request fields equal what the dataset rendered."""
-    from ff_jax.data import tfds_builders as tb
+    from ff_jax.data import prepared as tb
     from ff_jax.data.prompts import PromptRenderer
 
     feed = tables()

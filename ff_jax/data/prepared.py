@@ -160,7 +160,7 @@ def store_root(data_dir: str | Path, name: str, config: str) -> Path:
 
 
 def _check_splits(prepared: Prepared, config: FeedConfig) -> None:
-    """TFDS cannot write an empty split; say which one and why instead of its bare assertion."""
+    """An empty split cannot be trained or evaluated on: say which one and why."""
     positives = prepared.tables.interactions.loc[prepared.tables.interactions["engaged"]]
     most = int(positives.drop_duplicates(["user_id", "item_id"])["user_id"].value_counts().max()) if len(
         positives) else 0
@@ -259,7 +259,7 @@ def open_prepared(data_dir: str | Path, name: str, config: str) -> tuple[dict, P
     root = store_root(data_dir, name, config)
     if not is_complete(root):
         raise FileNotFoundError(f"{root}: no prepared dataset here; run "
-                                f"`ff_jax.data.tfds_builders.build({name!r}, {config!r}, {str(data_dir)!r})`")
+                                f"`ff_jax.data.prepared.build({name!r}, {config!r}, {str(data_dir)!r})`")
     splits, corpus, metadata = open_store(root)
     sources = {"corpus": corpus} if name.endswith("_corpus") else splits
     return sources, PromptFormat.from_dict(metadata["prompt_format"]), metadata

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ff_jax.data import tfds_builders as tb
+from ff_jax.data import prepared as tb
 from ff_jax.data.quantizer import Quantizer
 from ff_jax.data.pipeline import BatchConfig, embedding_batches, item_key, train_batches
 from ff_jax.data.schema import Column, generic_schema
