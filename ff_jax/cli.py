@@ -75,6 +75,21 @@ def _train(args) -> None:
             print(f"{split}: " + ", ".join(f"{k} {v:.4g}" for k, v in values.items() if isinstance(v, float)))
 
 
+def _prepare(args) -> None:
+    """Prepares the dataset a training run would read, and nothing else (for a cluster: with
+    --gin.PrepareConfig.engine=ray and ray_address; docs/data_pipeline.md)."""
+    if not args.gin_file:
+        raise CommandLineError("give the run file whose data to prepare (e.g. --gin_file=experiments/movielens_cpu.gin)")
+    _module("ff_jax.train.loop")  # importing registers the configurables the files bind
+    data_source = _module("ff_jax.train.data_source")
+    with gin_cli.configured(args.gin_file, args.gin_bindings):
+        data = data_source.FeedData()
+        sources, _, metadata = data.open_dataset(data.dataset)
+    counts = ", ".join(f"{len(source):,} {split}" for split, source in sources.items())
+    print(f"prepared {data.dataset}/{data.config_name} in {data.data_dir}: {counts} records, "
+          f"{metadata['corpus_size']:,} items")
+
+
 def _embed(args) -> None:
     _existing_run(args, "give a training run's workdir, or --gin_file=... for a run to embed with")
     checkpoints = _module("ff_jax.rank.checkpoints")
@@ -220,6 +235,9 @@ COMMANDS = {
     "train": Command(_train, "Trains a dual encoder into --workdir; the same command again resumes from its newest "
                      "checkpoint.", "runs/train.gin", "where checkpoints, metrics and config.gin go",
                      extra_flags=_distributed_flag),
+    "prepare": Command(_prepare, "Prepares the dataset a run file reads (ids and text stores under DATA_DIR) without "
+                       "training; --gin.PrepareConfig.engine=ray renders its text on Ray Data.", "runs/train.gin",
+                       "unused (the dataset goes to DATA_DIR)", workdir_optional=True),
     "embed": Command(_embed, "Embeds the corpus and the members of a split with a training run's newest checkpoint "
                      "(resumable shards under --workdir/embeddings).", "runs/train.gin",
                      "a training run's workdir (its config.gin is read first), or where to write",

@@ -132,3 +132,17 @@ def test_a_medium_dataset_trains_embeds_and_evaluates_through_the_cli(tmp_path, 
     report = json.loads((workdir / "eval" / "metrics_test.json").read_text())
     assert report["members_evaluated"] == len(sources["test"]) > 1_000
     assert set(report["baselines"]) >= {"popularity", "random", "itemknn", "als", "bpr"}
+
+
+def test_ff_jax_prepare_prepares_once_and_trains_nothing(tmp_path, capsys):
+    args = ["prepare", "--gin_file=experiments/tiny_smoke.gin", "--gin.DATASET=tables",
+            f"--gin.TABLES={HERE / 'tables_books'}", f"--gin.DATA_DIR={tmp_path / 'data'}",
+            "--gin.TablesOptions.item_text='{title} by {author}'", "--gin.TablesOptions.rating_threshold=6"]
+    assert cli.main(args) == 0
+    out = capsys.readouterr().out
+    (config,) = prepared_configs(tmp_path / "data")
+    assert "Load summary for 'tables_books'" in out
+    assert f"prepared tables/{config} in {tmp_path / 'data'}: " in out and "60 items" in out
+    assert cli.main(args) == 0
+    assert "Load summary" not in capsys.readouterr().out  # reused, not prepared again
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]  # no workdir, no checkpoints
