@@ -39,7 +39,10 @@ CHILD = r"""
 import json, resource, sys, time
 name, config, data_dir, engine = sys.argv[1:5]
 start = time.perf_counter()
-from ff_jax.data import prepared as tb
+if engine == "tfds":  # the baseline revision's module name
+    from ff_jax.data import tfds_builders as tb
+else:
+    from ff_jax.data import prepared as tb
 result = {}
 try:
     if engine == "tfds":
@@ -54,7 +57,6 @@ except BaseException as err:  # the baseline is expected to die on large data: r
     result["error"] = f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
 result["seconds"] = time.perf_counter() - start
 result["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-result["workers_peak_rss_gb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
 print("RESULT " + json.dumps(result), flush=True)
 """
 
@@ -89,20 +91,17 @@ def run_path(path: str, name: str, config: str, timeout: int, scratch: Path) -> 
 def markdown(results: dict, args, machine: dict) -> str:
     lines = [f"# Preparing {args.dataset}/{args.config}", "",
              f"Machine: {machine['cpu']}, {machine['cores']} cores, {machine['memory_gb']} GB; load average at "
-             f"start {machine['load_average']:.1f}. Date: {time.strftime('%Y-%m-%d')}.", "",
-             "| path | wall | train examples/s | peak RSS (workers) | disk / train example (train records) | outcome |",
+             f"start {machine['load_average']:.1f}. Date: {time.strftime('%Y-%m-%d')}. Peak RSS is the preparing "
+             "process's.", "",
+             "| path | wall | training examples/s | peak RSS | disk / training example (train records alone) | outcome |",
              "|---|---|---|---|---|---|"]
     for path, r in results.items():
-        rss = f"{r.get('peak_rss_gb', float('nan')):.2f} GB ({r.get('workers_peak_rss_gb', 0):.2f} GB)"
-        disk = (f"{r['disk_bytes_per_example']:.0f} B ({r.get('train_bytes_per_example', float('nan')):.0f} B)"
+        disk = (f"{r['disk_bytes_per_example']:,.0f} B ({r['train_bytes_per_example']:.0f} B)"
                 if "disk_bytes_per_example" in r else f"{r['disk_bytes'] / 2**20:.0f} MB written")
         rate = f"{r['examples_per_second']:,.0f}" if "examples_per_second" in r else "—"
-        outcome = r.get("error", f"{r['train_examples']:,} training examples")
-        lines.append(f"| {LABELS[path]} | {r.get('seconds', r['wall_seconds']):.0f} s | {rate} | {rss} | {disk} | "
-                     f"{outcome} |")
-    base, best = results.get("tfds-text", {}), max((r.get("examples_per_second", 0) for r in results.values()))
-    if base.get("examples_per_second"):
-        lines += ["", f"Fastest store path: {best / base['examples_per_second']:.1f}× the TFDS text path's examples/s."]
+        outcome = r["error"] if "error" in r else f"{r['train_examples']:,} training examples"
+        lines.append(f"| {LABELS[path]} | {r.get('seconds', r['wall_seconds']):.0f} s | {rate} | "
+                     f"{r.get('peak_rss_gb', float('nan')):.2f} GB | {disk} | {outcome} |")
     return "\n".join(lines) + "\n"
 
 
@@ -113,7 +112,14 @@ def main() -> None:
     parser.add_argument("--paths", default=",".join(PATHS))
     parser.add_argument("--timeout", type=int, default=1800)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "data_prep"))
+    parser.add_argument("--table_only", action="store_true", help="rewrite the .md from the .json of an earlier run")
     args = parser.parse_args()
+    out = Path(args.out + f"_{args.dataset}_{args.config}")
+    if args.table_only:
+        saved = json.loads(out.with_suffix(".json").read_text())
+        out.with_suffix(".md").write_text(markdown(saved["results"], args, saved["machine"]))
+        print(out.with_suffix(".md").read_text())
+        return
     machine = describe("pyarrow", "pandas")
     results = {}
     with tempfile.TemporaryDirectory(prefix="data_prep_") as scratch:
@@ -130,7 +136,6 @@ def main() -> None:
             if "tfds-text" in paths:
                 subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(scratch / "baseline")],
                                capture_output=True)
-    out = Path(args.out + f"_{args.dataset}_{args.config}")
     out.with_suffix(".json").write_text(json.dumps({"machine": machine, "results": results}, indent=1))
     out.with_suffix(".md").write_text(markdown(results, args, machine))
     print(out.with_suffix(".md").read_text())
