@@ -150,11 +150,17 @@ def ranking_metrics(
         per_user[f"recall@{k}"] = recall_at_k(hits, sizes, k)
         per_user[f"ndcg@{k}"] = ndcg_at_k(hits, sizes, k)
         per_user[f"hit_rate@{k}"] = hit_rate_at_k(hits, k)
-    groups = {"all": np.ones(hits.shape[0], dtype=bool)}
+    return cohort_means(per_user, cohorts, hits.shape[0])
+
+
+def cohort_means(per_user: dict[str, np.ndarray], cohorts: Sequence[str] | None, users: int) -> dict[str, dict[str, float]]:
+    """{"all": ..., <cohort>: ...}: each per-user metric averaged over the users of each group, and
+    the group's user count (NaN for a metric of an empty group)."""
+    groups = {"all": np.ones(users, dtype=bool)}
     if cohorts is not None:
         labels = np.asarray(cohorts)
-        if labels.shape != (hits.shape[0],):
-            raise ValueError(f"cohorts has shape {labels.shape}; expected one label per user ({hits.shape[0]})")
+        if labels.shape != (users,):
+            raise ValueError(f"cohorts has shape {labels.shape}; expected one label per user ({users})")
         groups.update({str(c): labels == c for c in np.unique(labels)})
     mean = lambda v, mask: float(v[mask].mean()) if mask.any() else float("nan")  # noqa: E731
     return {name: {"users": float(mask.sum()), **{m: mean(v, mask) for m, v in per_user.items()}}

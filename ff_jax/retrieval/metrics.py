@@ -158,16 +158,7 @@ def ranking_figures(ranked: np.ndarray, targets: Sequence[np.ndarray], n_items: 
     for k in ks:
         if k <= 0 or k > hits.shape[1]:
             raise ValueError(f"K={k} is outside the ranked lists' length 1..{hits.shape[1]}")
-    per_user = _per_user(hits, sizes, ks)
-    groups = {"all": np.ones(hits.shape[0], dtype=bool)}
-    if cohorts is not None:
-        labels = np.asarray(cohorts)
-        if labels.shape != (hits.shape[0],):
-            raise ValueError(f"cohorts has shape {labels.shape}; expected one label per user ({hits.shape[0]})")
-        groups.update({str(c): labels == c for c in np.unique(labels)})
-    mean = lambda v, mask: float(v[mask].mean()) if mask.any() else float("nan")  # noqa: E731
-    metrics = {name: {"users": float(mask.sum()), **{m: mean(v, mask) for m, v in per_user.items()}}
-               for name, mask in groups.items()}
+    metrics = rm.cohort_means(_per_user(hits, sizes, ks), cohorts, hits.shape[0])
     by_target = {}
     if fresh is not None:
         for name, value, column in (("fresh", 2, 1), ("seen", 1, 0)):
