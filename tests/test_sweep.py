@@ -494,3 +494,23 @@ def test_ray_missing_says_how_to_install_it(tmp_path, capsys, monkeypatch):
     code, _, err = _main(capsys, f"--sweep={path}", f"--workdir={tmp_path / 'w'}", "--ray")
     assert code == 2 and err.count("\n") == 1, err
     assert err.startswith("ff-jax sweep: missing dependency: --ray needs Ray") and "pip install 'ff_jax[ray]'" in err
+
+
+def test_fresh_and_seen_targets_are_columns_and_summary_rows():
+    """metrics_test.json's freshness (the model's and a baseline's) becomes fresh / seen cohorts, and
+    summary.md shows their recall@10 beside the members' cohorts."""
+    from ff_jax.sweep.summary import flatten_metrics, headline_columns
+
+    def report(recall):
+        return {"metrics": {"all": {"users": 4.0, "recall@10": recall}},
+                "freshness": {"fresh": {"targets": 3.0, "users": 2.0, "recall@10": recall / 2},
+                              "seen": {"targets": 9.0, "users": 4.0, "recall@10": recall}}}
+
+    flat = flatten_metrics({"width": 64, "by_dim": {"64": report(0.4)}, "baselines": {"als": report(0.2)}})
+    assert flat["test/recall@10/fresh/d64"] == 0.2 and flat["test/targets/fresh/d64"] == 3.0
+    assert flat["test/recall@10/seen/d64"] == 0.4 and flat["baseline/als/recall@10/fresh"] == 0.1
+    assert "test/users/fresh/d64" not in flat
+    table = pd.DataFrame([{"width": 64, **flat}])
+    rows = headline_columns(table)
+    assert {"test/recall@10/fresh/d64", "test/recall@10/seen/d64", "baseline/als/recall@10/fresh"} <= set(rows)
+    assert "test/targets/fresh/d64" not in rows

@@ -18,17 +18,19 @@ from ff_jax.sweep.sweep_file import Sweep, gin_text
 
 def flatten_metrics(report: dict) -> dict[str, float]:
     """An eval report (metrics_test.json) as flat columns: test/<metric>/<cohort>/d<width>,
-    test/popularity_<kind>, test/ann_recall@K, baseline/<name>/<metric>/<cohort>."""
+    test/popularity_<kind>, test/ann_recall@K, baseline/<name>/<metric>/<cohort>. Fresh and seen
+    targets (their item had no engagement in training, or had) are cohorts `fresh` / `seen`, with
+    their `targets` count."""
     out = {}
     for dim, by_dim in report["by_dim"].items():
-        for cohort, values in by_dim["metrics"].items():
+        for cohort, values in {**by_dim["metrics"], **by_dim.get("freshness", {})}.items():
             out.update({f"test/{m}/{cohort}/d{dim}": float(v) for m, v in values.items() if m != "users"})
     for kind in ("spearman", "pearson_log"):
         if kind in report.get("popularity_similarity", {}):
             out[f"test/popularity_{kind}"] = float(report["popularity_similarity"][kind])
     out.update({f"test/{k}": float(v) for k, v in report.get("ann", {}).items() if k.startswith("ann_recall")})
     for name, baseline in report.get("baselines", {}).items():
-        for cohort, values in baseline["metrics"].items():
+        for cohort, values in {**baseline["metrics"], **baseline.get("freshness", {})}.items():
             out.update({f"baseline/{name}/{m}/{cohort}": float(v) for m, v in values.items() if m != "users"})
     return out
 
@@ -84,9 +86,10 @@ def format_mean_std(values: Sequence[float]) -> str:
 
 def headline_columns(table: pd.DataFrame) -> list[str]:
     """The rows of summary.md, in this order: test recall/NDCG at the full width (all members),
-    recall@10 by cohort, recall@10 at every other width (Matryoshka slices), the popularity
-    correlation, the baselines' recall@10, validation recall@10 per width (slices, PCA), the final
-    training loss and the training time."""
+    recall@10 by cohort (new / established members, fresh / seen targets), recall@10 at every other
+    width (Matryoshka slices), the popularity correlation, the baselines' recall@10 (all targets and
+    fresh ones), validation recall@10 per width (slices, PCA), the final training loss and the
+    training time."""
     full = {f"d{w}" for w in table["width"].dropna().astype(int)} if "width" in table else set()
     groups: list[list[str]] = [[] for _ in range(7)]
     for column in table.columns:
@@ -101,7 +104,7 @@ def headline_columns(table: pd.DataFrame) -> list[str]:
                 groups[2].append(column)
         elif column.startswith("test/popularity_"):
             groups[3].append(column)
-        elif column.startswith("baseline/") and column.endswith("/recall@10/all"):
+        elif column.startswith("baseline/") and column.endswith(("/recall@10/all", "/recall@10/fresh")):
             groups[4].append(column)
         elif column.startswith("validation/recall@10"):
             groups[5].append(column)
