@@ -5,8 +5,9 @@ For every member of `split` with a held-out target: the dual encoder's embedding
 `ff-jax embed` under `<retriever>/embeddings/`) rank the corpus by cosine as `ff-jax eval` does,
 the member's engaged history excluded (the evaluation protocol of ff_jax.retrieval.evaluate).
 The ranker then scores those top_k candidates against the member's context, prefilled once per
-member (the cache path), and sorts them. Both lists go through the same `metrics_of_ranking`, so the report
-puts NDCG@10, R@10 and MRR after reranking next to retrieval alone, overall and per cohort.
+member (the cache path), and sorts them. Both lists go through the same `figures_of_ranking`, so the report
+puts NDCG@10, R@10 and MRR after reranking next to retrieval alone, overall, per member cohort, and
+on fresh and seen targets (an item with no engagement in training, or with some).
 
 Score fusion: the reranked order sorts `ranker score + retrieval_weight x retrieval cosine`.
 The default, "trained", is the weight the ranker was trained with (`RankerData.retrieval_prior`;
@@ -33,7 +34,7 @@ from ff_jax.rank.checkpoints import DUAL_ENCODER, RANKER, check_kind, restore_we
 from ff_jax.rank.cross_encoder import score_candidates
 from ff_jax.rank.train import build_ranker, model_arguments, train_ranker
 from ff_jax.retrieval.eval_data import read_records
-from ff_jax.retrieval.evaluate import embedded_split, metrics_of_ranking, print_table, rank
+from ff_jax.retrieval.evaluate import embedded_split, figures_of_ranking, metrics_of_ranking, print_table, rank
 from ff_jax.retrieval.paired import compare_rankings
 
 COLUMNS = ("ndcg@10", "recall@10", "mrr")
@@ -142,14 +143,18 @@ def rerank_run(workdir: str, retriever: Optional[str] = None, top_k: int = 100, 
     k = run.retrieved.shape[1]
     reranked = run.order(retrieval_weight)
     cut = sorted({c for c in ks if c <= k} | {k})
+
+    def figures(ranked: np.ndarray) -> dict:  # by member cohort, and by fresh / seen targets
+        metrics, freshness = figures_of_ranking(ranked, run.members, training, cut)
+        return {"metrics": metrics, "freshness": freshness}
+
     report = {"split": split, "members": len(run.members), "top_k": k, "ks": cut, "rerank_seconds": run.seconds,
               "retriever": str(retriever), "retrieval_weight": retrieval_weight, **fusion,
-              "retrieval": {"metrics": metrics_of_ranking(run.retrieved, run.members, training, cut)},
-              "reranked": {"metrics": metrics_of_ranking(reranked, run.members, training, cut)},
+              "retrieval": figures(run.retrieved), "reranked": figures(reranked),
               "ndcg@10_gain": ndcg_gain(run.retrieved, reranked, run.members, training)}
     rows = {"retrieval": report["retrieval"]}
     if retrieval_weight:
-        report["ranker_alone"] = {"metrics": metrics_of_ranking(run.order(0.0), run.members, training, cut)}
+        report["ranker_alone"] = figures(run.order(0.0))
         rows["ranker alone"] = report["ranker_alone"]
     rows[f"reranked top-{k}" + (f", + {retrieval_weight:g} x cosine" if retrieval_weight else "")] = report["reranked"]
     out = workdir / output

@@ -48,6 +48,12 @@ def test_eval_of_a_ranker_workdir_reranks_the_retrievers_top_k(runs):
         for metric in ("ndcg@10", "recall@10", "mrr"):
             assert 0.0 <= after[cohort][metric] <= 1.0
     assert any(after[c]["mrr"] != before[c]["mrr"] for c in before)
+    # Fresh and seen targets (issue 27): the same targets before and after, and the same found at K.
+    fresh_before, fresh_after = report["retrieval"]["freshness"], report["reranked"]["freshness"]
+    assert set(fresh_after) == {"fresh", "seen"} and fresh_after["seen"]["targets"] > 0
+    for kind in fresh_after:
+        assert fresh_after[kind]["targets"] == fresh_before[kind]["targets"]
+        np.testing.assert_allclose(fresh_after[kind][f"recall@{TOP_K}"], fresh_before[kind][f"recall@{TOP_K}"])
 
     # The fusion weight chosen on the validation split: the grid's best validation NDCG@10.
     assert cli.main(["embed", f"--workdir={retriever}", "--gin.EmbedConfig.split=validation",
@@ -58,9 +64,10 @@ def test_eval_of_a_ranker_workdir_reranks_the_retrievers_top_k(runs):
     curve = {float(w): v for w, v in fused["validation_ndcg@10"].items()}
     assert fused["validation_members"] > 0 and fused["retrieval_weight"] in curve
     assert curve[fused["retrieval_weight"]] == max(curve.values())
-    assert fused["retrieval"] == report["retrieval"]  # the same test members and retrieved lists
+    same = lambda a, b: json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)  # noqa: E731  (NaN-safe)
+    assert same(fused["retrieval"], report["retrieval"])  # the same test members and retrieved lists
     if fused["retrieval_weight"]:
-        assert fused["ranker_alone"] == report["reranked"]
+        assert same(fused["ranker_alone"], report["reranked"])
 
 
 def test_member_negatives_come_from_each_records_own_retrieved_list(runs, capsys):
