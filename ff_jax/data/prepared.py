@@ -121,7 +121,6 @@ class _FeedBuilder:
 
     name = ""
     BUILDER_CONFIGS: list[FeedConfig] = []
-    CORPUS = False
 
     def __init__(self, config: str | FeedConfig, data_dir: str | Path):
         if isinstance(config, str):
@@ -216,7 +215,6 @@ class FeedWorldCorpus(_FeedWorldTables, _FeedBuilder):
 
     name = "feed_world_corpus"
     BUILDER_CONFIGS = _feed_world_configs()
-    CORPUS = True
 
 
 class MovielensFeed(_MovieLensTables, _FeedBuilder):
@@ -231,7 +229,6 @@ class MovielensFeedCorpus(_MovieLensTables, _FeedBuilder):
 
     name = "movielens_feed_corpus"
     BUILDER_CONFIGS = [FeedConfig(name="100k", template=MOVIELENS_TEMPLATE, description="MovieLens-100k")]
-    CORPUS = True
 
 
 BUILDERS = {cls.name: cls for cls in (FeedWorld, FeedWorldCorpus, MovielensFeed, MovielensFeedCorpus)}

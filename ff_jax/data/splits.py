@@ -42,6 +42,11 @@ class HistoryView(Sequence):
     def __len__(self) -> int:
         return self._stop - self._start
 
+    @property
+    def start(self) -> int:
+        """Where the window starts in the member's timeline (0 unless temporal_split's max_history cut it)."""
+        return self._start
+
     def __getitem__(self, index):
         value = self._values[self._start:self._stop][index]
         if isinstance(index, slice):

@@ -252,7 +252,7 @@ def _write_all(data: StoreInput, out: Path, progress: bool, engine: PrepareConfi
 
 def _check_history(row) -> None:
     """Records name a history by its end in the member's timeline: it must start there."""
-    start = getattr(row.history, "_start", 0)
+    start = getattr(row.history, "start", 0)  # EvalMember histories are lists from 0
     if start:
         raise ValueError("temporal_split(max_history=...) histories cannot be stored; prompts truncate to "
                          "PromptTemplate.max_history_items and the token budget instead")

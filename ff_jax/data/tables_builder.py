@@ -125,7 +125,6 @@ class TablesCorpus(_TableFiles, tb._FeedBuilder):
     """Every item of your own tables with its prompt (split `corpus`)."""
 
     name = "tables_corpus"
-    CORPUS = True
 
 
 tb.BUILDERS.update({cls.name: cls for cls in (Tables, TablesCorpus)})

@@ -48,7 +48,6 @@ class TinyFeed(tb._FeedBuilder):
 
 class TinyFeedCorpus(TinyFeed):
     name = "tiny_feed_corpus"
-    CORPUS = True
 
 
 def build(cls, data_dir):

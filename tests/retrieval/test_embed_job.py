@@ -194,7 +194,6 @@ class EmbedFeed(tb._FeedBuilder):
 
 class EmbedFeedCorpus(EmbedFeed):
     name = "embed_feed_corpus"
-    CORPUS = True
 
 
 @pytest.fixture(scope="module")

@@ -53,7 +53,6 @@ class ServeFeed(tb._FeedBuilder):
 
 class ServeFeedCorpus(ServeFeed):
     name = "serve_feed_corpus"
-    CORPUS = True
 
 
 def noisy_checkpoint(workdir, data):
