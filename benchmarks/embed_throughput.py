@@ -47,11 +47,11 @@ import torch
 import transformers
 from tqdm.auto import tqdm
 
-from ff_jax import gin_cli
 from ff_jax.data.pipeline import embedding_batches
 from ff_jax.model import save_pretrained
 from ff_jax.model.sharding import batch_shards, logical_axis_rules
 from ff_jax.retrieval import embed_job
+from ff_jax.train.run import Run
 import timing
 from machine import describe
 
@@ -156,13 +156,13 @@ def main() -> None:
     bindings = [f"DATA_DIR={args.data_dir}", "DATASET=movielens_feed", "DATASET_CONFIG=100k", *args.gin]
     results: dict = {"machine": info, "args": vars(args), "gin_files": GIN_FILES, "gin_bindings": bindings}
 
-    with gin_cli.configured(GIN_FILES, bindings), tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp:
         # ----- ff_jax: what `ff-jax embed --gin.EmbedConfig.zero_shot=True` builds.
         start = time.perf_counter()
-        train_args = embed_job.train_arguments()
-        data, rules = train_args["data"], logical_axis_rules()
-        mesh = train_args["mesh_factory"]()
-        model, tokenizer, _ = embed_job.load_model(Path(tmp), train_args, True, None, mesh, rules)
+        run = Run.open(tmp, GIN_FILES, bindings)  # a workdir without config.gin: the gin files describe the model
+        data, rules = run.spec.data, logical_axis_rules()
+        mesh = run.spec.mesh_factory()
+        model, tokenizer, _ = embed_job.load_model(run, True, None, mesh, rules)
         results["load_s"] = round(time.perf_counter() - start, 1)
         num_shards = batch_shards(mesh, rules)
         # case -> tower -> BatchConfig. "ff_jax" is what `ff-jax embed` uses (the run's BatchConfig

@@ -22,7 +22,7 @@ from ff_jax.data.pipeline import BatchConfig
 from ff_jax.model import make_mesh, presets
 from ff_jax.model.sharding import logical_axis_rules
 from ff_jax.train import step as steps
-from ff_jax.train.data_source import FeedData
+from ff_jax.data.feed_data import FeedData
 from ff_jax.train.dual_encoder import EncoderConfig
 from ff_jax.train.loop import build_model
 from ff_jax.train.losses import InfoNCE

@@ -65,7 +65,7 @@ def load(dataset: str, size: str):
 def backbone_feed(dataset: str, size: str, data_dir: str, member_budget: int):
     """The dataset's prompts as training uses them, batched for the SmolLM2 tokenizer."""
     from ff_jax.data.pipeline import BatchConfig
-    from ff_jax.train.data_source import FeedData
+    from ff_jax.data.feed_data import FeedData
 
     # Items are short (MovieLens ~30 tokens): pack 16 per row; members take one row each.
     batch = BatchConfig(examples_per_shard=16, length=member_budget, member_budget=member_budget,

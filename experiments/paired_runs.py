@@ -19,18 +19,17 @@ import argparse
 import json
 from pathlib import Path
 
-from ff_jax import gin_cli
-from ff_jax.retrieval.embed_job import train_arguments
 from ff_jax.retrieval.evaluate import embedded_split, rank
 from ff_jax.retrieval.paired import compare_rankings
+from ff_jax.train.run import Run
 
 METRICS = ("recall@10", "recall@100", "ndcg@10")
 
 
 def ranked_members(workdir: Path, split: str, k: int):
     """(TrainingData, evaluated members, their rankings) of a run, from its config.gin and embeddings."""
-    with gin_cli.configured([str(workdir / "config.gin")]):
-        loaded = embedded_split(train_arguments()["data"], workdir / "embeddings", split)
+    run = Run.open(workdir)
+    loaded = embedded_split(run.spec.feed, run.layout.embeddings(), split)
     ranked = rank(loaded.recommender(), loaded.evaluated, loaded.training, k, "engaged", progress=False)
     return loaded.training, loaded.evaluated, ranked
 

@@ -8,8 +8,10 @@
 
 One absl flag parser for every subcommand: `--gin.NAME=VALUE` is rewritten to
 `--gin_bindings=NAME=VALUE` (as t5x does) and ff_jax.gin_cli parses the bindings with gin
-itself. A subcommand is a thin function over a gin-configured entry (train.loop.train,
-retrieval.embed_job.embed, retrieval.evaluate.evaluate_run, demo.run).
+itself. A subcommand is a thin function: training commands hand their gin files to
+ff_jax.train.run.train_from_config; the others open the run in --workdir (ff_jax.train.run.Run.open,
+its config.gin parsed in a scope of its own) and pass it to their entry (retrieval.embed_job.embed,
+retrieval.evaluate.evaluate_run, rank.evaluate.rerank_run, serving.export.export_bundle).
 
 Library code raises ordinary exceptions. Here, and only here, an error in what the user gave
 (flags, gin, files, data: flag errors, GinError, ValueError, OSError) becomes one line on stderr,
@@ -18,17 +20,16 @@ its traceback, as does every error under `--verbosity=1`.
 """
 
 import dataclasses
-import importlib
 import re
 import sys
 import textwrap
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-import gin
 from absl import flags
 
 from ff_jax import gin_cli, verbosity
+from ff_jax.train.layout import Layout
 
 
 class CommandLineError(ValueError):
@@ -41,12 +42,6 @@ class NoSuchWorkdir(CommandLineError):
     label = "no such workdir"
 
 
-def _module(name: str):
-    """A subcommand's module, imported only when it runs: they import jax and TFDS (seconds), which
-    `ff-jax --help` and `ff-jax SUBCOMMAND --help` should not wait for."""
-    return importlib.import_module(name)
-
-
 def _existing_run(args, what: str) -> None:
     """Refuses a --workdir that does not exist when nothing else (--gin_file) describes the run: it
     would otherwise be reported as a missing gin binding."""
@@ -56,20 +51,34 @@ def _existing_run(args, what: str) -> None:
 
 def _files_with_workdir_config(args) -> list[str]:
     """The workdir's config.gin (a training run's, when there is one), then --gin_file."""
-    run_config = Path(args.workdir) / "config.gin"
+    run_config = Layout(args.workdir).config_gin
     return ([str(run_config)] if run_config.exists() else []) + list(args.gin_file or [])
 
+
+def _open_run(args, expect: Optional[str] = None):
+    """The run in --workdir, with --gin_file and --gin.NAME=VALUE on top of its config.gin."""
+    from ff_jax.train.run import Run
+
+    return Run.open(args.workdir, args.gin_file or [], args.gin_bindings, expect=expect)
+
+
+# Each subcommand imports its modules when it runs: they import jax (seconds), which `ff-jax --help`
+# and `ff-jax SUBCOMMAND --help` should not wait for.
 
 def _train(args) -> None:
     if not args.gin_file:
         raise CommandLineError("give at least one --gin_file (e.g. --gin_file=experiments/tiny_smoke.gin)")
-    _module("ff_jax.train.host_memory").prefer_memory_schedule()  # before JAX's backend starts
+    from ff_jax.train import host_memory
+
+    host_memory.prefer_memory_schedule()  # before JAX's backend starts
     if args.distributed:  # one process per host: coordinator and ids from the environment
-        _module("jax").distributed.initialize()
-    loop = _module("ff_jax.train.loop")  # importing registers the configurables the files bind
-    with gin_cli.configured(args.gin_file, args.gin_bindings):
-        # config.gin is written by train once every check has passed: a refused run changes nothing.
-        result = loop.train(workdir=args.workdir, config_text=gin.config_str())
+        import jax
+
+        jax.distributed.initialize()
+    from ff_jax.train import loop  # noqa: F401  (registers the entry point and the configurables the files bind)
+    from ff_jax.train.run import DUAL_ENCODER, train_from_config
+
+    result = train_from_config(args.workdir, DUAL_ENCODER, args.gin_file, args.gin_bindings)
     for split, values in result.items():
         if values:
             print(f"{split}: " + ", ".join(f"{k} {v:.4g}" for k, v in values.items() if isinstance(v, float)))
@@ -80,10 +89,11 @@ def _prepare(args) -> None:
     --gin.PrepareConfig.engine=ray and ray_address; docs/data_pipeline.md)."""
     if not args.gin_file:
         raise CommandLineError("give the run file whose data to prepare (e.g. --gin_file=experiments/movielens_cpu.gin)")
-    _module("ff_jax.train.loop")  # importing registers the configurables the files bind
-    data_source = _module("ff_jax.train.data_source")
+    from ff_jax.train import loop  # noqa: F401  (registers the configurables the files bind)
+    from ff_jax.data.feed_data import FeedData
+
     with gin_cli.configured(args.gin_file, args.gin_bindings):
-        data = data_source.FeedData()
+        data = FeedData()
         sources, _, metadata = data.open_dataset(data.dataset)
     counts = ", ".join(f"{len(source):,} {split}" for split, source in sources.items())
     print(f"prepared {data.dataset}/{data.config_name} in {data.data_dir}: {counts} records, "
@@ -92,79 +102,93 @@ def _prepare(args) -> None:
 
 def _embed(args) -> None:
     _existing_run(args, "give a training run's workdir, or --gin_file=... for a run to embed with")
-    checkpoints = _module("ff_jax.rank.checkpoints")
-    if checkpoints.run_kind(Path(args.workdir)) == checkpoints.RANKER:  # a ranker has no towers to embed with
-        checkpoints.check_kind(Path(args.workdir), checkpoints.DUAL_ENCODER)
-    embed_job = _module("ff_jax.retrieval.embed_job")
-    with gin_cli.configured(_files_with_workdir_config(args), args.gin_bindings):
-        folders = embed_job.embed(workdir=args.workdir)
+    from ff_jax.retrieval import embed_job
+    from ff_jax.train.run import DUAL_ENCODER
+
+    run = _open_run(args, expect=DUAL_ENCODER)  # a ranker has no towers to embed with
+    with gin_cli.configured(_files_with_workdir_config(args), args.gin_bindings):  # EmbedConfig's bindings
+        folders = embed_job.embed(run)
     for tower, folder in folders.items():
         print(f"{tower} embeddings: {folder}")
 
 
 def _eval(args) -> None:
     _existing_run(args, "give the workdir `ff-jax embed` wrote to")
-    evaluate = _module("ff_jax.retrieval.evaluate")  # prints its own table
-    with gin_cli.configured(_files_with_workdir_config(args), args.gin_bindings):
-        evaluate.evaluate_run(workdir=args.workdir)
+    from ff_jax.retrieval import evaluate  # prints its own table
+
+    run = _open_run(args)
+    with gin_cli.configured(_files_with_workdir_config(args), args.gin_bindings):  # evaluate_run's bindings
+        evaluate.evaluate_run(run)
 
 
 def _rank_train(args) -> None:
     if not args.gin_file:
         raise CommandLineError("give at least one --gin_file (e.g. --gin_file=ranker/tiny_smoke.gin)")
-    _module("ff_jax.rank.evaluate")  # importing registers the configurables the files bind
-    rank_train = _module("ff_jax.rank.train")
-    with gin_cli.configured(args.gin_file, args.gin_bindings):
-        result = rank_train.train_ranker(workdir=args.workdir, config_text=gin.config_str())
+    from ff_jax.rank import evaluate  # noqa: F401  (registers the configurables the files bind)
+    from ff_jax.rank import train  # noqa: F401  (registers the entry point)
+    from ff_jax.train.run import RANKER, train_from_config
+
+    result = train_from_config(args.workdir, RANKER, args.gin_file, args.gin_bindings)
     print("train: " + ", ".join(f"{k} {v:.4g}" for k, v in result["train"].items() if isinstance(v, float)))
 
 
 def _eval_or_rerank(args) -> None:
     """A ranker run's workdir reranks its retriever's top-K; any other is the dual encoder's eval."""
-    checkpoints = _module("ff_jax.rank.checkpoints")
-    if checkpoints.run_kind(Path(args.workdir)) != checkpoints.RANKER:
+    from ff_jax.train.run import RANKER, run_kind
+
+    if run_kind(args.workdir) != RANKER:
         return _eval(args)
-    rerank = _module("ff_jax.rank.evaluate")
-    with gin_cli.configured(_files_with_workdir_config(args), args.gin_bindings):
-        rerank.rerank_run(workdir=args.workdir)
+    from ff_jax.rank import evaluate as rerank
+
+    run = _open_run(args, expect=RANKER)
+    with gin_cli.configured(_files_with_workdir_config(args), args.gin_bindings):  # rerank_run's bindings
+        rerank.rerank_run(run)
 
 
 def _export(args) -> None:
     if not args.out:
         raise CommandLineError("--out=DIR is required (where the bundle goes; it must not exist yet)")
     _existing_run(args, "give a training run's workdir")
-    export = _module("ff_jax.serving.export")
+    from ff_jax.serving import export
+    from ff_jax.serving.ranker import export_ranker
+    from ff_jax.train.run import DUAL_ENCODER, RANKER, Run
+
     ranker = None
-    if args.ranker:  # exported first, under the ranker run's own config.gin
-        _module("ff_jax.rank.checkpoints").check_kind(Path(args.ranker), "ranker")
-        with gin_cli.configured([str(Path(args.ranker) / "config.gin")]):
-            ranker = _module("ff_jax.serving.ranker").export_ranker(args.ranker, export.PLATFORMS,
-                                                                    args.ranker_retrieval_weight)
-            print(f"ranker: served order = ranker score + {ranker.document['retrieval_weight']:g} x retrieval score")
-    with gin_cli.configured(_files_with_workdir_config(args), args.gin_bindings):
-        print(f"bundle: {export.export_bundle(args.workdir, args.out, ranker=ranker)}")
+    if args.ranker:  # the ranker run, opened under its own config.gin
+        ranker = export_ranker(Run.open(args.ranker, expect=RANKER), export.PLATFORMS, args.ranker_retrieval_weight)
+        print(f"ranker: served order = ranker score + {ranker.document['retrieval_weight']:g} x retrieval score")
+    run = _open_run(args, expect=DUAL_ENCODER)
+    with gin_cli.configured(_files_with_workdir_config(args), args.gin_bindings):  # the index's bindings
+        print(f"bundle: {export.export_bundle(run, args.out, ranker=ranker)}")
 
 
 def _serve(args) -> None:
     if not args.bundle:
         raise CommandLineError("--bundle=DIR is required (a folder written by `ff-jax export`)")
-    server = _module("ff_jax.serving.server")
+    from ff_jax.serving import server
+
     with gin_cli.configured(args.gin_file or [], args.gin_bindings):
         config = server.ServerConfig()  # limits and batching; the server then runs without gin
     # Beside the bundle (never inside it: an unlisted file there is refused), not under the current directory.
     state_dir = args.workdir or str(Path(args.bundle).absolute().with_name(Path(args.bundle).name + ".state"))
     if args.replicas:
-        _module("ff_jax.serving.ray_serve").run(args.bundle, state_dir, args.host, args.port, config, args.replicas)
+        from ff_jax.serving import ray_serve
+
+        ray_serve.run(args.bundle, state_dir, args.host, args.port, config, args.replicas)
     else:
         server.serve(args.bundle, state_dir, args.host, args.port, config)
 
 
 def _demo(args) -> None:
-    _module("ff_jax.demo").run(Path(args.workdir), args.steps, args.gin_bindings)
+    from ff_jax import demo
+
+    demo.run(Path(args.workdir), args.steps, args.gin_bindings)
 
 
 def _sweep(args) -> None:
-    _module("ff_jax.sweep").main(args)
+    from ff_jax import sweep
+
+    sweep.main(args)
 
 
 def _sweep_flags(fv: flags.FlagValues) -> None:

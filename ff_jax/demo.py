@@ -2,7 +2,7 @@
 
 backbone → feed data → dual encoder → embed + kNN → ranker → rerank → export bundle → server on
 loopback → one real /v1/recommend request → a member's history and recommendations → server stopped.
-Each stage is a function; the two training runs are gin files like any other (EXPERIMENT, RANKER),
+Each stage is a function; the two training runs are gin files like any other (EXPERIMENT, RANKER_CONFIG),
 and the server is the real `ff-jax serve` process, talked to over HTTP.
 """
 
@@ -19,7 +19,6 @@ import urllib.request
 from pathlib import Path
 from typing import Sequence
 
-import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -28,20 +27,20 @@ from flax import nnx
 
 from ff_jax import assets
 from ff_jax.data import compact_feed_world
-from ff_jax.gin_cli import configured
 from ff_jax.model import from_pretrained
 from ff_jax.model.generate import greedy_generate
 from ff_jax.rank.evaluate import rerank_run
-from ff_jax.rank.train import train_ranker
-from ff_jax.retrieval.embed_job import EmbedConfig, embed_towers, train_arguments
+from ff_jax.rank import train as _rank_train  # noqa: F401  (registers the ranker's entry point)
+from ff_jax.retrieval.embed_job import EmbedConfig, embed_towers
 from ff_jax.retrieval.eval_data import feed_eval_data
 from ff_jax.retrieval.evaluate import evaluate_run
 from ff_jax.serving.export import PLATFORMS, export_bundle
 from ff_jax.serving.ranker import export_ranker
-from ff_jax.train.loop import train
+from ff_jax.train import loop as _loop  # noqa: F401  (registers the dual encoder's entry point)
+from ff_jax.train.run import DUAL_ENCODER, RANKER, Run, train_from_config
 
 EXPERIMENT = "experiments/compact_feed_world.gin"  # the dual encoder of stages 3 and 4
-RANKER = "ranker/compact_feed_world.gin"  # the cross-encoder of stage 5
+RANKER_CONFIG = "ranker/compact_feed_world.gin"  # the cross-encoder of stage 5
 
 PROMPTS = (
     "Senior data engineer building streaming pipelines with Kafka and Spark.",
@@ -98,10 +97,10 @@ def feed_data_stage(workdir: Path) -> tuple[Path, str]:
     return data_dir, tokenizer
 
 
-def dual_encoder_stage(run_dir: Path, steps: int) -> dict:
+def dual_encoder_stage(run_dir: Path, steps: int, bindings: Sequence[str]) -> dict:
     """grain packed batches -> InfoNCE dual encoder -> held-out recall@K, as the gin config says."""
     _banner(f"3. Dual encoder: tiny LLaMA from scratch, InfoNCE + hard negatives, {steps} steps")
-    validation = train(str(run_dir), progress=True)["validation"]
+    validation = train_from_config(run_dir, DUAL_ENCODER, [EXPERIMENT], bindings)["validation"]
     print(f"held-out validation members ranked against the corpus ({run_dir}):")
     trained, chance = validation["recall@10"], validation["random_recall@10"]
     print(f"  recall@10: {trained:.3f}   random: {chance:.4f}   ({trained / max(chance, 1e-9):.0f}x)")
@@ -110,12 +109,13 @@ def dual_encoder_stage(run_dir: Path, steps: int) -> dict:
     return validation
 
 
-def retrieval_stage(run_dir: Path) -> dict:
+def retrieval_stage(dual: Run) -> dict:
     """`ff-jax embed` + `ff-jax eval` in-process: the checkpoint embeds the corpus and the test
     members, exact and ScaNN search rank the corpus, and the same members are ranked by baselines."""
     _banner("4. Retrieval: embed corpus + test members, exact and ScaNN kNN, against baselines")
-    embed_towers(run_dir, train_arguments(), EmbedConfig(dims=(32,)), progress=True)
-    report = evaluate_run(str(run_dir), ks=(10, 50, 100), baselines=("popularity", "random"), progress=False)
+    run_dir = dual.workdir
+    embed_towers(dual, EmbedConfig(dims=(32,)), progress=True)
+    report = evaluate_run(dual, ks=(10, 50, 100), baselines=("popularity", "random"), progress=False)
     full = report["by_dim"][str(report["width"])]["metrics"]["all"]["recall@10"]
     popular = report["baselines"]["popularity"]["metrics"]["all"]["recall@10"]
     print(f"test recall@10: dual encoder {full:.3f}, popularity {popular:.3f} "
@@ -123,29 +123,27 @@ def retrieval_stage(run_dir: Path) -> dict:
     return report
 
 
-def ranker_stage(workdir: Path, data_dir: Path, tokenizer: str, run_dir: Path, steps: int) -> dict:
+def ranker_stage(workdir: Path, data_dir: Path, tokenizer: str, run_dir: Path, steps: int) -> Run:
     """`ff-jax rank-train` + `ff-jax eval` of a ranker run in-process: a tiny cross-encoder learns to
     order each member's candidates (the engaged item, impressed ones, the retriever's near misses),
     then reranks the dual encoder's top 100 for every test member."""
     _banner(f"5. Ranker: tiny cross-encoder, listwise softmax, {steps} steps; reranks the top 100")
     rank_dir = workdir / "ranker"
-    with configured([RANKER], [f"DATA_DIR={str(data_dir)!r}", f"TOKENIZER={tokenizer!r}",
-                               f"RETRIEVER={str(run_dir)!r}", f"STEPS={steps}"]):
-        train_ranker(str(rank_dir), config_text=gin.config_str())
-        report = rerank_run(str(rank_dir), progress=False)
+    train_from_config(rank_dir, RANKER, [RANKER_CONFIG], [f"DATA_DIR={str(data_dir)!r}", f"TOKENIZER={tokenizer!r}",
+                                                         f"RETRIEVER={str(run_dir)!r}", f"STEPS={steps}"])
+    ranker = Run.open(rank_dir)
+    report = rerank_run(ranker, progress=False)
     before, after = (report[k]["metrics"]["all"]["ndcg@10"] for k in ("retrieval", "reranked"))
     print(f"test NDCG@10: retrieval alone {before:.3f}, reranked {after:.3f} ({report['members']} members)")
-    return report
+    return ranker
 
 
-def export_stage(run_dir: Path, rank_dir: Path, bundle_dir: Path) -> Path:
+def export_stage(dual: Run, ranker_run: Run, bundle_dir: Path) -> Path:
     """`ff-jax export --workdir=RUN --ranker=RANKER --out=BUNDLE`: towers and ranker steps as
     jax.export programs, weights, tokenizer, prompts, catalogue, index; every file checksummed."""
     _banner("6. Export: a verified serving bundle (towers + ranker, CPU and CUDA programs)")
-    with configured([str(rank_dir / "config.gin")]):
-        ranker = export_ranker(rank_dir, PLATFORMS)
-    with configured([str(run_dir / "config.gin")]):
-        bundle = export_bundle(run_dir, bundle_dir, ranker=ranker)
+    ranker = export_ranker(ranker_run, PLATFORMS)
+    bundle = export_bundle(dual, bundle_dir, ranker=ranker)
     files = sorted(p.relative_to(bundle) for p in bundle.rglob("*") if p.is_file())
     size = sum((bundle / f).stat().st_size for f in files) / 2**20
     print(f"{bundle}: {len(files)} files, {size:.1f} MiB, manifest.json holds their sha256")
@@ -218,22 +216,20 @@ def serving_stage(bundle: Path, state_dir: Path, member, ready_timeout: float = 
 def run(workdir: Path, steps: int = 100, bindings: Sequence[str] = (), ranker_steps: int = 150) -> dict:
     """The demo into `workdir` (emptied first: the demo shows the whole job). The dual encoder is
     EXPERIMENT with the prepared data, `steps` and `bindings` ("NAME=VALUE", as --gin.NAME=VALUE);
-    the ranker is RANKER for `ranker_steps`."""
+    the ranker is RANKER_CONFIG for `ranker_steps`."""
     workdir = Path(workdir)
     if workdir.exists():
         shutil.rmtree(workdir)
     backbone_stage()
     data_dir, tokenizer = feed_data_stage(workdir)
     run_dir = workdir / "run"
-    with configured([EXPERIMENT], [f"DATA_DIR={str(data_dir)!r}", f"TOKENIZER={tokenizer!r}", f"STEPS={steps}",
-                                   *bindings]):
-        run_dir.mkdir(parents=True)
-        (run_dir / "config.gin").write_text(gin.config_str())  # so `ff-jax embed --workdir=<run_dir>` works too
-        dual_encoder_stage(run_dir, steps)
-        report = retrieval_stage(run_dir)
-        _, members = feed_eval_data(train_arguments()["data"], "test")
-    ranker_stage(workdir, data_dir, tokenizer, run_dir, ranker_steps)
-    bundle = export_stage(run_dir, workdir / "ranker", workdir / "bundle")
+    dual_encoder_stage(run_dir, steps, [f"DATA_DIR={str(data_dir)!r}", f"TOKENIZER={tokenizer!r}", f"STEPS={steps}",
+                                        *bindings])
+    dual = Run.open(run_dir)  # what `ff-jax embed --workdir=<run_dir>` opens too
+    report = retrieval_stage(dual)
+    _, members = feed_eval_data(dual.spec.feed, "test")
+    ranker = ranker_stage(workdir, data_dir, tokenizer, run_dir, ranker_steps)
+    bundle = export_stage(dual, ranker, workdir / "bundle")
     member = max((m for m in members if m.targets), key=lambda m: len(m.engaged_history))
     serving_stage(bundle, workdir / "serve_state", member)
     return report

@@ -177,6 +177,26 @@ def _innermost_configurable(err: Exception) -> tuple[str, str]:
 
 
 @contextlib.contextmanager
+def isolated():
+    """gin's global config set aside for the body and put back after it: what the body parses
+    (a run's own config.gin, ff_jax.train.run.Run.open) neither sees nor changes the caller's."""
+    config = gin.config
+    saved = (dict(config._CONFIG), dict(config._SINGLETONS), set(config._IMPORTS),  # gin has no public save
+             dict(config._OPERATIVE_CONFIG), config._CONFIG_IS_LOCKED)
+    gin.clear_config()
+    try:
+        yield
+    finally:
+        gin.clear_config()
+        config._CONFIG.update(saved[0])
+        config._SINGLETONS.update(saved[1])
+        config._IMPORTS.update(saved[2])
+        config._OPERATIVE_CONFIG.clear()
+        config._OPERATIVE_CONFIG.update(saved[3])
+        config._set_config_is_locked(saved[4])
+
+
+@contextlib.contextmanager
 def configured(files: Sequence[str], bindings: Sequence[str] = ()):
     """Parses like `parse` for the body of a `with`, then clears gin, so a command run in a notebook
     or test leaves no bindings behind to change the defaults of the next thing constructed there.

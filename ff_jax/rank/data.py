@@ -1,4 +1,4 @@
-"""RankerBatches from the prepared feed datasets (the dual encoder's, ff_jax.train.data_source).
+"""RankerBatches from the prepared feed datasets (the dual encoder's, ff_jax.data.feed_data).
 
 Each training record becomes one row: the member's context (its member prompt within
 `context_budget`), then K = 1 + impressed + negatives candidates, each an item prompt plus the
@@ -33,14 +33,15 @@ import jax
 import numpy as np
 
 from ff_jax.data.batches import RankerBatch
+from ff_jax.data.feed_data import FeedData
 from ff_jax.data.pipeline import PromptTokenizer, as_text
 from ff_jax.files import MANIFEST
 from ff_jax.rank import layout
-from ff_jax.rank.checkpoints import DUAL_ENCODER, check_kind
 from ff_jax.rank.cross_encoder import RankerConfig
 from ff_jax.retrieval.embed_job import training_record_index
 from ff_jax.retrieval.embedding_store import read_tower
-from ff_jax.train.data_source import FeedData
+from ff_jax.train.layout import Layout
+from ff_jax.train.run import DUAL_ENCODER, check_kind
 
 
 NEGATIVE_SOURCES = ("item", "member")
@@ -155,7 +156,7 @@ class RankerData:
         if not self.retriever:
             return None, None
         check_kind(Path(self.retriever), DUAL_ENCODER)
-        stored_ids, vectors = read_tower(Path(self.retriever) / "embeddings" / "items")
+        stored_ids, vectors = read_tower(Layout(self.retriever).items())
         order = {item: i for i, item in enumerate(stored_ids.tolist())}
         missing = [i for i in item_ids if i not in order]
         if missing:
@@ -190,7 +191,7 @@ class RankerData:
 
     def _member_vectors(self, count: int) -> np.ndarray:
         """[records, E] the retriever's unit vector of each training record, in record order."""
-        folder = Path(self.retriever) / "embeddings" / "members_train"
+        folder = Layout(self.retriever).members("train")
         if not (folder / MANIFEST).exists():
             raise ValueError(f"{folder}: no training-record embeddings; RankerData.negatives_from='member' needs "
                              f"them: ff-jax embed --workdir={self.retriever} --gin.EmbedConfig.split=train "

@@ -30,30 +30,27 @@ from tqdm.auto import tqdm
 from ff_jax import files
 from ff_jax.data.pipeline import as_text
 from ff_jax.model.sharding import logical_axis_rules, make_mesh
-from ff_jax.rank.checkpoints import DUAL_ENCODER, RANKER, check_kind, restore_weights
+from ff_jax.rank.checkpoints import restore_weights
 from ff_jax.rank.cross_encoder import score_candidates
-from ff_jax.rank.train import build_ranker, model_arguments, train_ranker
+from ff_jax.rank.train import build_ranker
 from ff_jax.retrieval.eval_data import read_records
 from ff_jax.retrieval.evaluate import embedded_split, figures_of_ranking, metrics_of_ranking, print_table, rank
 from ff_jax.retrieval.paired import compare_rankings
+from ff_jax.train.layout import Layout
+from ff_jax.train.run import DUAL_ENCODER, RANKER, Run, check_kind
 
 COLUMNS = ("ndcg@10", "recall@10", "mrr")
 
 
-def load_ranker(workdir: Path, mesh=None, rules=None):
-    """(CrossEncoder with the newest checkpoint's weights, tokenizer, RankerData) of a ranker run
-    whose config.gin is parsed."""
-    check_kind(workdir, RANKER)
-    bound = gin.get_bindings(train_ranker)
-    data = bound.get("data")
-    if data is None:
-        raise ValueError(f"{workdir}: no ranker data bound (train_ranker.data); is config.gin a ranker run's?")
+def load_ranker(run: Run, mesh=None, rules=None):
+    """(CrossEncoder with the newest checkpoint's weights, tokenizer, RankerData) of a ranker run."""
+    check_kind(run.workdir, RANKER)
+    spec = run.spec
     rules = rules or logical_axis_rules()
     mesh = mesh or make_mesh(num_devices=1)
-    model_config, pretrained, overrides = model_arguments()
-    model, tokenizer = build_ranker(data, model_config, pretrained, dict(overrides or {}), None, mesh, rules,
-                                    bound.get("seed", 0))
-    return restore_weights(workdir, model, RANKER), tokenizer, data
+    model, tokenizer = build_ranker(spec.data, spec.model_config, spec.pretrained, spec.model_overrides, None, mesh,
+                                    rules, spec.seed)
+    return restore_weights(run.workdir, model, RANKER), tokenizer, spec.data
 
 
 WEIGHT_GRID = (0.0, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 1000.0)
@@ -80,7 +77,7 @@ class Reranking:
 def rerank_split(model, tokenizer, data, retriever: Path, split: str, k: int, max_members: int, progress: bool):
     """(TrainingData, Reranking) of `split`: the retriever's top k per member (as `ff-jax eval` ranks
     them), each scored by the ranker (context prefilled once per member)."""
-    loaded = embedded_split(data.feed, retriever / "embeddings", split)
+    loaded = embedded_split(data.feed, Layout(retriever).embeddings(), split)
     training, evaluated = loaded.training, loaded.evaluated[: max_members or None]
     k = min(k, training.num_items)
     retriever_model = loaded.recommender()
@@ -117,21 +114,23 @@ def choose_weight(model, tokenizer, data, retriever: Path, k: int, progress: boo
     return best, {"validation_members": len(validation.members), "validation_ndcg@10": curve}
 
 
-@gin.configurable(denylist=["workdir"])
-def rerank_run(workdir: str, retriever: Optional[str] = None, top_k: int = 100, split: str = "test",
+@gin.configurable(denylist=["run"])
+def rerank_run(run: Run, retriever: Optional[str] = None, top_k: int = 100, split: str = "test",
                ks: Sequence[int] = (10, 50, 100), max_members: int = 0, output: str = "eval",
                retrieval_weight: Union[float, str, None] = "trained", progress: bool = True) -> dict:
     """Reranks the retriever's top_k for each member of `split`; writes
     `<workdir>/<output>/rerank_<split>.json` and prints retrieval alone beside reranked.
     max_members: evaluate the first this many members with a target (0: all). retrieval_weight:
-    the fusion weight of the retriever's cosine (module doc); None: chosen on the validation split."""
-    workdir = Path(workdir)
+    the fusion weight of the retriever's cosine (module doc); None: chosen on the validation split.
+    retriever: the dual encoder's workdir (default: the one the ranker trained with, RankerData.retriever)."""
+    workdir = run.workdir
+    retriever = retriever or run.spec.data.retriever
     if not retriever:
         raise ValueError("rerank_run.retriever is unset: give the dual encoder's workdir (--gin.RETRIEVER=DIR) "
                          "where `ff-jax embed` wrote its embeddings")
     retriever = Path(retriever)
     check_kind(retriever, DUAL_ENCODER)
-    model, tokenizer, data = load_ranker(workdir)
+    model, tokenizer, data = load_ranker(run)
     fusion = {}
     if retrieval_weight == "trained":
         retrieval_weight = data.retrieval_prior

@@ -4,10 +4,10 @@
     ff-jax embed --gin_file=model/smollm2_135m.gin --gin_file=runs/train.gin --gin.DATA_DIR=data \
                  --gin.EmbedConfig.zero_shot=True --workdir=runs/zero_shot     # the untuned backbone
 
-The model, data and batch shapes are those of the training run: the `train` bindings of the gin
-files (the workdir's config.gin is read first when it exists, so `--workdir` alone is enough). The
-checkpoint's parameters are restored with ff_jax.train's Checkpointer; `zero_shot=True` skips the
-checkpoint and embeds with the model as training would start (a pretrained backbone, mean-pooled).
+The model, data and batch shapes are those of the training run (ff_jax.train.run.Run.open: its
+config.gin, then the gin files given, so `--workdir` alone is enough). The checkpoint's parameters
+are restored with ff_jax.train's Checkpointer; `zero_shot=True` skips the checkpoint and embeds
+with the model as training would start (a pretrained backbone, mean-pooled).
 
 Records are cut into shards of `shard_size`; each shard is tokenised and packed by
 ff_jax.data.pipeline.embedding_batches, embedded with a jitted step sharded over the training
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import inspect
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
@@ -33,10 +32,12 @@ from tqdm.auto import tqdm
 
 from ff_jax.data.batches import EmbeddingBatch
 from ff_jax.data.pipeline import as_text, embedding_batches
-from ff_jax.model.sharding import batch_shards, logical_axis_rules, use_rules
+from ff_jax.model.sharding import batch_shards, logical_axis_rules, make_mesh, use_rules
 from ff_jax.retrieval.embedding_store import STORAGE_DTYPES, ShardWriter
 from ff_jax.train import loop, step as steps
 from ff_jax.train.checkpointing import CheckpointConfig, Checkpointer
+from ff_jax.train.layout import CHECKPOINTS, EMBEDDINGS, ITEMS, members_folder
+from ff_jax.train.run import Run
 
 TOWERS = {"item": "item_id", "member": "user_id"}  # tower -> id field of its records
 
@@ -59,7 +60,7 @@ class EmbedConfig:
     dtype: str = "float32"
     shard_size: int = 4096
     max_records: int | None = None
-    output: str = "embeddings"
+    output: str = EMBEDDINGS
     zero_shot: bool = False
     checkpoint_step: int | None = None
     overwrite: bool = False
@@ -148,38 +149,27 @@ def embed_records(records: Sequence[dict], writer: ShardWriter,
 # ----------------------------------------------------------------------------- the model
 
 
-def train_arguments(**explicit) -> dict:
-    """`train`'s parameters: `explicit` ones, else as the parsed gin config binds them, else defaults."""
-    args = {n: p.default for n, p in inspect.signature(loop.train).parameters.items() if n != "workdir"}
-    args.update(gin.get_bindings(loop.train))
-    args.update(explicit)
-    if args["data"] is gin.REQUIRED:
-        raise ValueError("no training data is bound (train.data): pass the training run's gin files, or the "
-                         "--workdir of a training run (its config.gin is read)")
-    return args
-
-
-def load_model(workdir: Path, args: dict, zero_shot: bool, step: int | None, mesh, rules):
+def load_model(run: Run, zero_shot: bool, step: int | None, mesh, rules):
     """(DualEncoder with sharded params, tokenizer, fingerprint of where the weights came from)."""
-    model, tokenizer = loop.build_model(args["data"], args["encoder"], args["loss"], args["model_config"],
-                                        args["pretrained"], dict(args["model_overrides"] or {}), mesh, rules,
-                                        args["seed"])
+    spec = run.spec
+    model, tokenizer = loop.build_model(spec.data, spec.encoder, spec.loss, spec.model_config, spec.pretrained,
+                                        spec.model_overrides, mesh, rules, spec.seed)
     if zero_shot:
-        origin = {"source": "zero_shot", "pretrained": str(args["pretrained"]) if args["pretrained"] else None,
-                  "model_config": None if args["pretrained"] else repr(args["model_config"]), "seed": args["seed"]}
+        origin = {"source": "zero_shot", "pretrained": str(spec.pretrained) if spec.pretrained else None,
+                  "model_config": None if spec.pretrained else repr(spec.model_config), "seed": spec.seed}
         return model, tokenizer, origin
     graphdef, params, frozen = steps.split_model(model, model.backbone.config.lora_rank)
     del model
-    ckpt = Checkpointer(workdir / "checkpoints", CheckpointConfig(async_save=False))
+    ckpt = Checkpointer(run.layout.checkpoints, CheckpointConfig(async_save=False))
     try:
         if ckpt.latest_step() is None:
-            raise FileNotFoundError(f"{workdir / 'checkpoints'}: no checkpoint; train first, or set "
+            raise FileNotFoundError(f"{run.layout.checkpoints}: no checkpoint; train first, or set "
                                     "--gin.EmbedConfig.zero_shot=True to embed with the untrained model")
         step, weights = ckpt.restore_fields({"params": params, "frozen": frozen}, step=step)
     finally:
         ckpt.close()
     # Relative to the workdir (where the embeddings live too), so a copied or moved workdir resumes.
-    origin = {"source": "checkpoint", "checkpoints": "checkpoints", "step": int(step)}
+    origin = {"source": "checkpoint", "checkpoints": CHECKPOINTS, "step": int(step)}
     return nnx.merge(graphdef, weights["params"], weights["frozen"]), tokenizer, origin
 
 
@@ -200,23 +190,22 @@ def jit_encoder(model, mesh, rules, segments: int) -> Callable[[EmbeddingBatch],
     return encode
 
 
-def embed_towers(workdir: str | Path, args: dict, config: EmbedConfig, progress: bool = True) -> dict[str, Path]:
-    """Embeds `config.towers` of the dataset `args["data"]` with the model `args` describe (`train`'s
-    parameters, see `train_arguments`) into `<workdir>/<config.output>/`; returns tower -> folder."""
-    workdir = Path(workdir)
-    data, rules = args["data"], logical_axis_rules()
-    mesh = args["mesh_factory"]()
-    model, tokenizer, origin = load_model(workdir, args, config.zero_shot, config.checkpoint_step, mesh, rules)
+def embed_towers(run: Run, config: EmbedConfig, progress: bool = True) -> dict[str, Path]:
+    """Embeds `config.towers` of the run's dataset with its model into `<workdir>/<config.output>/`;
+    returns tower -> folder."""
+    data, rules = run.spec.data, logical_axis_rules()
+    mesh = (run.spec.mesh_factory or make_mesh)()
+    model, tokenizer, origin = load_model(run, config.zero_shot, config.checkpoint_step, mesh, rules)
     width = model.embedding_dim
     bad = [d for d in config.dims if not 0 < d <= width]
     if bad:
         raise ValueError(f"EmbedConfig.dims {bad} outside 1..{width} (the model's embedding width)")
     num_shards = batch_shards(mesh, rules)
-    out_root = workdir / config.output
+    out_root = run.layout.embeddings(config.output)
     out_root.mkdir(parents=True, exist_ok=True)
     written = {}
     for tower in config.towers:
-        name = "items" if tower == "item" else f"members_{config.split}"
+        name = ITEMS if tower == "item" else members_folder(config.split)
         sources, fmt, _ = data.open_dataset(f"{data.dataset}_corpus" if tower == "item" else data.dataset)
         records = sources["corpus" if tower == "item" else config.split]
         if tower == "member" and config.split == "train":
@@ -225,7 +214,7 @@ def embed_towers(workdir: str | Path, args: dict, config: EmbedConfig, progress:
         settings = {"records": count, "shard_size": config.shard_size, "width": width,
                     "dims": sorted({*config.dims, width}), "dtype": config.dtype, "tower": tower,
                     "dataset": f"{data.dataset}/{data.config_name}", "split": None if tower == "item" else config.split,
-                    "model": origin, "encoder": dataclasses.asdict(args["encoder"]),
+                    "model": origin, "encoder": dataclasses.asdict(run.spec.encoder),
                     "token_budgets": [data.batch.length, data.batch.member_tokens, data.batch.item_tokens],
                     "tokenizer": str(data.tokenizer)}
         writer = ShardWriter(out_root / name, settings, overwrite=config.overwrite,
@@ -240,14 +229,13 @@ def embed_towers(workdir: str | Path, args: dict, config: EmbedConfig, progress:
     return written
 
 
-@gin.configurable(denylist=["workdir"])
-def embed(workdir: str, config: EmbedConfig | None = None, progress: bool = True) -> dict[str, Path]:
-    """The gin entry of `ff-jax embed`: the model and data of the `train` bindings, `config` (None
-    builds EmbedConfig() here, so `--gin.EmbedConfig.x=...` bindings apply)."""
+@gin.configurable(denylist=["run"])
+def embed(run: Run, config: EmbedConfig | None = None, progress: bool = True) -> dict[str, Path]:
+    """The gin entry of `ff-jax embed`: the run's model and data, `config` (None builds
+    EmbedConfig() here, so `--gin.EmbedConfig.x=...` bindings apply)."""
     config = config or EmbedConfig()
-    args = train_arguments()
-    out_root = Path(workdir) / config.output
+    out_root = run.layout.embeddings(config.output)
     out_root.mkdir(parents=True, exist_ok=True)
     if jax.process_index() == 0:
         (out_root / "embed_config.gin").write_text(gin.config_str())
-    return embed_towers(workdir, args, config, progress)
+    return embed_towers(run, config, progress)

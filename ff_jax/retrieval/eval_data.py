@@ -67,7 +67,7 @@ def prepared_eval_data(sources: dict, corpus: Sequence[dict], split: str = "test
 
 
 def feed_eval_data(data, split: str = "test") -> tuple[TrainingData, list[EvalMember]]:
-    """`prepared_eval_data` of a training run's dataset (a ff_jax.train.data_source.FeedData):
+    """`prepared_eval_data` of a training run's dataset (a ff_jax.data.feed_data.FeedData):
     what `ff-jax eval` ranks."""
     corpus = data.open_dataset(f"{data.dataset}_corpus")[0]["corpus"]
     return prepared_eval_data(data.open_dataset(data.dataset)[0], corpus, split)

@@ -37,13 +37,14 @@ from tqdm.auto import tqdm
 from ff_jax.data.splits import EvalMember
 from ff_jax.retrieval import baselines, metrics
 from ff_jax.retrieval.baselines.simple import Popularity, RandomScores
-from ff_jax.retrieval.embed_job import train_arguments
 from ff_jax.retrieval.embedding_store import read_tower, tower_settings
 from ff_jax.retrieval.eval_data import feed_eval_data
 from ff_jax.retrieval.exact import ExactIndex
 from ff_jax.retrieval.metrics import ranking_figures, top_k  # ranking_metrics' results, batched for ~10^4 members
 from ff_jax.retrieval.scann_index import ScannIndex
 from ff_jax.train.checkpointing import newest_sealed_step
+from ff_jax.train.layout import EMBEDDINGS, ITEMS, members_folder
+from ff_jax.train.run import Run
 from ff_jax.retrieval.recommender import (EmbeddingRecommender, Recommender, TrainingData, corpus_order,
                                           member_events, unit_rows)
 
@@ -280,13 +281,13 @@ class EmbeddedSplit:
 def embedded_split(data, root: Path, split: str) -> EmbeddedSplit:
     """`split` of `data` (a FeedData) with the towers under `root` (an embeddings folder)."""
     training, members = feed_eval_data(data, split)
-    item_ids, items = read_tower(root / "items")
-    items = corpus_order(item_ids, items, training.corpus_ids, str(root / "items"))
-    member_ids, member_vectors = read_tower(root / f"members_{split}")
+    item_ids, items = read_tower(root / ITEMS)
+    items = corpus_order(item_ids, items, training.corpus_ids, str(root / ITEMS))
+    member_ids, member_vectors = read_tower(root / members_folder(split))
     embedded = set(member_ids.tolist())
     evaluated = [m for m in members if m.user_id in embedded and m.targets]
     if not evaluated:
-        raise ValueError(f"{root / f'members_{split}'}: none of the {len(members)} {split} members has an embedding")
+        raise ValueError(f"{root / members_folder(split)}: none of the {len(members)} {split} members has an embedding")
     return EmbeddedSplit(training, members, member_ids, member_vectors, items, evaluated)
 
 
@@ -303,35 +304,34 @@ def warn_if_stale(workdir: Path, member_dir: Path, model: dict) -> None:
                         member_dir, model["step"], newest, model["step"], newest, workdir)
 
 
-@gin.configurable(denylist=["workdir"])
-def evaluate_run(workdir: str, embeddings: str = "embeddings", split: str = "test", ks: Sequence[int] = DEFAULT_KS,
+@gin.configurable(denylist=["run"])
+def evaluate_run(run: Run, embeddings: str = EMBEDDINGS, split: str = "test", ks: Sequence[int] = DEFAULT_KS,
                  serving_k: int | None = SERVING_K, dims: Sequence[int] | None = None, ann: bool = True,
                  exclude: str = "engaged", output: str = "eval", baselines: Sequence[str] = (),
-                 progress: bool = True, data=None) -> dict:
+                 progress: bool = True) -> dict:
     """Evaluates the embeddings `ff-jax embed` wrote under `<workdir>/<embeddings>/` on `split` of the
-    training run's dataset; writes `<workdir>/<output>/metrics_<split>.json` and prints a table.
+    run's dataset; writes `<workdir>/<output>/metrics_<split>.json` and prints a table.
     dims: Matryoshka widths to report (default: those the embed job stored). baselines: names from
-    CHEAP_BASELINES ranked for the same members and shown in the same table. data: the FeedData
-    (default: the one the gin config binds to `train.data`)."""
+    CHEAP_BASELINES ranked for the same members and shown in the same table."""
     unknown = sorted(set(baselines) - set(CHEAP_BASELINES))
     if unknown:
         raise ValueError(f"evaluate_run.baselines: unknown {unknown}; choose from {sorted(CHEAP_BASELINES)}")
-    data = data or train_arguments()["data"]
-    root = Path(workdir) / embeddings
-    member_dir = root / f"members_{split}"
-    loaded = embedded_split(data, root, split)
+    workdir = run.workdir
+    root = run.layout.embeddings(embeddings)
+    member_dir = run.layout.members(split, embeddings)
+    loaded = embedded_split(run.spec.feed, root, split)
     training, members, evaluated = loaded.training, loaded.members, loaded.evaluated
     report = evaluate_embeddings(loaded.member_ids.tolist(), loaded.member_vectors, loaded.items, evaluated, training,
-                                 dims or tower_settings(root / "items")["dims"], ks, serving_k, exclude, ann,
+                                 dims or tower_settings(root / ITEMS)["dims"], ks, serving_k, exclude, ann,
                                  progress=progress)
     report.update(split=split, members_in_split=len(members), members_evaluated=len(evaluated),
                   model=tower_settings(member_dir)["model"])
-    warn_if_stale(Path(workdir), member_dir, report["model"])
+    warn_if_stale(workdir, member_dir, report["model"])
     if "sasrec" in baselines and training.events is None:  # the prepared records keep no order
         training.events = member_events(members, training)
     report["baselines"] = {name: evaluate_recommender(CHEAP_BASELINES[name]().fit(training), evaluated, training, ks,
                                                       serving_k, exclude, progress) for name in baselines}
-    out = Path(workdir) / output
+    out = workdir / output
     out.mkdir(parents=True, exist_ok=True)
     (out / f"metrics_{split}.json").write_text(json.dumps(report, indent=1, default=float))
     print_table({**{f"d={d}": r for d, r in report["by_dim"].items()}, **report["baselines"]},

@@ -35,15 +35,15 @@ from ff_jax.data.prepared import CORPUS_VERSION, UNKNOWN_TIME
 from ff_jax.files import MANIFEST, fsync_path
 from ff_jax.model.sharding import logical_axis_rules, make_mesh
 # Registers train_ranker, rerank_run and the losses a ranker run's config.gin names: `ff-jax export
-# --ranker` parses that file before it loads the ranker.
+# --ranker` opens that run (ff_jax.train.run.Run.open) before it loads the ranker.
 from ff_jax.rank import evaluate as _rerank, train as _rank_train  # noqa: F401
-from ff_jax.rank.checkpoints import DUAL_ENCODER, check_kind
 from ff_jax.retrieval import create_index
-from ff_jax.retrieval.embed_job import EmbedConfig, embed_towers, load_model, train_arguments
+from ff_jax.retrieval.embed_job import EmbedConfig, embed_towers, load_model
 from ff_jax.retrieval.embedding_store import read_tower
 from ff_jax.serving import bundle as layout
 from ff_jax.serving.bundle import BundleError
 from ff_jax.train.losses import l2_normalize
+from ff_jax.train.run import DUAL_ENCODER, Run, check_kind
 
 PLATFORMS = ("cpu", "cuda")
 EMBEDDINGS = "bundle_embeddings"
@@ -165,26 +165,25 @@ def publish(out: Path, write, manifest: dict) -> None:
         raise
 
 
-def export_bundle(workdir: str | Path, out: str | Path, *, step: int | None = None, platforms=PLATFORMS,
+def export_bundle(run: Run, out: str | Path, *, step: int | None = None, platforms=PLATFORMS,
                   ranker=None, progress: bool = True) -> Path:
-    """Writes the bundle of training run `workdir` to `out` (which must not exist yet), under the
-    gin configuration in force (the run's config.gin, parsed by the caller). ranker: a
-    ff_jax.serving.ranker.RankerExport to include (exported under the ranker run's own config)."""
-    workdir, out = Path(workdir), Path(out)
+    """Writes the bundle of training run `run` to `out` (which must not exist yet). ranker: a
+    ff_jax.serving.ranker.RankerExport to include."""
+    workdir, out = run.workdir, Path(out)
     if out.exists():
         raise BundleError(f"{out}: already exists; export into a new folder")
     check_kind(workdir, DUAL_ENCODER, allow_new=True)  # a run.json-less workdir is a dual encoder's
-    args = train_arguments()
-    data = args["data"]
+    data = run.spec.data
     # The corpus, embedded by the embed job on the run's own mesh (resumable, reused on re-export).
-    folders = embed_towers(workdir, args, EmbedConfig(towers=("item",), output=EMBEDDINGS, checkpoint_step=step,
-                                                      overwrite=True), progress)
+    folders = embed_towers(run, EmbedConfig(towers=("item",), output=EMBEDDINGS, checkpoint_step=step,
+                                            overwrite=True), progress)
     item_ids, item_vectors = read_tower(folders["item"])
     embedded_from = json.loads((folders["item"] / MANIFEST).read_text())["settings"]["model"]
 
-    serving_args = dict(args, model_overrides={**(args["model_overrides"] or {}), **SERVING_OVERRIDES})
+    serving = Run(workdir, dataclasses.replace(run.spec, model_overrides={**run.spec.model_overrides,
+                                                                         **SERVING_OVERRIDES}))
     mesh = make_mesh(num_devices=1)  # whole weights on one device: what gets written and served
-    model, tokenizer, origin = load_model(workdir, serving_args, False, step, mesh, logical_axis_rules())
+    model, tokenizer, origin = load_model(serving, False, step, mesh, logical_axis_rules())
     if origin != embedded_from:
         raise BundleError(f"{workdir}: the checkpoint changed while exporting (embedded {embedded_from}, "
                           f"now {origin}); export again")
@@ -203,7 +202,7 @@ def export_bundle(workdir: str | Path, out: str | Path, *, step: int | None = No
         "format": layout.FORMAT, "version": layout.VERSION, **layout.jax_versions(),
         "calling_convention": functions["item"].calling_convention_version,
         "platforms": list(functions["item"].platforms),
-        "model": {"backbone": dataclasses.asdict(model.backbone.config), "encoder": dataclasses.asdict(args["encoder"]),
+        "model": {"backbone": dataclasses.asdict(model.backbone.config), "encoder": dataclasses.asdict(run.spec.encoder),
                   "embedding_dim": model.embedding_dim, "origin": origin, "workdir": str(workdir.absolute())},
         "weights": weight_table(weights), "items": len(catalogue),
     }

@@ -42,11 +42,11 @@ from flax import nnx
 from jax import export
 
 from ff_jax.model import KVCache
-from ff_jax.rank.checkpoints import RANKER, check_kind
 from ff_jax.rank.cross_encoder import prefill
 from ff_jax.rank.evaluate import load_ranker
 from ff_jax.serving.export import export_function, split_weights, weight_specs
 from ff_jax.train.checkpointing import CheckpointConfig, Checkpointer
+from ff_jax.train.run import RANKER, Run, check_kind
 
 STEPS = ("prefill", "score")
 PER_ROW = 4  # candidates per score row: more share a row's work, but each attends to the whole row
@@ -92,13 +92,13 @@ def served_retrieval_weight(workdir: Path, given: float | None, trained: float =
     return float(json.loads(report.read_text()).get("retrieval_weight", trained)) if report.exists() else trained
 
 
-def export_ranker(workdir: str | Path, platforms, retrieval_weight: float | None = None) -> RankerExport:
-    """The ranker run `workdir` (its config.gin parsed by the caller) exported for `platforms`;
-    retrieval_weight: the score fusion weight served (None: `served_retrieval_weight`'s default)."""
-    workdir = Path(workdir)
+def export_ranker(run: Run, platforms, retrieval_weight: float | None = None) -> RankerExport:
+    """The ranker run exported for `platforms`; retrieval_weight: the score fusion weight served
+    (None: `served_retrieval_weight`'s default)."""
+    workdir = run.workdir
     check_kind(workdir, RANKER)
-    model, tokenizer, data = load_ranker(workdir)
-    ckpt = Checkpointer(workdir / "checkpoints", CheckpointConfig(async_save=False))
+    model, tokenizer, data = load_ranker(run)
+    ckpt = Checkpointer(run.layout.checkpoints, CheckpointConfig(async_save=False))
     try:
         step = ckpt.latest_step()
     finally:

@@ -10,23 +10,22 @@ import numpy as np
 
 from ff_jax.files import write_atomic
 from ff_jax.sweep.runs import RECORD, Run
+from ff_jax.train.layout import METRICS_JSONL, Layout
 
 
 def top_items(workdir: Path, members: int = 3, k: int = 10) -> dict:
     """The first `members` evaluated test members with a target: their engaged history and their
     top-k items by the run's embeddings (text, cosine, whether held out as a target)."""
-    from ff_jax.gin_cli import configured
-    from ff_jax.retrieval.embed_job import train_arguments
     from ff_jax.retrieval.embedding_store import read_tower
     from ff_jax.retrieval.eval_data import feed_eval_data
     from ff_jax.retrieval.recommender import corpus_order
+    from ff_jax.train.run import Run as TrainingRun
 
-    with configured([str(workdir / "config.gin")]):
-        data = train_arguments()["data"]
-    training, split = feed_eval_data(data, "test")
-    item_ids, items = read_tower(workdir / "embeddings" / "items")
-    items = corpus_order(item_ids, items, training.corpus_ids, str(workdir / "embeddings" / "items"))
-    member_ids, vectors = read_tower(workdir / "embeddings" / "members_test")
+    run = TrainingRun.open(workdir)
+    training, split = feed_eval_data(run.spec.feed, "test")
+    item_ids, items = read_tower(run.layout.items())
+    items = corpus_order(item_ids, items, training.corpus_ids, str(run.layout.items()))
+    member_ids, vectors = read_tower(run.layout.members("test"))
     rows = {m: i for i, m in enumerate(member_ids.tolist())}
     text = dict(zip(training.items["item_id"], training.items["text"]))
     out = []
@@ -48,7 +47,7 @@ def collect(run: Run, results: Path) -> Path:
     out = results / "runs" / run.name
     out.mkdir(parents=True, exist_ok=True)
     for source, name in ((run.workdir / RECORD, RECORD), (run.eval_file, "metrics_test.json"),
-                         (run.workdir / "metrics.jsonl", "metrics.jsonl")):
+                         (Layout(run.workdir).metrics, METRICS_JSONL)):
         write_atomic(out / name, source.read_bytes())
     write_atomic(out / "examples.json", json.dumps(top_items(run.workdir), indent=1))
     return out

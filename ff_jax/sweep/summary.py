@@ -14,6 +14,7 @@ import pandas as pd
 
 from ff_jax.sweep.runs import RECORD, STAGES, Run
 from ff_jax.sweep.sweep_file import Sweep, gin_text
+from ff_jax.train.layout import METRICS_JSONL
 
 
 def flatten_metrics(report: dict) -> dict[str, float]:
@@ -62,7 +63,7 @@ def summary_rows(runs: Sequence[Run], results: Path) -> pd.DataFrame:
         row.update({f"bind:{k}": gin_text(v, k) for k, v in run.variant.train.items()})
         row.update({f"data:{k}": v for k, v in run.variant.data.items()})
         row.update({f"{stage}_seconds": round(record["seconds"].get(stage, math.nan), 1) for stage in STAGES})
-        row.update(last_logged(folder / "metrics.jsonl"))
+        row.update(last_logged(folder / METRICS_JSONL))
         row.update(flatten_metrics(report))
         rows.append(row)
     return pd.DataFrame(rows)

@@ -17,6 +17,8 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
+from ff_jax.train.layout import METRICS_JSONL, TENSORBOARD
+
 
 def _scalars(metrics: dict) -> dict:
     metrics = jax.device_get(metrics)  # one transfer for all of them, not one per metric
@@ -60,13 +62,13 @@ class MetricsLog:
                  tensorboard: bool = True, progress: bool = True):
         self.is_writer = jax.process_index() == 0
         self.workdir = Path(workdir)
-        self._jsonl = open(self.workdir / "metrics.jsonl", "a") if self.is_writer else None
+        self._jsonl = open(self.workdir / METRICS_JSONL, "a") if self.is_writer else None
         self._tb = None
         if tensorboard and self.is_writer:
             EventsWriter, self._event, self._scalar = _tensorboardx()
-            with self._writing("tensorboard"):
-                (self.workdir / "tensorboard").mkdir(exist_ok=True)
-                self._tb = EventsWriter(str(self.workdir / "tensorboard" / "events"))
+            with self._writing(TENSORBOARD):
+                (self.workdir / TENSORBOARD).mkdir(exist_ok=True)
+                self._tb = EventsWriter(str(self.workdir / TENSORBOARD / "events"))
         self._bar = tqdm(total=total_steps, initial=initial_step, desc="train", unit="step",
                          disable=not (progress and self.is_writer), dynamic_ncols=True)
         self._last_time: Optional[float] = None
@@ -88,12 +90,12 @@ class MetricsLog:
                 shown["tok/s"] = f"{values['tokens_per_s']:.0f}"
             self._bar.set_postfix(shown, refresh=False)
         if self.is_writer:
-            with self._writing("metrics.jsonl"):
+            with self._writing(METRICS_JSONL):
                 self._jsonl.write(json.dumps({"step": step, "split": split, **values}) + "\n")
                 self._jsonl.flush()
             if self._tb is not None:
                 now = time.time()
-                with self._writing("tensorboard"):
+                with self._writing(TENSORBOARD):
                     for key, value in values.items():  # TensorBoard tags allow no '@'
                         summary = self._scalar(f"{split}/{key.replace('@', '_at_')}", value)
                         self._tb.write_event(self._event(wall_time=now, step=step, summary=summary))
@@ -115,7 +117,7 @@ class MetricsLog:
         `raise_errors` is False (an error is already on its way out)."""
         self._bar.close()
         failures = []
-        for name, writer in (("metrics.jsonl", self._jsonl), ("tensorboard", self._tb)):
+        for name, writer in ((METRICS_JSONL, self._jsonl), (TENSORBOARD, self._tb)):
             try:
                 with self._writing(name):
                     if writer is not None:

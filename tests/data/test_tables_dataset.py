@@ -121,7 +121,7 @@ def test_the_content_key_follows_the_files_and_options_not_the_folder(tmp_path):
 
 
 def test_options_come_from_gin():
-    from ff_jax.train.data_source import FeedData  # noqa: F401  (FeedData binds TablesOptions)
+    from ff_jax.data.feed_data import FeedData  # noqa: F401  (FeedData binds TablesOptions)
 
     gin.parse_config(["TablesOptions.rating_threshold = 4", "TablesOptions.encoding = 'latin-1'"])
     assert TablesOptions() == TablesOptions(encoding="latin-1", rating_threshold=4)

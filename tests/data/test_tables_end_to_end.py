@@ -66,7 +66,7 @@ def test_train_embed_eval_on_your_own_tables(tmp_path, capsys, dataset):
 def test_a_changed_file_is_prepared_anew(tmp_path, capsys):
     """The same command after one item's text changed: a second preparation under a new key, whose
     records hold the new text; the first one is left as it was."""
-    from ff_jax.train.data_source import FeedData
+    from ff_jax.data.feed_data import FeedData
 
     folder = tmp_path / "mine"
     shutil.copytree(HERE / "tables_csv", folder)

@@ -17,7 +17,7 @@ from ff_jax.data.schema import MISSING_VALUES
 from ff_jax.data.splits import temporal_split
 from ff_jax.data.tables import NotEnoughData, load_tables
 from ff_jax.data.tables_builder import load_table_folder
-from ff_jax.train.data_source import FeedData
+from ff_jax.data.feed_data import FeedData
 
 TOKENS = ["nan", "NaN", "NA", "N/A", "null", "None", "", " NULL ", "-nan"]
 AGES = [31, 45, 29, 52, 38, 27, 61, 33]

@@ -8,7 +8,7 @@ import pytest
 from flax import nnx
 
 from ff_jax.model import Llama, presets
-from ff_jax.rank.checkpoints import DUAL_ENCODER, RANKER, WrongCheckpointKind, check_kind
+from ff_jax.train.run import DUAL_ENCODER, RANKER, WrongCheckpointKind, check_kind
 from ff_jax.rank.cross_encoder import CrossEncoder, RankerConfig, prefill_context, score_candidates
 from ff_jax.rank.layout import CandidateTooLong, ContextTooLong, EmptyCandidates
 from ff_jax.rank.prefill import start_prefill

@@ -90,7 +90,7 @@ def test_ranker_rows_hold_the_engaged_item_then_impressed_then_negatives(tmp_pat
     from ff_jax import gin_cli
     from ff_jax.model.tokenizer import byte_tokenizer
     from ff_jax.rank.data import RankerData
-    from ff_jax.train.data_source import FeedData
+    from ff_jax.data.feed_data import FeedData
 
     import ff_jax.rank.evaluate  # noqa: F401  (registers the configurables the run file binds)
 

@@ -83,7 +83,7 @@ def test_member_negatives_come_from_each_records_own_retrieved_list(runs, capsys
     from ff_jax.rank.data import RankerData
     from ff_jax.rank.evaluate import train_ranker  # noqa: F401  (registers the configurables)
     from ff_jax.retrieval.embedding_store import read_tower
-    from ff_jax.train.data_source import FeedData
+    from ff_jax.data.feed_data import FeedData
 
     retriever, _, _ = runs
     bindings = ["DATASET='tables'", f"TABLES='{TABLES}'", "TablesOptions.rating_threshold=4",
@@ -211,8 +211,9 @@ def test_init_from_starts_the_backbone_from_the_dual_encoders_checkpoint(runs):
     from ff_jax.model.sharding import logical_axis_rules, make_mesh
     from ff_jax.rank.data import RankerData
     from ff_jax.rank.evaluate import train_ranker  # noqa: F401  (registers the configurables)
-    from ff_jax.rank.train import build_ranker, model_arguments
-    from ff_jax.train.data_source import FeedData
+    from ff_jax.rank.train import build_ranker
+    from ff_jax.train.run import dual_encoder_model
+    from ff_jax.data.feed_data import FeedData
 
     retriever, _, _ = runs
     data_dir = retriever.parent / "tfds"
@@ -220,7 +221,8 @@ def test_init_from_starts_the_backbone_from_the_dual_encoders_checkpoint(runs):
                 "TablesOptions.numeric_ids=True", f"DATA_DIR='{data_dir}'"]
     with gin_cli.configured(["ranker/tiny_smoke.gin"], bindings):
         data = RankerData(feed=FeedData())
-        config, pretrained, overrides = model_arguments()
+        model = dual_encoder_model()
+        config, pretrained, overrides = model["model_config"], model["pretrained"], model["model_overrides"]
         mesh, rules = make_mesh(num_devices=1), logical_axis_rules()
         started, _ = build_ranker(data, config, pretrained, dict(overrides), str(retriever), mesh, rules, seed=0)
         fresh, _ = build_ranker(data, config, pretrained, dict(overrides), None, mesh, rules, seed=0)

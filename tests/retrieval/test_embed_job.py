@@ -250,7 +250,7 @@ def test_embed_and_eval_commands_end_to_end(run_files, capsys):
         "settings"]["dims"] == [16, 64]
 
     # Parity: the same (seeded) model on each prompt alone, without packing or sharding.
-    from ff_jax.train.data_source import FeedData
+    from ff_jax.data.feed_data import FeedData
 
     data = FeedData(data_dir=str(root / "data"), dataset="embed_feed", config="base", prepare=False,
                     tokenizer="byte", batch=BatchConfig(length=256, member_budget=256, item_budget=128))

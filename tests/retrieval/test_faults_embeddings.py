@@ -87,7 +87,7 @@ def trained_workdir(run_files, tmp_path_factory):  # noqa: F811
     from ff_jax.model.sharding import logical_axis_rules, make_mesh
     from ff_jax.train import loop, step as steps
     from ff_jax.train.checkpointing import Checkpointer
-    from ff_jax.train.data_source import FeedData
+    from ff_jax.data.feed_data import FeedData
     from ff_jax.train.dual_encoder import EncoderConfig
     from ff_jax.train.losses import InfoNCE
     from ff_jax.train.optimizer import OptimizerConfig, make_optimizer

@@ -83,8 +83,7 @@ def noisy_checkpoint(workdir, data):
 @pytest.fixture(scope="session")
 def run_dir(tmp_path_factory):
     """A training run's workdir: config.gin and a checkpoint."""
-    from ff_jax import gin_cli
-    from ff_jax.retrieval.embed_job import train_arguments
+    from ff_jax.train.run import Run
 
     root = tmp_path_factory.mktemp("serve_run")
     for cls in (ServeFeed, ServeFeedCorpus):
@@ -92,8 +91,7 @@ def run_dir(tmp_path_factory):
     workdir = root / "run"
     workdir.mkdir()
     (workdir / "config.gin").write_text("\n".join([*GIN, f"DATA_DIR = '{root / 'data'}'", ""]))
-    with gin_cli.configured([str(workdir / "config.gin")]):
-        noisy_checkpoint(workdir, train_arguments()["data"])
+    noisy_checkpoint(workdir, Run.open(workdir).spec.data)
     return workdir
 
 

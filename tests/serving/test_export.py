@@ -29,14 +29,12 @@ def prompts(loaded):
 
 def checkpoint_model(run_dir, zero_shot=False):
     """The run's model as `ff-jax embed` restores it: training config, run mesh (8 devices)."""
-    from ff_jax import gin_cli
     from ff_jax.model.sharding import logical_axis_rules
-    from ff_jax.retrieval.embed_job import load_model, train_arguments
+    from ff_jax.retrieval.embed_job import load_model
+    from ff_jax.train.run import Run
 
-    with gin_cli.configured([str(run_dir / "config.gin")]):
-        args = train_arguments()
-        rules = logical_axis_rules()
-        model, _, _ = load_model(run_dir, args, zero_shot, None, args["mesh_factory"](), rules)
+    run = Run.open(run_dir)
+    model, _, _ = load_model(run, zero_shot, None, run.spec.mesh_factory(), logical_axis_rules())
     return model
 
 

@@ -24,13 +24,12 @@ def loaded(ranked_bundle_dir):
 
 
 def ranker_checkpoint(ranker_dir):
-    from ff_jax import gin_cli
     from ff_jax.rank.evaluate import load_ranker
+    from ff_jax.train.run import Run
 
-    with gin_cli.configured([str(ranker_dir / "config.gin")]):
-        model, tokenizer, data = load_ranker(ranker_dir)
-        sources, fmt, _ = data.feed.open_dataset(data.feed.dataset)
-        member, items, question = data.prompt_tokenizers(tokenizer, fmt)
+    model, tokenizer, data = load_ranker(Run.open(ranker_dir))
+    sources, fmt, _ = data.feed.open_dataset(data.feed.dataset)
+    member, items, question = data.prompt_tokenizers(tokenizer, fmt)
     return model, data, sources, member, items, question
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import gin
 
-from ff_jax.train.data_source import Validation
+from ff_jax.data.feed_data import Validation
 from toy_data import ToyData
 
 

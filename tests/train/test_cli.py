@@ -145,7 +145,7 @@ def test_a_command_leaves_no_gin_bindings_behind(tmp_path, capsys):
     """A run in a notebook or test must not change the defaults of what is constructed after it."""
     import gin
 
-    from ff_jax.train.data_source import FeedData
+    from ff_jax.data.feed_data import FeedData
 
     code, _ = _run(capsys, "train", "--gin_file=experiments/tiny_smoke.gin", f"--gin.DATA_DIR={tmp_path}",
                    "--gin.DATASET='elsewhere'", "--gin.train.no_such_setting=3", f"--workdir={tmp_path / 'w'}")

@@ -11,7 +11,7 @@ from flax import nnx
 
 from ff_jax.model import Llama, presets
 from ff_jax.train.dual_encoder import Constant, DualEncoder, EncoderConfig, HeadParam, Scoring
-from ff_jax.train.loop import recall_at_ks
+from ff_jax.train.validation import recall_at_ks
 from ff_jax.train.metrics_log import MetricsLog, read_jsonl
 from ff_jax.train.optimizer import OptimizerConfig, learning_rate_schedule, make_optimizer
 from ff_jax.train.pca import PCA

@@ -9,7 +9,7 @@ import scipy.sparse as sp
 from ff_jax.data.splits import EvalMember
 from ff_jax.retrieval.evaluate import evaluate_embeddings
 from ff_jax.retrieval.recommender import TrainingData
-from ff_jax.train.loop import recall_at_ks
+from ff_jax.train.validation import recall_at_ks
 
 KS = (1, 5, 20, 60)  # 60 > the rankable items of a member: the whole corpus
 

@@ -17,15 +17,16 @@ from ff_jax.data.splits import EvalMember
 from ff_jax.retrieval.recommender import EmbeddingRecommender, Recommender, TrainingData, corpus_order
 
 
-def zero_shot_arguments(data, pretrained: str | Path | None = None, overrides: dict | None = None) -> dict:
-    """`train`-style arguments (see embed_job.train_arguments) for the untuned pretrained model."""
+def zero_shot_run(data, workdir: str | Path, pretrained: str | Path | None = None, overrides: dict | None = None):
+    """The untuned pretrained model as a run in `workdir`: nothing trained, embedded zero-shot."""
     from ff_jax import assets
-    from ff_jax.retrieval.embed_job import train_arguments
     from ff_jax.train.dual_encoder import EncoderConfig
+    from ff_jax.train.losses import InfoNCE
+    from ff_jax.train.run import DUAL_ENCODER, Run, RunSpec
 
-    return train_arguments(data=data, model_config=None, pretrained=str(pretrained or assets.smollm2_gguf()),
-                           model_overrides={"scan_layers": True, **(overrides or {})},
-                           encoder=EncoderConfig(pooling="mean"))
+    return Run(workdir, RunSpec(DUAL_ENCODER, data, pretrained=str(pretrained or assets.smollm2_gguf()),
+                                model_overrides={"scan_layers": True, **(overrides or {})},
+                                encoder=EncoderConfig(pooling="mean"), loss=InfoNCE()))
 
 
 class BackboneZeroShot(Recommender):
@@ -45,8 +46,8 @@ class BackboneZeroShot(Recommender):
 
         super().fit(data)
         config = EmbedConfig(split=self.split, zero_shot=True)
-        args = zero_shot_arguments(self.feed, self.pretrained, self.overrides)
-        folders = embed_towers(self.workdir, args, config, self.progress)
+        run = zero_shot_run(self.feed, self.workdir, self.pretrained, self.overrides)
+        folders = embed_towers(run, config, self.progress)
         item_ids, items = read_tower(folders["item"])
         member_ids, members = read_tower(folders["member"])
         items = corpus_order(item_ids, items, data.corpus_ids, str(folders["item"]))

@@ -13,12 +13,10 @@ import dataclasses
 from typing import Optional
 
 import gin
-import numpy as np
 
-from ff_jax.data.batches import EmbeddingBatch
 from ff_jax.data.pipeline import BatchConfig, LogQ, as_text, embedding_batches, train_batches
 from ff_jax.data.prepare_engine import PrepareConfig
-from ff_jax.data.prompts import PromptFormat
+from ff_jax.data.prompts import PromptFormat, PromptTemplate
 from ff_jax.data.tables_options import TablesOptions
 
 
@@ -54,13 +52,25 @@ class FeedData:
     tables: Optional[str] = None  # dataset="tables": the folder of users / items / interactions files
     tables_options: Optional[TablesOptions] = None  # None: TablesOptions() with its gin bindings
     prepare_engine: Optional[PrepareConfig] = None  # where preparation renders text; None: PrepareConfig()
+    tables_template: Optional[PromptTemplate] = None  # dataset="tables": None: PromptTemplate() with its bindings
+
+    def __post_init__(self):
+        # The gin-bound parts are built now, not when first used: a FeedData made while a run's
+        # config is parsed (ff_jax.train.run.Run.open) keeps that config's values, whatever gin
+        # holds later.
+        if self.tables_options is None:
+            object.__setattr__(self, "tables_options", TablesOptions())
+        if self.prepare_engine is None:
+            object.__setattr__(self, "prepare_engine", PrepareConfig())
+        if self.tables_template is None and self.dataset == "tables":
+            object.__setattr__(self, "tables_template", PromptTemplate())
 
     def _tables_config(self):
         from ff_jax.data.tables_builder import tables_config
 
         if not self.tables:
             raise ValueError("DATASET='tables' needs the folder of your files: --gin.TABLES=/path/to/folder")
-        return tables_config(self.tables, self.tables_options, self.numbers)
+        return tables_config(self.tables, self.tables_options, self.numbers, self.tables_template)
 
     @property
     def config_name(self) -> str:
@@ -140,14 +150,3 @@ def _log_q(metadata: dict) -> Optional[LogQ]:
     if "item_train_positives" not in metadata:
         return None
     return LogQ(metadata["item_train_positives"], metadata["corpus_size"])
-
-
-def collect_embeddings(embed, batches: list[EmbeddingBatch]) -> tuple[list[str], np.ndarray]:
-    """ids and embeddings [n, D] of one-tower batches (filler examples dropped)."""
-    ids, rows = [], []
-    for batch in batches:
-        out = np.asarray(embed(batch))
-        keep = np.asarray(batch.example_mask).reshape(-1) > 0
-        ids.extend(i for i, k in zip(batch.ids, keep) if k)
-        rows.append(out[keep])
-    return ids, np.concatenate(rows) if rows else np.zeros((0, 0), np.float32)
