@@ -27,7 +27,7 @@ demo: $(STAMP)
 
 # The package layering (pyproject.toml, [tool.importlinter]) first: a broken contract fails the target.
 # Then the documentation site (mkdocs.yml): --strict fails on a broken link or anchor, a page left
-# out of the nav, or a cross-reference in a docstring that does not resolve (about 10 s).
+# out of the nav, or a cross-reference in a docstring that does not resolve (about 3 s of CPU).
 test: $(STAMP)
 	$(VENV)/bin/lint-imports
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir build/site
