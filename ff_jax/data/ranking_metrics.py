@@ -11,11 +11,13 @@ how a ranking of them is scored. It needs numpy only.
 
 Definitions (binary relevance; `ranked[u]` is user u's ranked list, `targets[u]` the held-out
 positives, T_u = |targets[u]| after removing duplicates):
-  recall@K   = |ranked[u][:K] ∩ targets[u]| / T_u
-  hit_rate@K = 1 if ranked[u][:K] ∩ targets[u] is non-empty else 0
-  NDCG@K     = DCG / IDCG, DCG = Σ_{j<K, ranked[u][j] ∈ targets[u]} 1 / log2(j + 2),
-               IDCG = Σ_{j < min(T_u, K)} 1 / log2(j + 2)
-  MRR        = 1 / (1 + position of the first hit in the whole ranked list), 0 without a hit
+
+    recall@K   = |ranked[u][:K] ∩ targets[u]| / T_u
+    hit_rate@K = 1 if ranked[u][:K] ∩ targets[u] is non-empty else 0
+    NDCG@K     = DCG / IDCG, DCG = Σ_{j<K, ranked[u][j] ∈ targets[u]} 1 / log2(j + 2),
+                 IDCG = Σ_{j < min(T_u, K)} 1 / log2(j + 2)
+    MRR        = 1 / (1 + position of the first hit in the whole ranked list), 0 without a hit
+
 Every metric is averaged over users (each user weighs the same). Ranked lists should not hold
 duplicates (a duplicate hit would count twice).
 """
