@@ -2,7 +2,7 @@
 # MovieLens-100k on one GPU, end to end: train (configs/experiments/movielens_gpu.gin), embed the
 # corpus and the test members, evaluate by cohort with the baselines in the same table.
 # Usage: experiments/movielens_gpu.sh [WORKDIR] [DATA_DIR]. Aimed at <= 8 minutes on one H200;
-# not yet run (no device lent so far): record the figures in the README when it is.
+# not yet run (no device lent so far): record the figures in docs/movielens_cpu.md and the README's results table when it is.
 set -euo pipefail
 workdir=${1:-workdirs/movielens_gpu}
 data_dir=${2:-workdirs/tfds}

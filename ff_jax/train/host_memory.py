@@ -1,8 +1,8 @@
 """Host memory when the device is the CPU, whose memory is the process's own.
 
 A SmolLM2-135M training step that XLA planned at 3.39 GiB peaked at 5.49 GiB of resident memory
-by its second step (measured with VmRSS around each phase of the loop; README, "SmolLM2-135M on
-the 24 GB CPU machine"). Three causes, each with its remedy here:
+by its second step (measured with VmRSS around each phase of the loop; docs/training_overview.md,
+"SmolLM2-135M on the 24 GB CPU machine"). Three causes, each with its remedy here:
 
 - glibc keeps freed blocks for reuse. XLA:CPU frees a step's temporaries (GiBs, in buffers of a
   few MiB) at its end, and glibc's moving mmap threshold had put such buffers on its heaps, whose
