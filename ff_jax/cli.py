@@ -29,7 +29,6 @@ from typing import Callable, Optional, Sequence
 from absl import flags
 
 from ff_jax import gin_cli, verbosity
-from ff_jax.train.layout import Layout
 
 
 class CommandLineError(ValueError):
@@ -51,6 +50,8 @@ def _existing_run(args, what: str) -> None:
 
 def _files_with_workdir_config(args) -> list[str]:
     """The workdir's config.gin (a training run's, when there is one), then --gin_file."""
+    from ff_jax.train.layout import Layout
+
     run_config = Layout(args.workdir).config_gin
     return ([str(run_config)] if run_config.exists() else []) + list(args.gin_file or [])
 
