@@ -172,7 +172,8 @@ def request_history(entries: Sequence[Any]) -> list[HistoryItem]:
 
 
 def member_inputs(prompts: ServingPrompts, ranker: RankerPrompts | None, profile: Mapping[str, Any],
-                  history: Sequence[HistoryItem], catalogue_prompt: Mapping[str, str]) -> tuple[np.ndarray, np.ndarray | None]:
+                  history: Sequence[HistoryItem],
+                  catalogue_prompt: Mapping[str, str]) -> tuple[np.ndarray, np.ndarray | None]:
     """The member tower's token ids and, with a ranker, the ranker's context token ids (else None),
     both from the one member prompt (see `ServingPrompts.member_record`)."""
     record = prompts.member_record(profile, history, catalogue_prompt)
