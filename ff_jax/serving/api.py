@@ -4,8 +4,11 @@ so the OpenAPI schema says what is accepted and everything else is a 4xx naming 
 Strings refuse lone surrogates and control characters (other than tab and newline): they cannot be
 tokenised or logged faithfully. Numbers refuse NaN and infinities. Types are strict: `k: true` or
 `k: "5"` is refused, not read as 1 or 5.
-"""
 
+The models are declared here once; a bound that is a ServerConfig setting is a `Limit` naming it,
+made into the constraint when an app is built: `limits.bounded(RecommendRequest, config)` is the
+class an app under `config` validates with and publishes (ff_jax.serving.limits).
+"""
 
 import dataclasses
 import math
@@ -14,6 +17,8 @@ from typing import Annotated, Any, Optional, Union
 
 import gin
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainValidator, StringConstraints, model_validator
+
+from ff_jax.serving.limits import Limit
 
 _BAD_CHARACTERS = re.compile(r"[\ud800-\udfff\x00-\x08\x0b-\x1f\x7f]")
 
@@ -66,14 +71,15 @@ def _clean(text: str) -> str:
     return text
 
 
-def models(config: ServerConfig) -> dict[str, type[BaseModel]]:
-    """The request and response models under `config`'s limits."""
-    Text = Annotated[str, StringConstraints(max_length=config.max_text_chars), AfterValidator(_clean)]
-    Id = Annotated[str, StringConstraints(min_length=1, max_length=config.max_id_chars), AfterValidator(_clean)]
-    Name = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+def _text(max_chars: int):
+    return Annotated[str, StringConstraints(max_length=max_chars), AfterValidator(_clean)]
 
-    def field_value(value):
-        """A profile or item field: a string, a finite number, a boolean or null (one message for all)."""
+
+def _field_value(max_chars: int):
+    """A profile or item field's validator: a string, a finite number, a boolean or null (one
+    message for all)."""
+
+    def check(value):
         if value is None or isinstance(value, bool):
             return value
         if isinstance(value, (int, float)):
@@ -81,62 +87,82 @@ def models(config: ServerConfig) -> dict[str, type[BaseModel]]:
                 raise ValueError("must be a finite number")
             return value
         if isinstance(value, str):
-            if len(value) > config.max_text_chars:
-                raise ValueError(f"longer than {config.max_text_chars} characters")
+            if len(value) > max_chars:
+                raise ValueError(f"longer than {max_chars} characters")
             return _clean(value)
         raise ValueError("must be a string, a finite number, a boolean or null")
 
-    Value = Annotated[Any, PlainValidator(field_value, json_schema_input_type=Optional[Union[bool, float, Text]])]
-    Fields = Annotated[dict[Name, Value], Field(max_length=config.max_profile_fields)]
+    return PlainValidator(check, json_schema_input_type=Optional[Union[bool, float, _text(max_chars)]])
 
-    class Strict(BaseModel):
-        model_config = ConfigDict(extra="forbid", strict=True)  # no true -> 1, "5" -> 5
 
-    class HistoryItem(Strict):
-        """A recent engagement, newest first: a catalogue `item_id`, an item's `text`, or its `fields`."""
+# The bounded types: each Limit names the ServerConfig field its bound comes from (ff_jax.serving.limits).
+Text = Annotated[str, Limit("max_text_chars", lambda n: StringConstraints(max_length=n)), AfterValidator(_clean)]
+Id = Annotated[str, StringConstraints(min_length=1), Limit("max_id_chars", lambda n: StringConstraints(max_length=n)),
+               AfterValidator(_clean)]
+Name = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+Value = Annotated[Any, Limit("max_text_chars", _field_value)]
+Fields = Annotated[dict[Name, Value], Limit("max_profile_fields", lambda n: Field(max_length=n))]
 
-        item_id: Optional[Id] = None
-        text: Optional[Text] = None
-        fields: Optional[Fields] = None
 
-        @model_validator(mode="after")
-        def one_kind(self):
-            given = [name for name in ("item_id", "text", "fields") if getattr(self, name) is not None]
-            if len(given) != 1:
-                raise ValueError(f"give exactly one of item_id, text, fields (got {given or 'none'})")
-            return self
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)  # no true -> 1, "5" -> 5
 
-    class Member(Strict):
-        profile: Fields = {}
-        history: list[HistoryItem] = Field(default=[], max_length=config.max_history)
 
-    class RecommendRequest(Strict):
-        member: Member
-        k: int = Field(default=10, ge=1, le=config.max_k)
-        exclude_items: list[Id] = Field(default=[], max_length=config.max_exclude)
-        blocked_authors: list[Id] = Field(default=[], max_length=config.max_exclude)
+# -- requests (declared without their ServerConfig bounds: an app serves `bounded(Model, config)`) --
 
-    class Recommendation(BaseModel):
-        item_id: str
-        retrieval_score: float
-        ranker_score: Optional[float] = None  # None when the bundle has no ranker (retrieval order)
-        author: Optional[str] = None
 
-    class RecommendResponse(BaseModel):
-        items: list[Recommendation]
+class HistoryItem(Strict):
+    """A recent engagement, newest first: a catalogue `item_id`, an item's `text`, or its `fields`."""
 
-    class NewItem(Strict):
-        item_id: Id
-        fields: Annotated[Fields, Field(json_schema_extra={"required": ["text"]})]  # the main text at least
-        author: Optional[Id] = None
-        created_at: Optional[int] = Field(default=None, ge=0, le=32503680000)  # seconds, before year 3000
+    item_id: Optional[Id] = None
+    text: Optional[Text] = None
+    fields: Optional[Fields] = None
 
-    class ItemsRequest(Strict):
-        items: list[NewItem] = Field(min_length=1, max_length=config.max_items_per_request)
+    @model_validator(mode="after")
+    def one_kind(self):
+        given = [name for name in ("item_id", "text", "fields") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of item_id, text, fields (got {given or 'none'})")
+        return self
 
-    class ItemsResponse(BaseModel):
-        added: int
-        index_size: int
 
-    return {cls.__name__: cls for cls in (HistoryItem, Member, RecommendRequest, Recommendation, RecommendResponse,
-                                          NewItem, ItemsRequest, ItemsResponse)}
+class Member(Strict):
+    profile: Fields = {}
+    history: Annotated[list[HistoryItem], Limit("max_history", lambda n: Field(max_length=n))] = []
+
+
+class RecommendRequest(Strict):
+    member: Member
+    k: Annotated[int, Limit("max_k", lambda n: Field(le=n))] = Field(default=10, ge=1)
+    exclude_items: Annotated[list[Id], Limit("max_exclude", lambda n: Field(max_length=n))] = []
+    blocked_authors: Annotated[list[Id], Limit("max_exclude", lambda n: Field(max_length=n))] = []
+
+
+class NewItem(Strict):
+    item_id: Id
+    fields: Annotated[Fields, Field(json_schema_extra={"required": ["text"]})]  # the main text at least
+    author: Optional[Id] = None
+    created_at: Optional[int] = Field(default=None, ge=0, le=32503680000)  # seconds, before year 3000
+
+
+class ItemsRequest(Strict):
+    items: Annotated[list[NewItem], Limit("max_items_per_request", lambda n: Field(max_length=n))] = Field(min_length=1)
+
+
+# -- responses ---------------------------------------------------------------------------------
+
+
+class Recommendation(BaseModel):
+    item_id: str
+    retrieval_score: float
+    ranker_score: Optional[float] = None  # None when the bundle has no ranker (retrieval order)
+    author: Optional[str] = None
+
+
+class RecommendResponse(BaseModel):
+    items: list[Recommendation]
+
+
+class ItemsResponse(BaseModel):
+    added: int
+    index_size: int

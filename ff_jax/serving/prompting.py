@@ -164,6 +164,22 @@ class ServingPrompts:
         return self.tokens.member(self.member_record(profile, history, catalogue_prompt, where))
 
 
+def request_history(entries: Sequence[Any]) -> list[HistoryItem]:
+    """A request's `member.history` (entries with one of item_id, text, fields set) as HistoryItems:
+    a bare `text` is an item whose only field is its text."""
+    return [HistoryItem(item_id=e.item_id) if e.item_id is not None
+            else HistoryItem(fields=e.fields if e.fields is not None else {"text": e.text}) for e in entries]
+
+
+def member_inputs(prompts: ServingPrompts, ranker: RankerPrompts | None, profile: Mapping[str, Any],
+                  history: Sequence[HistoryItem],
+                  catalogue_prompt: Mapping[str, str]) -> tuple[np.ndarray, np.ndarray | None]:
+    """The member tower's token ids and, with a ranker, the ranker's context token ids (else None),
+    both from the one member prompt (see `ServingPrompts.member_record`)."""
+    record = prompts.member_record(profile, history, catalogue_prompt)
+    return prompts.tokens.member(record), None if ranker is None else ranker.context.member(record)
+
+
 class RankerPrompts:
     """The ranker's context (member prompt within the context budget, BOS, no EOS) and candidates
     (item prompt within what the question leaves, then the question), as RankerData makes them."""

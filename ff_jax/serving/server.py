@@ -6,206 +6,41 @@
     GET  /readyz         200 once every served shape is compiled and the items log replayed
     GET  /metrics        Prometheus text (ff_jax.serving.metrics)
 
-Requests are checked by the models of ff_jax.serving.api (bounds from ServerConfig); every 4xx
-body is {"detail": [{"field": ..., "message": ...}]} naming the field at fault ("body" for a body
-that is not JSON or too large). Recommendations are micro-batched (ff_jax.serving.batching) into
-ff_jax.serving.engine, whose work runs in one worker thread.
+`create_app` only wires the parts: one router per resource (ff_jax.serving.routes), the request
+models of ff_jax.serving.api under the config's limits (ff_jax.serving.limits), the bearer token
+as a dependency (ff_jax.serving.auth), one form for every refusal (ff_jax.serving.problems: every
+4xx body is {"detail": [{"field": ..., "message": ...}]} naming the field at fault), the body limit
+and request metrics (ff_jax.serving.middleware), and what the routes serve with
+(ff_jax.serving.services: the engine, its one worker thread, the micro-batcher, the lifespan).
 """
 
-import asyncio
-import concurrent.futures
-import hmac
-import os
 import socket
-import sys
-import time
 from pathlib import Path
-from typing import Optional
 
 import uvicorn
-from fastapi import FastAPI, Request
-from fastapi.encoders import jsonable_encoder
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from starlette.exceptions import HTTPException
+from fastapi import FastAPI
 
-from ff_jax.serving.api import ServerConfig, models
-from ff_jax.serving.batching import MicroBatcher
-from ff_jax.serving.engine import ConflictError, Engine, Query
-from ff_jax.serving.metrics import ServingMetrics
-from ff_jax.serving.prompting import FieldError, HistoryItem
+from ff_jax.serving import problems
+from ff_jax.serving.api import ItemsRequest, RecommendRequest, ServerConfig
+from ff_jax.serving.limits import bounded
+from ff_jax.serving.middleware import BodyLimit, RequestMetrics
+from ff_jax.serving.routes import health, items, metrics, recommend
+from ff_jax.serving.services import Services
 
-
-REPLICA = f"{socket.gethostname()}:{os.getpid()}"
-KNOWN_PATHS = {"/v1/recommend", "/v1/items", "/healthz", "/readyz", "/metrics"}  # metric labels stay bounded
-
-
-def problem(status: int, field: str, message: str, headers: Optional[dict] = None) -> JSONResponse:
-    return JSONResponse({"detail": [{"field": field, "message": message}]}, status_code=status, headers=headers)
-
-
-def field_path(loc) -> str:
-    """('body', 'member', 'history', 2, 'item_id') -> 'member.history[2].item_id'."""
-    out = ""
-    for part in loc[1:] if loc and loc[0] == "body" else loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "body"
-
-
-class BodyLimit:
-    """ASGI middleware: a body over `limit` bytes is a 413 naming "body", whether it announces its
-    length or arrives in chunks (read whole first, then handed on: bodies are small by design)."""
-
-    def __init__(self, app, limit: int):
-        self.app, self.limit = app, limit
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        too_large = problem(413, "body", f"larger than {self.limit} bytes")
-        length = dict(scope["headers"]).get(b"content-length", b"0")
-        if not length.isdigit() or int(length) > self.limit:
-            return await too_large(scope, receive, send)
-        body, more = b"", True
-        while more:
-            message = await receive()
-            if message["type"] != "http.request":
-                return  # the client left
-            body += message.get("body", b"")
-            more = message.get("more_body", False)
-            if len(body) > self.limit:
-                return await too_large(scope, receive, send)
-        replay = [{"type": "http.request", "body": body, "more_body": False}]
-
-        async def again():
-            return replay.pop() if replay else await receive()
-
-        await self.app(scope, again, send)
+__all__ = ["PortUnavailable", "ServerConfig", "create_app", "listening_socket", "serve"]
 
 
 def create_app(bundle_dir: str | Path, state_dir: str | Path, config: ServerConfig = ServerConfig()) -> FastAPI:
-    metrics = ServingMetrics()
-    engine = Engine(bundle_dir, state_dir, config, metrics)
-    executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="ff-jax-engine")
-    batcher = MicroBatcher(engine.recommend, config.max_batch, config.max_queue_delay_ms / 1000, executor,
-                           metrics.observe_batch)
-    state = {"warm_up_error": None}
-    M = models(config)
-
-    def warm_up():
-        try:
-            engine.start()
-        except Exception as err:  # noqa: BLE001  (reported by /readyz and on stderr; the process stays up)
-            state["warm_up_error"] = f"{type(err).__name__}: {err}"
-            print(f"ff-jax serve: warm-up failed, /readyz answers 503: {state['warm_up_error']}", file=sys.stderr)
-            raise
-
-    async def lifespan(app):
-        batcher.start()
-        executor.submit(warm_up)  # first in the worker's queue: no request is served before it
-        yield
-        await batcher.stop()
-        executor.shutdown(wait=True)
-        engine.close()
-
-    app = FastAPI(title="ff_jax recommendations", version=engine.bundle.manifest["created"], lifespan=lifespan)
-    app.state.engine = engine
-
+    services = Services.open(bundle_dir, state_dir, config)
+    app = FastAPI(title="ff_jax recommendations", version=services.engine.bundle.manifest["created"],
+                  lifespan=services.lifespan)
+    app.state.services, app.state.engine = services, services.engine
     app.add_middleware(BodyLimit, limit=config.max_body_bytes)
-
-    @app.middleware("http")
-    async def count(request: Request, call_next):
-        started = time.perf_counter()
-        endpoint = request.url.path if request.url.path in KNOWN_PATHS else "other"
-        response = await call_next(request)
-        response.headers["x-served-by"] = REPLICA  # which replica answered, behind a load balancer
-        metrics.requests.labels(endpoint, str(response.status_code)).inc()
-        metrics.request_seconds.labels(endpoint).observe(time.perf_counter() - started)
-        if response.status_code >= 400:
-            metrics.errors.labels(endpoint, str(response.status_code)).inc()
-        return response
-
-    @app.exception_handler(RequestValidationError)
-    async def validation_error(request: Request, err: RequestValidationError):
-        detail = [{"field": "body", "message": f"not valid JSON ({e['ctx']['error']} at character {e['loc'][-1]})"}
-                  if e["type"] == "json_invalid" else {"field": field_path(e["loc"]), "message": e["msg"].removeprefix("Value error, ")}
-                  for e in err.errors()]
-        return JSONResponse(jsonable_encoder({"detail": detail}), status_code=422)
-
-    @app.exception_handler(HTTPException)
-    async def http_error(request: Request, err: HTTPException):
-        # Starlette's own refusals in the same form: a body JSON cannot parse (e.g. nested 100,000
-        # deep: FastAPI answers 400 "There was an error parsing the body"), an unknown path or method.
-        if err.status_code == 400:
-            return problem(400, "body", "could not be parsed as JSON (nested too deeply, or unreadable)")
-        field = {404: "path", 405: "method"}.get(err.status_code, "request")
-        return problem(err.status_code, field, str(err.detail), headers=getattr(err, "headers", None))
-
-    @app.exception_handler(FieldError)
-    async def field_error(request: Request, err: FieldError):
-        return problem(422, err.field, str(err).split(": ", 1)[-1])
-
-    @app.exception_handler(ConflictError)
-    async def conflict(request: Request, err: ConflictError):
-        return problem(409, err.field, str(err).split(": ", 1)[-1])
-
-    def not_ready() -> Optional[JSONResponse]:
-        if engine.ready:
-            return None
-        why = state["warm_up_error"] or "warming up (compiling every served shape, replaying the items log)"
-        return problem(503, "server", why, headers={"Retry-After": "1"})
-
-    @app.get("/healthz")
-    async def healthz():
-        return {"status": "ok"}
-
-    @app.get("/readyz", responses={503: {"description": "still warming up"}})
-    async def readyz():
-        return not_ready() or {"status": "ready", "index_size": engine.index.count,
-                               "shapes": len(engine.shapes())}
-
-    @app.get("/metrics")
-    async def prometheus():
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
-    @app.post("/v1/recommend", response_model=M["RecommendResponse"],
-              responses={422: {"description": "a field is out of bounds or unknown"}, 503: {"description": "warming up"}})
-    async def recommend(body: M["RecommendRequest"]):
-        if (refusal := not_ready()) is not None:
-            return refusal
-        history = [HistoryItem(item_id=h.item_id) if h.item_id is not None
-                   else HistoryItem(fields=h.fields if h.fields is not None else {"text": h.text})
-                   for h in body.member.history]
-        record = engine.prompts.member_record(body.member.profile, history, engine.prompt_of)
-        context = None if engine.ranker_prompts is None else engine.ranker_prompts.context.member(record)
-        query = Query(engine.prompts.tokens.member(record), body.k, list(body.exclude_items),
-                      list(body.blocked_authors), context)
-        found = await batcher.submit(query)
-        return {"items": [{"item_id": i, "retrieval_score": s, "ranker_score": r, "author": a}
-                          for i, s, r, a in found]}
-
-    @app.post("/v1/items", response_model=M["ItemsResponse"],
-              responses={401: {"description": "no or wrong bearer token"}, 403: {"description": "writes disabled"},
-                         409: {"description": "an item id is already in the catalogue"}})
-    async def add_items(body: M["ItemsRequest"], request: Request):
-        token = os.environ.get(config.token_env)
-        if not token:
-            return problem(403, "authorization", f"writes are disabled: set {config.token_env} to enable them")
-        given = request.headers.get("authorization", "")
-        if not (given.startswith("Bearer ") and hmac.compare_digest(given[7:].encode(), token.encode())):
-            return problem(401, "authorization", "a valid bearer token is required",
-                           headers={"WWW-Authenticate": "Bearer"})
-        if (refusal := not_ready()) is not None:
-            return refusal
-        prompts = engine.prompts.item_prompts([item.fields for item in body.items])
-        engine.check_item_prompts(prompts)
-        records = [{"item_id": item.item_id, "prompt": prompt, "author": item.author,
-                    "created_at": item.created_at if item.created_at is not None else int(time.time())}
-                   for item, prompt in zip(body.items, prompts)]
-        size = await asyncio.get_running_loop().run_in_executor(executor, engine.add_items, records)
-        return {"added": len(records), "index_size": size}
-
+    app.add_middleware(RequestMetrics, metrics=services.metrics)  # added last, so outermost: counts 413s too
+    problems.install(app)
+    for router in (health.router, metrics.router, recommend.router(bounded(RecommendRequest, config)),
+                   items.router(bounded(ItemsRequest, config))):
+        app.include_router(router)
     return app
 
 

@@ -49,19 +49,34 @@ def engine(client):
     return client.app.state.engine
 
 
+def embed(engine, tower, token_ids):
+    """Unit vectors float64 of `token_ids` through the bundle's exported tower (unpadded batch)."""
+    tokens, segments = padded(token_ids, max(map(len, token_ids)), engine.bundle.tokenizer.pad_id)
+    return engine.bundle.embed(tower, tokens, segments).astype(np.float64)
+
+
+def member_vector(engine, profile, history):
+    """`history`: catalogue ids, or HistoryItems (newest first)."""
+    history = [h if isinstance(h, HistoryItem) else HistoryItem(item_id=h) for h in history]
+    return embed(engine, "member", [engine.prompts.member_token_ids(profile, history, engine.prompt_of)])[0]
+
+
 def numpy_ranking(engine, profile, history, k, exclude=()):
-    """The top-k by cosine, computed here from the bundle's towers on every catalogue item."""
-    prompts = engine.prompts
-    member = prompts.member_token_ids(profile, [HistoryItem(item_id=h) for h in history], engine.prompt_of)
+    """The top-k by cosine, computed here from the bundle's towers on every item served (the
+    catalogue and the fresh items)."""
     ids = list(engine.prompt_of)
-    item_tokens = prompts.item_token_ids([engine.prompt_of[i] for i in ids])
-    tokens, segments = padded(item_tokens, max(map(len, item_tokens)), engine.bundle.tokenizer.pad_id)
-    items = engine.bundle.embed("item", tokens, segments).astype(np.float64)
-    tokens, segments = padded([member], len(member), engine.bundle.tokenizer.pad_id)
-    query = engine.bundle.embed("member", tokens, segments)[0].astype(np.float64)
-    scores = items @ query
+    items = embed(engine, "item", engine.prompts.item_token_ids([engine.prompt_of[i] for i in ids]))
+    scores = items @ member_vector(engine, profile, history)
     order = [j for j in np.argsort(-scores, kind="stable") if ids[j] not in set(exclude)][:k]
     return [ids[j] for j in order], scores[order]
+
+
+def stored_catalogue(engine):
+    """(ids, vectors) of the catalogue as the bundle's index stored them at export (not recomputed)."""
+    from ff_jax.retrieval import load_index
+
+    root = engine.bundle.path / "index"
+    return [str(i) for i in load_index(root).ids], np.load(root / "corpus.npy").astype(np.float64)
 
 
 def test_recommendations_are_the_numpy_ranking_of_the_bundles_embeddings(client, engine):
@@ -110,17 +125,34 @@ def test_history_as_text_or_fields_is_the_catalogue_items_prompt(client):
 
 
 def test_fresh_items_are_served_at_once_and_blocked_authors_hold(client, engine, monkeypatch):
+    """Fresh items are served in the exact numpy ranking over the bundle's stored catalogue vectors
+    and the fresh items' own vectors, with k the fewest that hold all of them (below the catalogue
+    size, so none is there by default); blocking their author gives that ranking without them."""
+    from .conftest import tables
+
     monkeypatch.setenv(CONFIG.token_env, TOKEN)
+    ids, vectors = stored_catalogue(engine)
     before = engine.index.count
+    assert before == len(ids)  # no fresh item yet (this test adds the first ones)
     fresh = [{"item_id": f"new{i}", "fields": {"topic": "food", "text": f"fresh soup recipe {i}", "likes": 3},
               "author": "chef"} for i in range(3)]
     answer = client.post("/v1/items", json={"items": fresh}, headers=AUTH)
     assert answer.status_code == 200 and answer.json() == {"added": 3, "index_size": before + 3}
-    everything = client.post("/v1/recommend", json={"member": {}, "k": before + 3}).json()["items"]
-    assert {"new0", "new1", "new2"} <= {i["item_id"] for i in everything}
-    assert {i["author"] for i in everything if i["item_id"].startswith("new")} == {"chef"}
-    blocked = client.post("/v1/recommend", json={"member": {}, "k": before, "blocked_authors": ["chef"]}).json()
-    assert not [i for i in blocked["items"] if i["item_id"].startswith("new")] and len(blocked["items"]) == before
+    fresh_prompts = engine.prompts.item_prompts([f["fields"] for f in fresh])
+    ids += [f["item_id"] for f in fresh]
+    vectors = np.concatenate([vectors, embed(engine, "item", engine.prompts.item_token_ids(fresh_prompts))])
+    author_of = {**dict(zip(tables().items["item_id"], tables().items["author"])), "new0": "chef", "new1": "chef",
+                 "new2": "chef"}
+    scores = vectors @ member_vector(engine, {}, [])
+    order = list(np.argsort(-scores, kind="stable"))
+    k = 1 + max(order.index(ids.index(f["item_id"])) for f in fresh)  # the fewest that hold every fresh item
+    assert k < before, "the fresh items rank last: pick another member so that k stays below the catalogue"
+    served = client.post("/v1/recommend", json={"member": {}, "k": k}).json()["items"]
+    assert [i["item_id"] for i in served] == [ids[j] for j in order[:k]]
+    np.testing.assert_allclose([i["retrieval_score"] for i in served], scores[order[:k]], atol=1e-5)
+    assert [i["author"] for i in served] == [author_of[i["item_id"]] for i in served]
+    blocked = client.post("/v1/recommend", json={"member": {}, "k": k, "blocked_authors": ["chef"]}).json()["items"]
+    assert [i["item_id"] for i in blocked] == [ids[j] for j in order if author_of[ids[j]] != "chef"][:k]
     again = client.post("/v1/items", json={"items": fresh[:1]}, headers=AUTH)
     assert again.status_code == 409 and again.json()["detail"][0]["field"] == "items[0].item_id"
     twice = client.post("/v1/items", json={"items": [fresh[0] | {"item_id": "x"}, fresh[1] | {"item_id": "x"}]},
@@ -167,6 +199,9 @@ def test_writes_need_the_bearer_token(client, monkeypatch):
     for headers in ({}, {"authorization": "Bearer wrong"}, {"authorization": TOKEN}):
         refused = client.post("/v1/items", json=body, headers=headers)
         assert refused.status_code == 401 and refused.headers["www-authenticate"] == "Bearer"
+    # The token is a dependency, checked before the body: a caller without it learns nothing of the schema.
+    unchecked = client.post("/v1/items", json={"items": []}, headers={"authorization": "Bearer wrong"})
+    assert unchecked.status_code == 401 and unchecked.json()["detail"][0]["field"] == "authorization"
     assert client.post("/v1/items", json=body, headers=AUTH).status_code == 200
 
 
@@ -205,11 +240,15 @@ def test_bad_requests_are_4xx_naming_the_field(client, content, status, field):
     assert field in [d["field"] for d in answer.json()["detail"]], answer.json()
 
 
-def test_odd_but_valid_unicode_is_served(client):
+def test_odd_but_valid_unicode_is_served(client, engine):
+    """Served as the numpy ranking of the same text: nothing is dropped or mangled on the way."""
     for text in ("emoji 🍲 and ﷽", "zero\u200bwidth", "RTL \u202e text", "combining e\u0301", "tab\tand\nnewline"):
         answer = client.post("/v1/recommend", json={"member": {"profile": {"headline": text},
                                                                "history": [{"text": text}]}, "k": 3})
         assert answer.status_code == 200, (text, answer.json())
+        expected, scores = numpy_ranking(engine, {"headline": text}, [HistoryItem(fields={"text": text})], 3)
+        assert [i["item_id"] for i in answer.json()["items"]] == expected, text
+        np.testing.assert_allclose([i["retrieval_score"] for i in answer.json()["items"]], scores, atol=1e-5)
 
 
 def test_a_chunked_huge_body_is_refused(client):
@@ -235,12 +274,35 @@ def test_health_readiness_and_metrics(client, engine):
         assert client.post("/v1/recommend", json={"member": {}}).status_code == 503
     finally:
         engine.ready = True
-    client.post("/v1/recommend", json={"member": {}, "k": 2})
-    text = client.get("/metrics").text
-    for name in ("ff_jax_requests_total", "ff_jax_request_seconds_bucket", "ff_jax_queue_seconds_bucket",
-                 'ff_jax_compute_seconds_bucket{le="0.001",stage="member_tower"}', "ff_jax_batch_size_bucket",
-                 "ff_jax_errors_total", f"ff_jax_index_size {float(engine.index.count)}"):
-        assert name in text, name
+    before = scrape(client)
+    for k in (1, 2, 3):
+        assert client.post("/v1/recommend", json={"member": {}, "k": k}).status_code == 200
+    assert client.post("/v1/recommend", json={"member": {}, "k": 0}).status_code == 422
+    after = scrape(client)
+    moved = {key: after.get(key, 0.0) - before.get(key, 0.0) for key in after}
+    recommend = (("endpoint", "/v1/recommend"),)
+    assert moved[("ff_jax_requests_total", recommend + (("status", "200"),))] == 3
+    assert moved[("ff_jax_requests_total", recommend + (("status", "422"),))] == 1
+    assert moved[("ff_jax_errors_total", recommend + (("kind", "422"),))] == 1
+    assert moved[("ff_jax_request_seconds_count", recommend)] == 4
+    assert moved[("ff_jax_requests_total", (("endpoint", "/metrics"), ("status", "200")))] == 1  # the first scrape
+    assert moved[("ff_jax_queue_seconds_count", ())] == 3  # the refused one never queued
+    assert moved[("ff_jax_batch_size_sum", ())] == 3  # batches of any size, 3 requests in all
+    batches = moved[("ff_jax_batch_size_count", ())]
+    assert 1 <= batches <= 3 and moved[("ff_jax_compute_seconds_count", (("stage", "member_tower"),))] == batches
+    assert after[("ff_jax_index_size", ())] == engine.index.count
+    assert not [key for key, change in moved.items() if key[0] == "ff_jax_errors_total" and change and
+                key != ("ff_jax_errors_total", recommend + (("kind", "422"),))]
+
+
+def scrape(client) -> dict:
+    """/metrics as {(sample name, sorted labels): value}, read with prometheus_client's own parser."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    answer = client.get("/metrics")
+    assert answer.status_code == 200
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(answer.text) for sample in family.samples}
 
 
 def test_openapi_bounds_every_field(client):

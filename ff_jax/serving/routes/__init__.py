@@ -1,0 +1,1 @@
+"""The server's routes, one module per resource (wired by ff_jax.serving.server.create_app)."""
