@@ -248,8 +248,8 @@ class Run:
         expect: refuse a run of another kind."""
         layout = Layout(workdir)
         kind = run_kind(workdir) or DUAL_ENCODER
-        if expect is not None:
-            check_kind(workdir, expect, allow_new=not layout.config_gin.exists())
+        if expect is not None:  # a workdir without run.json is a dual encoder's (written before kinds were)
+            check_kind(workdir, expect, allow_new=expect == DUAL_ENCODER)
         files = ([str(layout.config_gin)] if layout.config_gin.exists() else []) + list(gin_files)
         if not files:
             raise FileNotFoundError(f"{workdir}: no {layout.config_gin.name} (not a training run's workdir); "

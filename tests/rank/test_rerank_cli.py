@@ -81,7 +81,7 @@ def test_member_negatives_come_from_each_records_own_retrieved_list(runs, capsys
     from ff_jax.data.pipeline import as_text
     from ff_jax.model.tokenizer import byte_tokenizer
     from ff_jax.rank.data import RankerData
-    from ff_jax.rank.evaluate import train_ranker  # noqa: F401  (registers the configurables)
+    import ff_jax.rank  # noqa: F401  (registers the configurables)
     from ff_jax.retrieval.embedding_store import read_tower
     from ff_jax.data.feed_data import FeedData
 
@@ -210,7 +210,7 @@ def test_init_from_starts_the_backbone_from_the_dual_encoders_checkpoint(runs):
     from ff_jax import gin_cli
     from ff_jax.model.sharding import logical_axis_rules, make_mesh
     from ff_jax.rank.data import RankerData
-    from ff_jax.rank.evaluate import train_ranker  # noqa: F401  (registers the configurables)
+    import ff_jax.rank  # noqa: F401  (registers the configurables)
     from ff_jax.rank.train import build_ranker
     from ff_jax.train.run import dual_encoder_model
     from ff_jax.data.feed_data import FeedData
