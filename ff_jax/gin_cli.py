@@ -120,7 +120,7 @@ def _current_value(name: str):
     return value
 
 
-def bind(binding: str) -> None:
+def bind(binding: str, skip_unknown: bool = False) -> None:
     """Parses one `NAME=VALUE` (a --gin.NAME=VALUE flag) on top of the files; see the module's rule."""
     name, eq, value = (part.strip() for part in binding.partition("="))
     flag = f"--gin.{name}={value}"
@@ -130,10 +130,10 @@ def bind(binding: str) -> None:
     if "." not in name and before is _UNSET:
         raise GinError("unknown gin name", f"{flag}: no gin file defines the macro {name}")
     try:
-        gin.parse_config(f"{name} = {value}")
+        gin.parse_config(f"{name} = {value}", skip_unknown=skip_unknown)
     except SyntaxError:
         try:  # a bare word or path: a string
-            gin.parse_config(f"{name} = {value!r}")
+            gin.parse_config(f"{name} = {value!r}", skip_unknown=skip_unknown)
         except (ValueError, SyntaxError) as err:
             raise _parse_error(err, f"{flag}: ") from None
     except ValueError as err:
@@ -145,9 +145,10 @@ def bind(binding: str) -> None:
                                         f"(the config holds {before!r}), not the string {after!r}")
 
 
-def parse(files: Sequence[str], bindings: Sequence[str] = ()) -> None:
+def parse(files: Sequence[str], bindings: Sequence[str] = (), skip_unknown: bool = False) -> None:
     """Parses the files, then each binding (`NAME=VALUE`); raises GinError on unknown names, values
-    that do not fit and REQUIRED macros left unset."""
+    that do not fit and REQUIRED macros left unset. skip_unknown: bindings of configurables not
+    imported are ignored (a run's config.gin read for its spec also binds later stages')."""
     _tolerant_file_readers()
     gin.clear_config()
     known = getattr(gin.config, "_LOCATION_PREFIXES", [])  # clear_config keeps it: add each path once
@@ -155,13 +156,14 @@ def parse(files: Sequence[str], bindings: Sequence[str] = ()) -> None:
         if path not in known:
             gin.add_config_file_search_path(path)
     try:
-        gin.parse_config_files_and_bindings([resolve_file(f) for f in files], None, finalize_config=False)
+        gin.parse_config_files_and_bindings([resolve_file(f) for f in files], None, finalize_config=False,
+                                            skip_unknown=skip_unknown)
     except (ValueError, IOError, SyntaxError) as err:
         if isinstance(err, GinError):
             raise
         raise _parse_error(err, "") from None
     for binding in bindings:
-        bind(binding)
+        bind(binding, skip_unknown)
     missing = required_macros_unset()
     if missing:
         flags = " ".join(f"--gin.{name}=..." for name in missing)
@@ -197,13 +199,13 @@ def isolated():
 
 
 @contextlib.contextmanager
-def configured(files: Sequence[str], bindings: Sequence[str] = ()):
+def configured(files: Sequence[str], bindings: Sequence[str] = (), skip_unknown: bool = False):
     """Parses like `parse` for the body of a `with`, then clears gin, so a command run in a notebook
     or test leaves no bindings behind to change the defaults of the next thing constructed there.
     A config class that gin constructs and that refuses its values (a ValueError from its
     __init__ / __post_init__) is a "bad gin value"; every other error passes through unchanged."""
     try:
-        parse(files, bindings)
+        parse(files, bindings, skip_unknown)
         yield
     except RuntimeError as err:
         if "Required bindings" in str(err):  # a gin.REQUIRED parameter nobody bound

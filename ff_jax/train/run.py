@@ -153,7 +153,7 @@ def dual_encoder_model() -> dict:
 def _bound_arguments(kind: str, require_data: bool = True) -> dict:
     if kind not in _ENTRY_POINTS:
         raise ValueError(f"no training entry point is registered for runs of kind {kind!r} (import "
-                         f"{'ff_jax.rank.train' if kind == RANKER else 'ff_jax.train.loop'} first)")
+                         f"{'ff_jax.rank' if kind == RANKER else 'ff_jax.train'} first)")
     fn = _ENTRY_POINTS[kind]
     args = {n: p.default for n, p in inspect.signature(fn).parameters.items()
             if p.default is not inspect.Parameter.empty}
@@ -254,7 +254,8 @@ class Run:
         if not files:
             raise FileNotFoundError(f"{workdir}: no {layout.config_gin.name} (not a training run's workdir); "
                                     "give the gin files that describe the model")
-        with gin_cli.isolated(), gin_cli.configured(files, bindings):
+        # Bindings of later stages (EmbedConfig, evaluate_run, ...) need not be imported to read the spec.
+        with gin_cli.isolated(), gin_cli.configured(files, bindings, skip_unknown=True):
             spec = RunSpec.from_gin(kind)
         return cls(workdir, spec)
 

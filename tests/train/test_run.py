@@ -95,3 +95,9 @@ def test_spec_refuses_an_unknown_model_override(tmp_path):
     spec = Run.open(write_run(tmp_path / "run")).spec
     with pytest.raises(ValueError, match=r"model_overrides: unknown LlamaConfig field\(s\) \['hidden'\]"):
         RunSpec(DUAL_ENCODER, spec.data, spec.model_config, model_overrides={"hidden": 3})
+
+
+def test_open_reads_a_config_that_binds_later_stages_not_imported(tmp_path):
+    """A run's config.gin may bind the embed job or the index; reading the spec needs neither."""
+    workdir = write_run(tmp_path / "run", "SomeLaterStage.width = 3", "train.seed = 5")
+    assert Run.open(workdir).spec.seed == 5
