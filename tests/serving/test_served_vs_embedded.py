@@ -19,18 +19,18 @@ K = 10
 @pytest.fixture(scope="module")
 def embedded(run_dir):
     """(test members, their stored prompt records, member vectors by id, item ids, item vectors)."""
-    from ff_jax import cli, gin_cli
-    from ff_jax.retrieval.embed_job import train_arguments
+    from ff_jax import cli
     from ff_jax.retrieval.embedding_store import read_tower
     from ff_jax.retrieval.eval_data import feed_eval_data
+    from ff_jax.train.run import Run
 
     assert cli.main(["embed", f"--workdir={run_dir}", f"--gin.EmbedConfig.output='{OUTPUT}'"]) == 0
-    with gin_cli.configured([str(run_dir / "config.gin")]):
-        data = train_arguments()["data"]
-        _, members = feed_eval_data(data, "test")
-        records = {r["user_id"]: dict(r) for r in data.open_dataset(data.dataset)[0]["test"]}
-    member_ids, member_vectors = read_tower(run_dir / OUTPUT / "members_test")
-    item_ids, item_vectors = read_tower(run_dir / OUTPUT / "items")
+    run = Run.open(run_dir)
+    data = run.spec.data
+    _, members = feed_eval_data(data, "test")
+    records = {r["user_id"]: dict(r) for r in data.open_dataset(data.dataset)[0]["test"]}
+    member_ids, member_vectors = read_tower(run.layout.members("test", OUTPUT))
+    item_ids, item_vectors = read_tower(run.layout.items(OUTPUT))
     return (members, records, dict(zip(member_ids.tolist(), member_vectors.astype(np.float64))), item_ids.tolist(),
             item_vectors.astype(np.float64))
 
