@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from ff_jax.data.splits import TRAIN
+from ff_jax.data.tables_checks import index_in
 
 MODES = ("quantile", "raw", "absent")
 PERCENTILES = np.arange(1, 100)
@@ -171,14 +172,23 @@ class Quantizer:
         return cls.from_json(Path(path).read_text())
 
 
+def _used(ids: pd.Series, column: pd.Series, rows: np.ndarray) -> np.ndarray:
+    """Which of `ids` appear in `column` at the `rows` mask (Arrow hashing: pandas' isin on Arrow
+    strings loops in Python)."""
+    found = index_in(column[rows], ids)
+    used = np.zeros(len(ids), dtype=bool)
+    used[found[found >= 0]] = True
+    return used
+
+
 def fit_on_training(tables, splits, tags: Mapping[str, str] | None = None, mode: str = "quantile") -> Quantizer:
     """Fit every numeric user and item column on the rows the training split uses.
 
     Items: those in training-period interactions; users: those with a training example.
     """
-    train = tables.interactions[splits.period == TRAIN]
-    items = tables.items[tables.items["item_id"].isin(train["item_id"].unique())]
-    users = tables.users[tables.users["user_id"].isin(train["user_id"].unique())]
+    train = splits.period == TRAIN
+    items = tables.items[_used(tables.items["item_id"], tables.interactions["item_id"], train)]
+    users = tables.users[_used(tables.users["user_id"], tables.interactions["user_id"], train)]
     user_cols, item_cols = tables.schema.names("users", "numeric"), tables.schema.names("items", "numeric")
     clash = set(user_cols) & set(item_cols)
     if clash:

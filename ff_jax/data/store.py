@@ -47,15 +47,17 @@ def record_order(n: int, salt: str) -> np.ndarray:
     """The order records are stored in: their generation index i sorted by md5(salt + f"{i:09d}").
 
     This is the key-hash order TFDS's writer gave the text records of versions before 2.0, so a
-    dataset prepared now trains on exactly the batches it did then (tested against TFDS's Hasher)."""
+    dataset prepared now trains on exactly the batches it did then (tested against TFDS's Hasher).
+    The digests are sorted as two big-endian 64-bit halves: the order of the 128-bit numbers."""
     base = hashlib.md5(salt.encode())
 
-    def key(i: int) -> int:
+    def digest(i: int) -> bytes:
         h = base.copy()
-        h.update(f"{i:09d}".encode())
-        return int.from_bytes(h.digest(), "big")
+        h.update(b"%09d" % i)
+        return h.digest()
 
-    return np.asarray(sorted(range(n), key=key), np.int64)
+    halves = np.frombuffer(b"".join(map(digest, range(n))), dtype=">u8").reshape(n, 2)
+    return np.lexsort((halves[:, 1], halves[:, 0])).astype(np.int64)
 
 
 def _write_table(path: Path, batches: Iterator[pa.RecordBatch], schema: pa.Schema) -> int:
@@ -72,8 +74,13 @@ def _write_table(path: Path, batches: Iterator[pa.RecordBatch], schema: pa.Schem
     return rows
 
 
-def _ragged(lists: list[list[int]]) -> pa.Array:
-    return pa.array(lists, type=pa.list_(pa.int32()))
+def _ragged(offsets: np.ndarray, values: np.ndarray, order: np.ndarray) -> pa.Array:
+    """list<int32> whose row j is values[offsets[order[j]]:offsets[order[j] + 1]]."""
+    lengths = np.diff(offsets)[order]
+    new_offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    within = np.arange(new_offsets[-1]) - np.repeat(new_offsets[:-1], lengths)
+    taken = values[np.repeat(offsets[:-1][order], lengths) + within]
+    return pa.ListArray.from_arrays(pa.array(new_offsets, pa.int32()), pa.array(taken.astype(np.int32)))
 
 
 ITEM_SCHEMA = pa.schema([("item_id", pa.large_string()), ("item_prompt", pa.large_string()),
@@ -193,23 +200,22 @@ def _write_all(data: StoreInput, out: Path, progress: bool, engine: PrepareConfi
 
     _write_table(out / "items.arrow", item_batches(), ITEM_SCHEMA)
 
-    # Each member's interactions oldest first, as temporal_split walks them.
-    member_of_row = index_in(inter["user_id"], users["user_id"])
-    by_member = np.argsort(member_of_row, kind="stable")
-    bounds = np.searchsorted(member_of_row[by_member], np.arange(len(users) + 1))
-    item_rows = row_of_item[index_in(inter["item_id"], items["item_id"])]
+    # Each member's interactions oldest first: temporal_split's timeline.
+    columns = splits.columns
+    by_member, bounds = columns.timeline, columns.bounds
+    item_rows = row_of_item[index_in(inter["item_id"], items["item_id"])][by_member].astype(np.int32)
     _write_table(out / "timeline.arrow", iter([pa.record_batch(
-        [pa.array(item_rows[by_member].astype(np.int32)), pa.array(inter["engaged"].to_numpy(bool)[by_member])],
+        [pa.array(item_rows), pa.array(inter["engaged"].to_numpy(bool)[by_member])],
         schema=TIMELINE_SCHEMA)]), TIMELINE_SCHEMA)
 
-    user_ids = users["user_id"].astype(str)
+    cohort = np.where(columns.cohort_new, "new", "established")
 
     def member_batches():
         done = 0
         for rendered in map_chunks(RenderProfiles(renderer), users, engine):
             ids, n = rendered["user_id"].tolist(), len(rendered)
             yield pa.record_batch([pa.array(ids, pa.large_string()),
-                                   pa.array([splits.cohorts.get(u, "new") for u in ids], pa.string()),
+                                   pa.array(cohort[done:done + n], pa.string()),
                                    pa.array(rendered["profile"].tolist(), pa.list_(pa.large_string())),
                                    pa.array(bounds[done:done + n], pa.int64()),
                                    pa.array(bounds[done + 1:done + 1 + n], pa.int64())], schema=MEMBER_SCHEMA)
@@ -217,43 +223,30 @@ def _write_all(data: StoreInput, out: Path, progress: bool, engine: PrepareConfi
 
     _write_table(out / "members.arrow", member_batches(), MEMBER_SCHEMA)
 
-    member_index = dict(zip(user_ids.tolist(), range(len(users))))
-    item_index = dict(zip(items["item_id"].astype(str).tolist(), row_of_item.tolist()))
+    _check_history(columns, splits.settings.get("max_history"))
+    times = inter["timestamp"].to_numpy(np.int64)[by_member]
     counts = {"items": len(items), "members": len(users), "interactions": len(inter)}
     for split in SPLITS:
-        rows = getattr(splits, split)
-        order = record_order(len(rows), split)
-        columns = {"member": np.empty(len(rows), np.int32), "end": np.empty(len(rows), np.int32),
-                   "timestamp": np.empty(len(rows), np.int64)}
-        lists: list[list[int]] = [[] for _ in rows]
-        positive = np.empty(len(rows), np.int32)
-        for at, i in enumerate(tqdm(order.tolist(), desc=f"{tables.name} {split} records", unit="example",
-                                    disable=not progress, mininterval=1.0, leave=False)):
-            row = rows[i]
-            _check_history(row)
-            columns["member"][at] = member_index[row.user_id]
-            columns["end"][at] = len(row.history)
-            columns["timestamp"][at] = row.timestamp
-            if split == "train":
-                positive[at] = item_index[row.positive]
-                lists[at] = [item_index[n] for n in row.hard_negatives]
-            else:
-                lists[at] = [item_index[t] for t in row.targets]
+        order = record_order(columns.count(split), split)
         if split == "train":
-            arrays = [columns["member"], columns["end"], positive, _ragged(lists), columns["timestamp"]]
+            at = columns.train_at[order]
+            arrays = [columns.member[at], columns.end(at), item_rows[at],
+                      _ragged(columns.negative_offsets, item_rows[columns.negatives], order), times[at]]
             schema = TRAIN_SCHEMA
         else:
-            arrays = [columns["member"], columns["end"], _ragged(lists), columns["timestamp"]]
+            at = columns.eval_first[split][order]
+            arrays = [columns.member[at], columns.end(at),
+                      _ragged(columns.target_offsets[split], item_rows[columns.targets[split]], order), times[at]]
             schema = EVAL_SCHEMA
-        batch = pa.record_batch([a if isinstance(a, pa.Array) else pa.array(a) for a in arrays], schema=schema)
+        batch = pa.record_batch([a if isinstance(a, pa.Array) else pa.array(a, field.type)
+                                 for a, field in zip(arrays, schema)], schema=schema)
         counts[split] = _write_table(out / f"{split}.arrow", iter([batch]), schema)
     return counts
 
 
-def _check_history(row) -> None:
+def _check_history(columns, max_history: int | None) -> None:
     """Records name a history by its end in the member's timeline: it must start there."""
-    start = getattr(row.history, "start", 0)  # EvalMember histories are lists from 0
-    if start:
+    if max_history is not None and (columns.end(columns.train_at) > max_history).any():
         raise ValueError("temporal_split(max_history=...) histories cannot be stored; prompts truncate to "
                          "PromptTemplate.max_history_items and the token budget instead")
 
