@@ -123,11 +123,12 @@ class Quantizer:
         if self.mode == "absent" or len(values) == 0:
             return out
         numbers = pd.to_numeric(values, errors="coerce").to_numpy(float)
+        if self.mode == "quantile":  # 100 possible texts: look them up rather than format each value
+            tag = feature.tag
+            texts = np.array([""] + [f"<{tag}>{b}</{tag}>" for b in range(1, len(PERCENTILES) + 2)], dtype=object)
+            return pd.Series(texts[self.bucket(column, numbers)], index=values.index, dtype=object)
         present = np.isfinite(numbers)
-        if self.mode == "quantile":
-            tag, text = feature.tag, self.bucket(column, numbers[present]).astype(str).tolist()
-        else:
-            tag, text = feature.raw_tag, _raw_text(numbers[present])
+        tag, text = feature.raw_tag, _raw_text(numbers[present])
         out[present] = [f"<{tag}>{t}</{tag}>" for t in text]
         return out
 

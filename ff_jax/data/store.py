@@ -35,7 +35,7 @@ import pandas as pd
 import pyarrow as pa
 from tqdm.auto import tqdm
 
-from ff_jax.data.prepare_engine import PrepareConfig, map_chunks
+from ff_jax.data.prepare_engine import ChunkMapper, PrepareConfig
 from ff_jax.data.tables_checks import index_in
 
 STORE_VERSION = "2.0.0"
@@ -119,11 +119,14 @@ class RenderItems:
     """A chunk of the items table -> item_id, item_prompt, history_piece (picklable, for engines)."""
 
     renderer: object  # PromptRenderer
+    schema = pa.schema([("item_id", pa.large_string()), ("item_prompt", pa.large_string()),
+                        ("history_piece", pa.large_string())])
 
-    def __call__(self, chunk: pd.DataFrame) -> pd.DataFrame:
-        return pd.DataFrame({"item_id": chunk["item_id"].astype(str).tolist(),
-                             "item_prompt": self.renderer.item_prompts(chunk),
-                             "history_piece": list(self.renderer.history_pieces(chunk).values())})
+    def __call__(self, chunk: pd.DataFrame) -> pa.RecordBatch:
+        return pa.record_batch([pa.array(chunk["item_id"].astype(str).tolist(), pa.large_string()),
+                                pa.array(self.renderer.item_prompts(chunk), pa.large_string()),
+                                pa.array(list(self.renderer.history_pieces(chunk).values()), pa.large_string())],
+                               schema=self.schema)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,11 +134,14 @@ class RenderProfiles:
     """A chunk of the users table -> user_id, profile (its rendered fields)."""
 
     renderer: object  # PromptRenderer
+    schema = pa.schema([("user_id", pa.large_string()), ("profile", pa.list_(pa.large_string()))])
 
-    def __call__(self, chunk: pd.DataFrame) -> pd.DataFrame:
+    def __call__(self, chunk: pd.DataFrame) -> pa.RecordBatch:
         profiles = self.renderer.profiles(chunk)
         ids = chunk["user_id"].astype(str).tolist()
-        return pd.DataFrame({"user_id": ids, "profile": [profiles[u] for u in ids]})
+        return pa.record_batch([pa.array(ids, pa.large_string()),
+                                pa.array([profiles[u] for u in ids], pa.list_(pa.large_string()))],
+                               schema=self.schema)
 
 
 def write_store(data: StoreInput, root: Path, progress: bool = True, engine: PrepareConfig | None = None) -> Path:
@@ -174,56 +180,35 @@ def _remove_abandoned(root: Path) -> None:
 
 
 def _write_all(data: StoreInput, out: Path, progress: bool, engine: PrepareConfig) -> dict:
+    scratch = out / ".scratch"
+    try:
+        with ChunkMapper(engine, scratch) as mapper:
+            return _write_files(data, out, progress, mapper)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _write_files(data: StoreInput, out: Path, progress: bool, mapper: ChunkMapper) -> dict:
     tables, splits, renderer = data.tables, data.splits, data.renderer
     items, users, inter = tables.items, tables.users, tables.interactions
 
-    # Items in corpus order; every other file names an item by its row here.
-    order = record_order(len(items), "corpus")
+    # Items in corpus order; every other file names an item by its row here. Their text is rendered
+    # first (local workers start now), the ids and records below are computed meanwhile.
+    columns = splits.columns
+    _check_history(columns, splits.settings.get("max_history"))
+    corpus = record_order(len(items), "corpus")
+    rendered_items = mapper.map(RenderItems(renderer), items.iloc[corpus])
+    rendered_members = mapper.map(RenderProfiles(renderer), users)
     row_of_item = np.empty(len(items), np.int64)
-    row_of_item[order] = np.arange(len(items))
-    created_at, authors = data.created_at[order], np.asarray(data.authors, dtype=object)[order]
-
-    def item_batches():
-        done = 0
-        with tqdm(total=len(items), desc=f"{tables.name} item prompts", unit="item", disable=not progress,
-                  mininterval=1.0, leave=False) as bar:  # closed (its line cleared) on an error too
-            for rendered in map_chunks(RenderItems(renderer), items.iloc[order], engine):
-                n = len(rendered)
-                yield pa.record_batch([pa.array(rendered["item_id"].tolist(), pa.large_string()),
-                                       pa.array(rendered["item_prompt"].tolist(), pa.large_string()),
-                                       pa.array(rendered["history_piece"].tolist(), pa.large_string()),
-                                       pa.array(created_at[done:done + n], pa.int64()),
-                                       pa.array(authors[done:done + n].tolist(), pa.large_string())],
-                                      schema=ITEM_SCHEMA)
-                done += n
-                bar.update(n)
-
-    _write_table(out / "items.arrow", item_batches(), ITEM_SCHEMA)
+    row_of_item[corpus] = np.arange(len(items))
 
     # Each member's interactions oldest first: temporal_split's timeline.
-    columns = splits.columns
     by_member, bounds = columns.timeline, columns.bounds
     item_rows = row_of_item[index_in(inter["item_id"], items["item_id"])][by_member].astype(np.int32)
     _write_table(out / "timeline.arrow", iter([pa.record_batch(
         [pa.array(item_rows), pa.array(inter["engaged"].to_numpy(bool)[by_member])],
         schema=TIMELINE_SCHEMA)]), TIMELINE_SCHEMA)
 
-    cohort = np.where(columns.cohort_new, "new", "established")
-
-    def member_batches():
-        done = 0
-        for rendered in map_chunks(RenderProfiles(renderer), users, engine):
-            ids, n = rendered["user_id"].tolist(), len(rendered)
-            yield pa.record_batch([pa.array(ids, pa.large_string()),
-                                   pa.array(cohort[done:done + n], pa.string()),
-                                   pa.array(rendered["profile"].tolist(), pa.list_(pa.large_string())),
-                                   pa.array(bounds[done:done + n], pa.int64()),
-                                   pa.array(bounds[done + 1:done + 1 + n], pa.int64())], schema=MEMBER_SCHEMA)
-            done += n
-
-    _write_table(out / "members.arrow", member_batches(), MEMBER_SCHEMA)
-
-    _check_history(columns, splits.settings.get("max_history"))
     times = inter["timestamp"].to_numpy(np.int64)[by_member]
     counts = {"items": len(items), "members": len(users), "interactions": len(inter)}
     for split in SPLITS:
@@ -241,6 +226,35 @@ def _write_all(data: StoreInput, out: Path, progress: bool, engine: PrepareConfi
         batch = pa.record_batch([a if isinstance(a, pa.Array) else pa.array(a, field.type)
                                  for a, field in zip(arrays, schema)], schema=schema)
         counts[split] = _write_table(out / f"{split}.arrow", iter([batch]), schema)
+
+    created_at = pa.array(data.created_at[corpus], pa.int64())
+    authors = pa.array(np.asarray(data.authors, dtype=object)[corpus].tolist(), pa.large_string())
+
+    def item_batches():
+        done = 0
+        with tqdm(total=len(items), desc=f"{tables.name} item prompts", unit="item", disable=not progress,
+                  mininterval=1.0, leave=False) as bar:  # closed (its line cleared) on an error too
+            for rendered in rendered_items:
+                n = rendered.num_rows
+                yield pa.record_batch([*rendered.columns, created_at.slice(done, n), authors.slice(done, n)],
+                                      schema=ITEM_SCHEMA)
+                done += n
+                bar.update(n)
+
+    _write_table(out / "items.arrow", item_batches(), ITEM_SCHEMA)
+
+    cohort = pa.array(np.where(columns.cohort_new, "new", "established").tolist(), pa.string())
+
+    def member_batches():
+        done = 0
+        for rendered in rendered_members:
+            n = rendered.num_rows
+            yield pa.record_batch([rendered.column(0), cohort.slice(done, n), rendered.column(1),
+                                   pa.array(bounds[done:done + n], pa.int64()),
+                                   pa.array(bounds[done + 1:done + 1 + n], pa.int64())], schema=MEMBER_SCHEMA)
+            done += n
+
+    _write_table(out / "members.arrow", member_batches(), MEMBER_SCHEMA)
     return counts
 
 
