@@ -95,8 +95,8 @@ class _Lazy(Sequence):
     writes from the columns and never pays for 10⁶ objects. Indexing, slicing, iteration and `+`
     behave as on the list it holds."""
 
-    def __init__(self, build):
-        self._build, self._list = build, None
+    def __init__(self, build, length: int):
+        self._build, self._list, self._length = build, None, length
 
     @property
     def rows(self) -> list:
@@ -105,7 +105,7 @@ class _Lazy(Sequence):
         return self._list
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return self._length
 
     def __getitem__(self, index):
         return self.rows[index]
@@ -162,9 +162,9 @@ class Splits:
         self.corpus_ids: list[str] = tables.items["item_id"].tolist()
         self._tables = tables
         self._timeline_values = None
-        self.train = _Lazy(self._train)
-        self.validation = _Lazy(lambda: self._eval("validation"))
-        self.test = _Lazy(lambda: self._eval("test"))
+        self.train = _Lazy(self._train, columns.count("train"))
+        self.validation = _Lazy(lambda: self._eval("validation"), columns.count("validation"))
+        self.test = _Lazy(lambda: self._eval("test"), columns.count("test"))
 
     def count(self, split: str) -> int:
         """Examples (train) or evaluated members (validation / test), without building them."""

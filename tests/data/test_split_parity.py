@@ -106,3 +106,6 @@ def test_array_split_equals_the_per_member_loop(seed):
     assert splits.cohorts == cohorts
     np.testing.assert_array_equal(splits.period, period)
     assert [splits.count(s) for s in ("train", "validation", "test")] == [len(train), len(validation), len(test)]
+    n_new = sum(m[4] == "new" for m in test)
+    assert f"{len(train):,} train examples ({sum(not t[4] for t in train):,} without a hard negative)" in str(splits)
+    assert f"{len(test):,} test members ({n_new:,} new" in str(splits)
