@@ -227,8 +227,7 @@ def _write_files(data: StoreInput, out: Path, progress: bool, mapper: ChunkMappe
                                  for a, field in zip(arrays, schema)], schema=schema)
         counts[split] = _write_table(out / f"{split}.arrow", iter([batch]), schema)
 
-    created_at = pa.array(data.created_at[corpus], pa.int64())
-    authors = pa.array(np.asarray(data.authors, dtype=object)[corpus].tolist(), pa.large_string())
+    created_at, authors = data.created_at[corpus], np.asarray(data.authors, dtype=object)[corpus]
 
     def item_batches():
         done = 0
@@ -236,8 +235,9 @@ def _write_files(data: StoreInput, out: Path, progress: bool, mapper: ChunkMappe
                   mininterval=1.0, leave=False) as bar:  # closed (its line cleared) on an error too
             for rendered in rendered_items:
                 n = rendered.num_rows
-                yield pa.record_batch([*rendered.columns, created_at.slice(done, n), authors.slice(done, n)],
-                                      schema=ITEM_SCHEMA)
+                yield pa.record_batch([*rendered.columns, pa.array(created_at[done:done + n], pa.int64()),
+                                       pa.array(authors[done:done + n].tolist(), pa.large_string())],
+                                      schema=ITEM_SCHEMA)  # not slices of one array: those pad differently
                 done += n
                 bar.update(n)
 
