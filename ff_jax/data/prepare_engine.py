@@ -84,8 +84,10 @@ def _render_file_chunk(render: Render, source: str, start: int, stop: int, targe
 
 
 class ChunkMapper:
-    """Maps Render functions over the chunks of frames, on `config`'s engine; local worker processes
-    (started once, shared by every map) read and write files in `scratch`. Use it as a context manager."""
+    """Maps Render functions over the chunks of frames, on `config`'s engine. Locally, `workers` - 1
+    processes (started once, shared by every map) read and write files in `scratch`, and the preparing
+    process is the last worker: when it reads a chunk no process has started, it renders it itself, and
+    while it waits for a running one it renders the last chunk not started. Use it as a context manager."""
 
     def __init__(self, config: PrepareConfig, scratch: Path):
         self.config, self.scratch = config, Path(scratch)
@@ -99,6 +101,8 @@ class ChunkMapper:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
+        for left in self.scratch.glob("map*.arrow"):  # chunks a worker finished after a failure
+            left.unlink(missing_ok=True)
 
     def map(self, render: Render, frame: pd.DataFrame) -> Iterator[pa.RecordBatch]:
         """`render` of every `config.chunk` rows of `frame`, in order. With local workers the work starts
@@ -111,7 +115,7 @@ class ChunkMapper:
         if min(config.workers or _cores(), len(starts)) <= 1:
             return (render(frame.iloc[start:start + config.chunk]) for start in starts)
         if self._pool is None:  # spawn, not fork: the preparing process may already run JAX's threads
-            self._pool = ProcessPoolExecutor(config.workers or _cores(),
+            self._pool = ProcessPoolExecutor((config.workers or _cores()) - 1,
                                              mp_context=multiprocessing.get_context("spawn"))
         self._maps += 1
         self.scratch.mkdir(parents=True, exist_ok=True)
@@ -122,16 +126,30 @@ class ChunkMapper:
             target = self.scratch / f"map{self._maps}-{k:06d}.arrow"
             tasks.append((self._pool.submit(_render_file_chunk, render, str(source), start,
                                             min(start + config.chunk, n), str(target)), target))
-        return self._collect(tasks, source)
+        here = lambda k: render(frame.iloc[starts[k]:starts[k] + config.chunk])  # noqa: E731
+        return self._collect(tasks, source, here)
 
     @staticmethod
-    def _collect(tasks: list, source: Path) -> Iterator[pa.RecordBatch]:
+    def _collect(tasks: list, source: Path, here) -> Iterator[pa.RecordBatch]:
+        stolen: dict[int, pa.RecordBatch] = {}  # rendered here ahead of their turn
         try:
-            for future, target in tasks:
-                future.result()
-                with pa.memory_map(str(target), "r") as mapped:
-                    yield from pa.ipc.open_file(mapped).read_all().combine_chunks().to_batches()
-                target.unlink()
+            for k, (future, target) in enumerate(tasks):
+                while k not in stolen and not future.done() and not future.cancel():
+                    last = next((j for j in range(len(tasks) - 1, k, -1)
+                                 if j not in stolen and tasks[j][0].cancel()), None)
+                    if last is None:  # nothing left to take: wait for the worker
+                        future.result()
+                        break
+                    stolen[last] = here(last)
+                if k in stolen:
+                    yield stolen.pop(k)
+                elif future.cancelled():
+                    yield here(k)
+                else:
+                    future.result()  # raises the worker's error
+                    with pa.memory_map(str(target), "r") as mapped:
+                        yield from pa.ipc.open_file(mapped).read_all().combine_chunks().to_batches()
+                    target.unlink()
         finally:
             for future, target in tasks:  # after a failure: what was not consumed (its owner removes the rest)
                 future.cancel()

@@ -1,4 +1,5 @@
-"""Local workers read the frame from one Arrow IPC file and write their chunks to files: the records
+"""Local workers read the frame from one Arrow IPC file and write their chunks to files, and the
+preparing process renders the chunks no worker has started: the records
 are those of the text-record path (feed_world tiny covers every kind of field: dates, numbers through
 the quantiser, text, categories), and no scratch file outlives the preparation."""
 
@@ -40,6 +41,6 @@ def test_chunks_come_back_in_order_and_a_failure_reaches_the_caller(tmp_path):
     frame = pd.DataFrame({"x": range(50)})
     with ChunkMapper(PrepareConfig(workers=2, chunk=7), tmp_path / "scratch") as mapper:
         assert [v for b in mapper.map(Doubles(), frame) for v in b.column(0).to_pylist()] == list(range(0, 100, 2))
-        with pytest.raises(ValueError, match="row 21 refused"):
+        with pytest.raises(ValueError, match=r"row (2[1-9]|[34]\d) refused"):  # chunks may run in any order
             list(mapper.map(Fails(), frame))
     assert list((tmp_path / "scratch").iterdir()) == []
