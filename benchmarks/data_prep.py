@@ -188,7 +188,7 @@ def _section(run: dict) -> list[str]:
                          f"{r.get('peak_rss_gb', float('nan')):.2f} GB | {disk} | {outcome} |")
         return lines
     made = run["input"]
-    lines = [f"## {run['date']}: {made['what']}, prep A/B", "",
+    lines = [f"## {run['date']}: {made['what']}, prep A/B (this checkout at {run.get('revision', '?')})", "",
              f"Input: {made['interactions']:,} interactions, {made['members']:,} members, {made['items']:,} items; "
              f"making it took {made['seconds']:.0f} s (not part of prep). Machine: {machine['cpu']}, "
              f"{machine['cores']} cores, {machine['memory_gb']} GB, shared with other jobs: load average "
@@ -265,7 +265,10 @@ def main() -> None:
                 for folder, _ in added:
                     subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(scratch / folder)],
                                    capture_output=True)
-        runs.append({"date": time.strftime("%Y-%m-%d %H:%M"), "input": made, "machine": machine, "results": results})
+        revision = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                                  text=True).stdout.strip()
+        runs.append({"date": time.strftime("%Y-%m-%d %H:%M"), "revision": revision, "input": made, "machine": machine,
+                     "results": results})
         out.with_suffix(".json").write_text(json.dumps({"runs": runs}, indent=1))
     out.with_suffix(".md").write_text(markdown(runs, title))
     print(out.with_suffix(".md").read_text())
