@@ -6,10 +6,9 @@ frame and returns the results in order, so every engine writes the same records
 (tests/data/test_prepare_engines.py). Ids, splits and the quantiser are computed by the preparing
 process itself: they take tens of bytes per interaction, and it computes them while the workers render.
 
-Local workers exchange files, not pickled frames: the frame is written once as an Arrow IPC file that
-every worker memory-maps, and each worker writes its rendered chunk to a file the preparing process
-streams into the store (a pickled chunk of rendered text costs the preparing process as much CPU as
-rendering it).
+Local workers get no pickled frames: the frame is written once as an Arrow IPC file that every worker
+memory-maps, and a worker sends its rendered chunk back as Arrow buffers (a pickled frame of Python
+strings costs the preparing process about as much CPU as rendering it).
 
     --gin.PrepareConfig.workers=2                      # processes on this machine (default: its cores)
     --gin.PrepareConfig.engine="ray"                   # Ray Data on a local Ray instance
@@ -74,18 +73,17 @@ def _write_ipc(table: pa.Table | pa.RecordBatch, path: Path) -> None:
         writer.write(table)
 
 
-def _render_file_chunk(render: Render, source: str, start: int, stop: int, target: str) -> int:
-    """In a worker: rows [start, stop) of the IPC file `source` -> `render` -> the IPC file `target`."""
+def _render_file_chunk(render: Render, source: str, start: int, stop: int) -> pa.RecordBatch:
+    """In a worker: rows [start, stop) of the IPC file `source` -> `render`. The batch travels back as
+    Arrow buffers (a copy of its bytes, no Python object per string)."""
     with pa.memory_map(source, "r") as mapped:
         chunk = pa.ipc.open_file(mapped).read_all().slice(start, stop - start).to_pandas()
-    batch = render(chunk)
-    _write_ipc(batch, Path(target))
-    return batch.num_rows
+    return render(chunk)
 
 
 class ChunkMapper:
     """Maps Render functions over the chunks of frames, on `config`'s engine. Locally, `workers` - 1
-    processes (started once, shared by every map) read and write files in `scratch`, and the preparing
+    processes (started once, shared by every map) read the frame from a file in `scratch`, and the preparing
     process is the last worker: when it reads a chunk no process has started, it renders it itself, and
     while it waits for a running one it renders the last chunk not started. Use it as a context manager."""
 
@@ -101,8 +99,6 @@ class ChunkMapper:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
-        for left in self.scratch.glob("map*.arrow"):  # chunks a worker finished after a failure
-            left.unlink(missing_ok=True)
 
     def map(self, render: Render, frame: pd.DataFrame) -> Iterator[pa.RecordBatch]:
         """`render` of every `config.chunk` rows of `frame`, in order. With local workers the work starts
@@ -121,11 +117,8 @@ class ChunkMapper:
         self.scratch.mkdir(parents=True, exist_ok=True)
         source = self.scratch / f"map{self._maps}-source.arrow"
         _write_ipc(pa.Table.from_pandas(frame, preserve_index=False), source)
-        tasks = []
-        for k, start in enumerate(starts):
-            target = self.scratch / f"map{self._maps}-{k:06d}.arrow"
-            tasks.append((self._pool.submit(_render_file_chunk, render, str(source), start,
-                                            min(start + config.chunk, n), str(target)), target))
+        tasks = [self._pool.submit(_render_file_chunk, render, str(source), start, min(start + config.chunk, n))
+                 for start in starts]
         here = lambda k: render(frame.iloc[starts[k]:starts[k] + config.chunk])  # noqa: E731
         return self._collect(tasks, source, here)
 
@@ -133,27 +126,17 @@ class ChunkMapper:
     def _collect(tasks: list, source: Path, here) -> Iterator[pa.RecordBatch]:
         stolen: dict[int, pa.RecordBatch] = {}  # rendered here ahead of their turn
         try:
-            for k, (future, target) in enumerate(tasks):
+            for k, future in enumerate(tasks):
                 while k not in stolen and not future.done() and not future.cancel():
-                    last = next((j for j in range(len(tasks) - 1, k, -1)
-                                 if j not in stolen and tasks[j][0].cancel()), None)
+                    last = next((j for j in range(len(tasks) - 1, k, -1) if j not in stolen and tasks[j].cancel()),
+                                None)
                     if last is None:  # nothing left to take: wait for the worker
-                        future.result()
                         break
                     stolen[last] = here(last)
-                if k in stolen:
-                    yield stolen.pop(k)
-                elif future.cancelled():
-                    yield here(k)
-                else:
-                    future.result()  # raises the worker's error
-                    with pa.memory_map(str(target), "r") as mapped:
-                        yield from pa.ipc.open_file(mapped).read_all().combine_chunks().to_batches()
-                    target.unlink()
+                yield stolen.pop(k) if k in stolen else here(k) if future.cancelled() else future.result()
         finally:
-            for future, target in tasks:  # after a failure: what was not consumed (its owner removes the rest)
+            for future in tasks:  # after a failure: nothing more is rendered
                 future.cancel()
-                target.unlink(missing_ok=True)
             source.unlink(missing_ok=True)
 
 

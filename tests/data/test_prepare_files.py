@@ -1,4 +1,4 @@
-"""Local workers read the frame from one Arrow IPC file and write their chunks to files, and the
+"""Local workers read the frame from one Arrow IPC file and send their chunks back as Arrow buffers, and the
 preparing process renders the chunks no worker has started: the records
 are those of the text-record path (feed_world tiny covers every kind of field: dates, numbers through
 the quantiser, text, categories), and no scratch file outlives the preparation."""
