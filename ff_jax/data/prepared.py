@@ -94,9 +94,16 @@ def prepare(tables: FeedTables, config: FeedConfig, progress: bool = True) -> Pr
                 "splits": dict(splits.settings), "source": tables.name,
                 # How often each item is a training positive: the sampling probabilities of in-batch
                 # negatives, for the loss's logQ correction (ff_jax.data.pipeline.LogQ).
-                "item_train_positives": dict(Counter(str(e.positive) for e in splits.train)),
+                "item_train_positives": _train_positive_counts(tables, splits),
                 "corpus_size": len(splits.corpus_ids)}
     return Prepared(tables, splits, renderer, metadata)
+
+
+def _train_positive_counts(tables: FeedTables, splits: Splits) -> dict[str, int]:
+    """item_id -> how many training examples have it as their positive."""
+    rows = splits.columns.timeline[splits.columns.train_at]
+    counts = tables.interactions["item_id"].iloc[rows].value_counts(sort=False)
+    return {str(item): int(n) for item, n in counts.items()}
 
 
 def item_created_at(items) -> np.ndarray:
@@ -160,12 +167,13 @@ def store_root(data_dir: str | Path, name: str, config: str) -> Path:
 
 def _check_splits(prepared: Prepared, config: FeedConfig) -> None:
     """An empty split cannot be trained or evaluated on: say which one and why."""
-    positives = prepared.tables.interactions.loc[prepared.tables.interactions["engaged"]]
-    most = int(positives.drop_duplicates(["user_id", "item_id"])["user_id"].value_counts().max()) if len(
-        positives) else 0
     for split, fraction in (("train", None), ("validation", config.validation_fraction),
                             ("test", config.test_fraction)):
-        if not len(getattr(prepared.splits, split)):
+        if not prepared.splits.count(split):
+            inter = prepared.tables.interactions
+            positives = inter.loc[inter["engaged"]]
+            most = int(positives.drop_duplicates(["user_id", "item_id"])["user_id"].value_counts().max()) if len(
+                positives) else 0
             need = f"at least {int(np.ceil(1 / fraction))} engaged items for one {split} target" if fraction else \
                 "engaged items before their held-out ones"
             raise ValueError(f"{prepared.tables.name}: the {split} split is empty: a member needs {need} "

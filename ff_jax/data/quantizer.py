@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from ff_jax.data.splits import TRAIN
+from ff_jax.data.tables_checks import index_in
 
 MODES = ("quantile", "raw", "absent")
 PERCENTILES = np.arange(1, 100)
@@ -122,11 +123,12 @@ class Quantizer:
         if self.mode == "absent" or len(values) == 0:
             return out
         numbers = pd.to_numeric(values, errors="coerce").to_numpy(float)
+        if self.mode == "quantile":  # 100 possible texts: look them up rather than format each value
+            tag = feature.tag
+            texts = np.array([""] + [f"<{tag}>{b}</{tag}>" for b in range(1, len(PERCENTILES) + 2)], dtype=object)
+            return pd.Series(texts[self.bucket(column, numbers)], index=values.index, dtype=object)
         present = np.isfinite(numbers)
-        if self.mode == "quantile":
-            tag, text = feature.tag, self.bucket(column, numbers[present]).astype(str).tolist()
-        else:
-            tag, text = feature.raw_tag, _raw_text(numbers[present])
+        tag, text = feature.raw_tag, _raw_text(numbers[present])
         out[present] = [f"<{tag}>{t}</{tag}>" for t in text]
         return out
 
@@ -171,14 +173,23 @@ class Quantizer:
         return cls.from_json(Path(path).read_text())
 
 
+def _used(ids: pd.Series, column: pd.Series, rows: np.ndarray) -> np.ndarray:
+    """Which of `ids` appear in `column` at the `rows` mask (Arrow hashing: pandas' isin on Arrow
+    strings loops in Python)."""
+    found = index_in(column[rows], ids)
+    used = np.zeros(len(ids), dtype=bool)
+    used[found[found >= 0]] = True
+    return used
+
+
 def fit_on_training(tables, splits, tags: Mapping[str, str] | None = None, mode: str = "quantile") -> Quantizer:
     """Fit every numeric user and item column on the rows the training split uses.
 
     Items: those in training-period interactions; users: those with a training example.
     """
-    train = tables.interactions[splits.period == TRAIN]
-    items = tables.items[tables.items["item_id"].isin(train["item_id"].unique())]
-    users = tables.users[tables.users["user_id"].isin(train["user_id"].unique())]
+    train = splits.period == TRAIN
+    items = tables.items[_used(tables.items["item_id"], tables.interactions["item_id"], train)]
+    users = tables.users[_used(tables.users["user_id"], tables.interactions["user_id"], train)]
     user_cols, item_cols = tables.schema.names("users", "numeric"), tables.schema.names("items", "numeric")
     clash = set(user_cols) & set(item_cols)
     if clash:

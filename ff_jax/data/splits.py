@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from ff_jax.data.tables import FeedTables, NotEnoughData
 from ff_jax.data.tables_checks import factorize, index_in
@@ -91,22 +90,137 @@ class EvalMember:
         return [item for item, engaged in zip(self.history, self.history_engaged) if engaged]
 
 
+class _Lazy(Sequence):
+    """A split's examples as Python objects, built from SplitColumns when first read: the store
+    writes from the columns and never pays for 10⁶ objects. Indexing, slicing, iteration and `+`
+    behave as on the list it holds."""
+
+    def __init__(self, build, length: int):
+        self._build, self._list, self._length = build, None, length
+
+    @property
+    def rows(self) -> list:
+        if self._list is None:
+            self._list = self._build()
+        return self._list
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __getitem__(self, index):
+        return self.rows[index]
+
+    def __iter__(self):
+        return iter(self.rows)
+
+    def __add__(self, other):
+        return self.rows + list(other)
+
+    def __radd__(self, other):
+        return list(other) + self.rows
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Sequence) and self.rows == list(other)
+
+    def __repr__(self) -> str:
+        return repr(self.rows)
+
+
 @dataclass
+class SplitColumns:
+    """The splits as arrays over the member timeline: `timeline` holds the interaction rows grouped
+    by member (the users table's order), oldest first; member m owns timeline[bounds[m]:bounds[m + 1]].
+    Every other position here is a position in `timeline` ("at"), so a history is the member's
+    timeline from its start to `at` (exclusive)."""
+
+    timeline: np.ndarray            # int64 interaction row per timeline position
+    bounds: np.ndarray              # int64 [members + 1]
+    member: np.ndarray              # int64 member (users row) per timeline position
+    train_at: np.ndarray            # the positive of each training example, in example order
+    negative_offsets: np.ndarray    # example i's hard negatives: negatives[offsets[i]:offsets[i + 1]]
+    negatives: np.ndarray           # timeline positions, nearest in time first, one per distinct item
+    eval_first: dict[str, np.ndarray]    # "validation" / "test": each evaluated member's first target
+    target_offsets: dict[str, np.ndarray]
+    targets: dict[str, np.ndarray]       # timeline positions of the held-out positives, in time order
+    cohort_new: np.ndarray          # bool per member: in the "new" cohort
+
+    def count(self, split: str) -> int:
+        return len(self.train_at) if split == "train" else len(self.eval_first[split])
+
+    def end(self, at: np.ndarray) -> np.ndarray:
+        """How many of its member's interactions come before each timeline position."""
+        return at - self.bounds[self.member[at]]
+
+
 class Splits:
-    train: list[TrainExample]
-    validation: list[EvalMember]
-    test: list[EvalMember]
-    corpus_ids: list[str]
-    period: np.ndarray                # int8 per row of tables.interactions: TRAIN / VALIDATION / TEST
-    cohorts: dict[str, str]           # user_id → "new" | "established"
-    settings: dict
+    """train / validation / test (lists of TrainExample / EvalMember, built when first read), the
+    same splits as arrays (`columns`), the period of every interaction row and the cohorts."""
+
+    def __init__(self, tables: FeedTables, columns: SplitColumns, period: np.ndarray, cohorts: dict[str, str],
+                 settings: dict):
+        self.columns, self.period, self.cohorts, self.settings = columns, period, cohorts, settings
+        self.corpus_ids: list[str] = tables.items["item_id"].tolist()
+        self._tables = tables
+        self._timeline_values = None
+        self.train = _Lazy(self._train, columns.count("train"))
+        self.validation = _Lazy(lambda: self._eval("validation"), columns.count("validation"))
+        self.test = _Lazy(lambda: self._eval("test"), columns.count("test"))
+
+    def count(self, split: str) -> int:
+        """Examples (train) or evaluated members (validation / test), without building them."""
+        return self.columns.count(split)
 
     def __str__(self) -> str:
-        new = sum(m.cohort == "new" for m in self.test)
-        no_neg = sum(not e.hard_negatives for e in self.train)
-        return (f"Splits({self.settings}): {len(self.train):,} train examples ({no_neg:,} without a hard "
-                f"negative), {len(self.validation):,} validation members, {len(self.test):,} test members "
-                f"({new:,} new, {len(self.test) - new:,} established), {len(self.corpus_ids):,} corpus items")
+        c = self.columns
+        new = int(c.cohort_new[c.member[c.eval_first["test"]]].sum())
+        n_test = c.count("test")
+        no_neg = int((np.diff(c.negative_offsets) == 0).sum())
+        return (f"Splits({self.settings}): {c.count('train'):,} train examples ({no_neg:,} without a hard "
+                f"negative), {c.count('validation'):,} validation members, {n_test:,} test members "
+                f"({new:,} new, {n_test - new:,} established), {len(self.corpus_ids):,} corpus items")
+
+    def _values(self):
+        """Item ids, engagement flags and times in timeline order (Python-facing arrays)."""
+        if self._timeline_values is None:
+            inter, rows = self._tables.interactions, self.columns.timeline
+            self._timeline_values = (inter["item_id"].to_numpy(dtype=object)[rows],
+                                     inter["engaged"].to_numpy(bool)[rows],
+                                     inter["timestamp"].to_numpy(np.int64)[rows])
+        return self._timeline_values
+
+    def _user_ids(self) -> list[str]:
+        return self._tables.users["user_id"].tolist()
+
+    def _cohort(self, member: int) -> str:
+        return "new" if self.columns.cohort_new[member] else "established"
+
+    def _train(self) -> list[TrainExample]:
+        c, max_history = self.columns, self.settings.get("max_history")
+        items, engaged, times = self._values()
+        user_ids, out = self._user_ids(), []
+        ends, members, offsets = c.end(c.train_at).tolist(), c.member[c.train_at].tolist(), c.negative_offsets
+        negative_items = items[c.negatives]
+        for i, (at, m, end) in enumerate(zip(c.train_at.tolist(), members, ends)):
+            lo = int(c.bounds[m])
+            start = 0 if max_history is None else max(0, end - max_history)
+            own = slice(lo, int(c.bounds[m + 1]))  # views of the member's timeline, not copies
+            out.append(TrainExample(user_ids[m], HistoryView(items[own], start, end),
+                                    HistoryView(engaged[own], start, end), items[at],
+                                    negative_items[offsets[i]:offsets[i + 1]].tolist(), int(times[at]),
+                                    self._cohort(m), HistoryView(times[own], start, end)))
+        return out
+
+    def _eval(self, split: str) -> list[EvalMember]:
+        c = self.columns
+        items, engaged, times = self._values()
+        user_ids, out = self._user_ids(), []
+        first, offsets, targets = c.eval_first[split], c.target_offsets[split], c.targets[split]
+        for i, (at, m) in enumerate(zip(first.tolist(), c.member[first].tolist())):
+            lo = int(c.bounds[m])
+            out.append(EvalMember(user_ids[m], items[lo:at].tolist(), engaged[lo:at].tolist(),
+                                  items[targets[offsets[i]:offsets[i + 1]]].tolist(), self._cohort(m),
+                                  int(times[at]), times[lo:at].tolist()))
+        return out
 
 
 def _floor(x: np.ndarray) -> np.ndarray:
@@ -151,26 +265,55 @@ def assign_periods(interactions: pd.DataFrame, test_fraction: float = 0.2,
     return period.astype(np.int8), positive
 
 
-def _nearest_negatives(pos_t: np.ndarray, neg_t: np.ndarray, k: int, window: float) -> np.ndarray:
-    """For each positive time, indices into neg_t of up to k nearest negatives within `window` (−1 = none)."""
-    if k == 0 or len(neg_t) == 0:
-        return np.full((len(pos_t), k), -1)
-    at = np.searchsorted(neg_t, pos_t)
-    cand = at[:, None] + np.arange(-k, k)[None, :]
-    valid = (cand >= 0) & (cand < len(neg_t))
-    dt = np.abs(neg_t[np.clip(cand, 0, len(neg_t) - 1)] - pos_t[:, None]).astype(float)
+def _run_starts(member: np.ndarray, times: np.ndarray) -> np.ndarray:
+    """Per timeline position, the first position of its member holding the same time."""
+    n = len(member)
+    new_run = np.ones(n, dtype=bool)
+    new_run[1:] = (member[1:] != member[:-1]) | (times[1:] != times[:-1])
+    return np.maximum.accumulate(np.where(new_run, np.arange(n), 0)) if n else np.zeros(0, np.int64)
+
+
+def hard_negatives(member: np.ndarray, times: np.ndarray, items: np.ndarray, is_negative: np.ndarray,
+                   positive_at: np.ndarray, k: int, window: float) -> tuple[np.ndarray, np.ndarray]:
+    """Up to k negatives per positive: its member's negative positions nearest in time within
+    `window` (ties: the earlier first), then repeats of an item dropped. Returns (offsets, positions).
+
+    All arguments are over one timeline (grouped by member, time-sorted within a member): the
+    candidates of a positive are the k negatives before it in time and the k from its time on, as
+    a binary search in the member's negative times would give them."""
+    negative_at = np.flatnonzero(is_negative)
+    if k == 0 or len(negative_at) == 0 or len(positive_at) == 0:
+        return np.zeros(len(positive_at) + 1, np.int64), np.zeros(0, np.int64)
+    before = np.concatenate([[0], np.cumsum(is_negative)])  # negatives at positions < p
+    starts = np.flatnonzero(np.r_[True, member[1:] != member[:-1]])
+    ends = np.r_[starts[1:], len(member)]
+    run = np.searchsorted(starts, positive_at, side="right") - 1
+    lo, hi = before[starts[run]], before[ends[run]]  # the member's negatives: negative_at[lo:hi]
+    at = before[_run_starts(member, times)[positive_at]]  # first negative not earlier than the positive
+    candidate = at[:, None] + np.arange(-k, k)[None, :]
+    valid = (candidate >= lo[:, None]) & (candidate < hi[:, None])
+    clipped = negative_at[np.clip(candidate, 0, len(negative_at) - 1)]
+    dt = np.abs(times[clipped] - times[positive_at][:, None]).astype(float)
     dt[~valid | (dt > window)] = np.inf
     order = np.argsort(dt, axis=1, kind="stable")[:, :k]
-    pick = np.take_along_axis(cand, order, 1)
-    return np.where(np.isfinite(np.take_along_axis(dt, order, 1)), pick, -1)
+    keep = np.isfinite(np.take_along_axis(dt, order, 1))
+    pick = np.take_along_axis(clipped, order, 1)
+    item = items[pick]
+    for j in range(1, k):  # an item already picked nearer in time is not repeated
+        for i in range(j):
+            keep[:, j] &= ~(keep[:, i] & (item[:, i] == item[:, j]))
+    offsets = np.concatenate([[0], np.cumsum(keep.sum(1))])
+    return offsets, pick[keep]
 
 
 def _cohorts(user_ids: list[str], pre_test_positives: np.ndarray, evaluated: np.ndarray,
-             new_quantile: float) -> dict[str, str]:
+             new_quantile: float) -> np.ndarray:
+    """bool per member: in the "new" cohort."""
     order = np.flatnonzero(evaluated)
     order = order[np.argsort(pre_test_positives[order], kind="stable")]
-    new = set(order[: int(new_quantile * len(order))].tolist()) | set(np.flatnonzero(~evaluated).tolist())
-    return {u: ("new" if i in new else "established") for i, u in enumerate(user_ids)}
+    new = ~evaluated
+    new[order[: int(new_quantile * len(order))]] = True
+    return new
 
 
 def _check_not_empty(tables: FeedTables, period: np.ndarray, positive: np.ndarray, test_fraction: float) -> None:
@@ -178,10 +321,10 @@ def _check_not_empty(tables: FeedTables, period: np.ndarray, positive: np.ndarra
     above 0) without test members, naming the interactions file and what a member needs. An empty
     validation split is left to its users (a prepared dataset refuses it: ff_jax.data.prepared)."""
     source = tables.summary.tables["interactions"].source if "interactions" in tables.summary.tables else tables.name
-    positives = tables.interactions["user_id"].to_numpy()[positive]
-    most = int(pd.Series(positives).value_counts().max()) if len(positives) else 0
 
     def refuse(what: str, need: str):
+        positives = tables.interactions["user_id"].to_numpy()[positive]
+        most = int(pd.Series(positives).value_counts().max()) if len(positives) else 0
         raise NotEnoughData(f"{source}: no {what}: a member needs {need}, and the most any member has is {most}; "
                             "add interactions, or change test_fraction / validation_fraction")
 
@@ -192,6 +335,14 @@ def _check_not_empty(tables: FeedTables, period: np.ndarray, positive: np.ndarra
                                f"target at test_fraction={test_fraction:g}")
 
 
+def _grouped(member: np.ndarray, at: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Positions `at` (ascending) grouped by member: (each member's first, offsets into `at`)."""
+    if len(at) == 0:
+        return at, np.zeros(1, np.int64)
+    starts = np.flatnonzero(np.r_[True, member[at][1:] != member[at][:-1]])
+    return at[starts], np.r_[starts, len(at)].astype(np.int64)
+
+
 def temporal_split(tables: FeedTables, test_fraction: float = 0.2, validation_fraction: float = 0.1,
                    new_quantile: float = 0.25, max_hard_negatives: int = 2,
                    hard_negative_window_s: float = 7 * 86400, max_history: int | None = None,
@@ -200,7 +351,9 @@ def temporal_split(tables: FeedTables, test_fraction: float = 0.2, validation_fr
 
     max_history: keep only the newest N history items per example (None = all; prompts
     truncate to their token budget anyway). A split without training examples, or without test
-    members while test_fraction is above 0, is a NotEnoughData error.
+    members while test_fraction is above 0, is a NotEnoughData error. Computed with array
+    operations over all members at once (tests/data/test_split_parity.py checks them against the
+    per-member loop they replace); `progress` is accepted for callers and shows nothing.
     """
     stats_split = tables.meta.get("item_stats_split")
     wanted = {"test_fraction": test_fraction, "validation_fraction": validation_fraction}
@@ -211,43 +364,41 @@ def temporal_split(tables: FeedTables, test_fraction: float = 0.2, validation_fr
     inter = tables.interactions
     period, positive = assign_periods(inter, test_fraction, validation_fraction)
     _check_not_empty(tables, period, positive, test_fraction)
-    item_ids = inter["item_id"].to_numpy(dtype=object)
-    engaged = inter["engaged"].to_numpy(bool)
-    times = inter["timestamp"].to_numpy(np.int64)
 
     user_ids = tables.users["user_id"].tolist()
     codes = index_in(inter["user_id"], tables.users["user_id"])
-    by_user = np.argsort(codes, kind="stable")
-    bounds = np.searchsorted(codes[by_user], np.arange(len(user_ids) + 1))
+    timeline = np.argsort(codes, kind="stable")
+    bounds = np.searchsorted(codes[timeline], np.arange(len(user_ids) + 1))
+    member, per, pos = codes[timeline], period[timeline], positive[timeline]
+    times = inter["timestamp"].to_numpy(np.int64)[timeline]
+    items = factorize(inter["item_id"])[timeline]
+    engaged = inter["engaged"].to_numpy(bool)[timeline]
+    known = member >= 0
+    if ((np.diff(times) < 0) & (member[1:] == member[:-1]) & known[1:]).any():
+        raise ValueError(f"{tables.name}: interactions must be sorted by time (FeedTables are)")
+
     pre_test = np.bincount(codes[positive & (period != TEST)], minlength=len(user_ids))
     evaluated = np.bincount(codes[positive & (period == TEST)], minlength=len(user_ids)) > 0
-    cohorts = _cohorts(user_ids, pre_test, evaluated, new_quantile)
+    cohort_new = _cohorts(user_ids, pre_test, evaluated, new_quantile)
+    cohorts = {u: ("new" if new else "established") for u, new in zip(user_ids, cohort_new.tolist())}
 
-    train, validation, test = [], [], []
-    for u in tqdm(range(len(user_ids)), desc=f"splitting {tables.name}", unit="member",
-                  disable=not progress, mininterval=1.0, leave=False):  # a sub-step of preparing data
-        rows = by_user[bounds[u]:bounds[u + 1]]
-        if len(rows) == 0:
-            continue
-        uid, cohort = user_ids[u], cohorts[user_ids[u]]
-        items, eng, ts, per, pos = item_ids[rows], engaged[rows], times[rows], period[rows], positive[rows]
-        train_pos = np.flatnonzero(pos & (per == TRAIN))
-        liked = set(items[train_pos].tolist())
-        neg = np.flatnonzero(~eng & (per == TRAIN))
-        neg = neg[[item not in liked for item in items[neg]]] if len(neg) else neg
-        nearest = _nearest_negatives(ts[train_pos], ts[neg], max_hard_negatives, hard_negative_window_s)
-        for j, at in enumerate(train_pos.tolist()):
-            start = 0 if max_history is None else max(0, at - max_history)
-            train.append(TrainExample(uid, HistoryView(items, start, at), HistoryView(eng, start, at),
-                                      items[at], list(dict.fromkeys(items[neg[k]] for k in nearest[j] if k >= 0)),
-                                      int(ts[at]),
-                                      cohort, HistoryView(ts, start, at)))
-        for which, out in ((VALIDATION, validation), (TEST, test)):
-            targets = np.flatnonzero(pos & (per == which))
-            if len(targets):
-                first = targets[0]
-                out.append(EvalMember(uid, items[:first].tolist(), eng[:first].tolist(), items[targets].tolist(),
-                                      cohort, int(ts[first]), ts[:first].tolist()))
+    in_train = known & (per == TRAIN)
+    train_at = np.flatnonzero(in_train & pos)
+    # Negatives: impressed, not engaged, in the training period, and not an item the member engaged with there.
+    n_items = int(items.max(initial=0)) + 1
+    liked = np.unique(member[train_at] * n_items + items[train_at])
+    is_negative = in_train & ~engaged
+    candidates = np.flatnonzero(is_negative)
+    is_negative[candidates[np.isin(member[candidates] * n_items + items[candidates], liked)]] = False
+    offsets, negatives = hard_negatives(member, times, items, is_negative, train_at, max_hard_negatives,
+                                        hard_negative_window_s)
+    eval_first, target_offsets, targets = {}, {}, {}
+    for which, name in ((VALIDATION, "validation"), (TEST, "test")):
+        at = np.flatnonzero(known & pos & (per == which))
+        eval_first[name], target_offsets[name] = _grouped(member, at)
+        targets[name] = at
+    columns = SplitColumns(timeline, bounds, member, train_at, offsets, negatives, eval_first, target_offsets,
+                           targets, cohort_new)
     settings = dict(wanted, new_quantile=new_quantile, max_hard_negatives=max_hard_negatives,
                     hard_negative_window_s=hard_negative_window_s, max_history=max_history)
-    return Splits(train, validation, test, tables.items["item_id"].tolist(), period, cohorts, settings)
+    return Splits(tables, columns, period, cohorts, settings)

@@ -35,7 +35,7 @@ import pandas as pd
 import pyarrow as pa
 from tqdm.auto import tqdm
 
-from ff_jax.data.prepare_engine import PrepareConfig, map_chunks
+from ff_jax.data.prepare_engine import ChunkMapper, PrepareConfig
 from ff_jax.data.tables_checks import index_in
 
 STORE_VERSION = "2.0.0"
@@ -47,15 +47,17 @@ def record_order(n: int, salt: str) -> np.ndarray:
     """The order records are stored in: their generation index i sorted by md5(salt + f"{i:09d}").
 
     This is the key-hash order TFDS's writer gave the text records of versions before 2.0, so a
-    dataset prepared now trains on exactly the batches it did then (tested against TFDS's Hasher)."""
+    dataset prepared now trains on exactly the batches it did then (tested against TFDS's Hasher).
+    The digests are sorted as two big-endian 64-bit halves: the order of the 128-bit numbers."""
     base = hashlib.md5(salt.encode())
 
-    def key(i: int) -> int:
+    def digest(i: int) -> bytes:
         h = base.copy()
-        h.update(f"{i:09d}".encode())
-        return int.from_bytes(h.digest(), "big")
+        h.update(b"%09d" % i)
+        return h.digest()
 
-    return np.asarray(sorted(range(n), key=key), np.int64)
+    halves = np.frombuffer(b"".join(map(digest, range(n))), dtype=">u8").reshape(n, 2)
+    return np.lexsort((halves[:, 1], halves[:, 0])).astype(np.int64)
 
 
 def _write_table(path: Path, batches: Iterator[pa.RecordBatch], schema: pa.Schema) -> int:
@@ -72,8 +74,13 @@ def _write_table(path: Path, batches: Iterator[pa.RecordBatch], schema: pa.Schem
     return rows
 
 
-def _ragged(lists: list[list[int]]) -> pa.Array:
-    return pa.array(lists, type=pa.list_(pa.int32()))
+def _ragged(offsets: np.ndarray, values: np.ndarray, order: np.ndarray) -> pa.Array:
+    """list<int32> whose row j is values[offsets[order[j]]:offsets[order[j] + 1]]."""
+    lengths = np.diff(offsets)[order]
+    new_offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    within = np.arange(new_offsets[-1]) - np.repeat(new_offsets[:-1], lengths)
+    taken = values[np.repeat(offsets[:-1][order], lengths) + within]
+    return pa.ListArray.from_arrays(pa.array(new_offsets, pa.int32()), pa.array(taken.astype(np.int32)))
 
 
 ITEM_SCHEMA = pa.schema([("item_id", pa.large_string()), ("item_prompt", pa.large_string()),
@@ -112,11 +119,14 @@ class RenderItems:
     """A chunk of the items table -> item_id, item_prompt, history_piece (picklable, for engines)."""
 
     renderer: object  # PromptRenderer
+    schema = pa.schema([("item_id", pa.large_string()), ("item_prompt", pa.large_string()),
+                        ("history_piece", pa.large_string())])
 
-    def __call__(self, chunk: pd.DataFrame) -> pd.DataFrame:
-        return pd.DataFrame({"item_id": chunk["item_id"].astype(str).tolist(),
-                             "item_prompt": self.renderer.item_prompts(chunk),
-                             "history_piece": list(self.renderer.history_pieces(chunk).values())})
+    def __call__(self, chunk: pd.DataFrame) -> pa.RecordBatch:
+        return pa.record_batch([pa.array(chunk["item_id"].astype(str).tolist(), pa.large_string()),
+                                pa.array(self.renderer.item_prompts(chunk), pa.large_string()),
+                                pa.array(list(self.renderer.history_pieces(chunk).values()), pa.large_string())],
+                               schema=self.schema)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,11 +134,14 @@ class RenderProfiles:
     """A chunk of the users table -> user_id, profile (its rendered fields)."""
 
     renderer: object  # PromptRenderer
+    schema = pa.schema([("user_id", pa.large_string()), ("profile", pa.list_(pa.large_string()))])
 
-    def __call__(self, chunk: pd.DataFrame) -> pd.DataFrame:
+    def __call__(self, chunk: pd.DataFrame) -> pa.RecordBatch:
         profiles = self.renderer.profiles(chunk)
         ids = chunk["user_id"].astype(str).tolist()
-        return pd.DataFrame({"user_id": ids, "profile": [profiles[u] for u in ids]})
+        return pa.record_batch([pa.array(ids, pa.large_string()),
+                                pa.array([profiles[u] for u in ids], pa.list_(pa.large_string()))],
+                               schema=self.schema)
 
 
 def write_store(data: StoreInput, root: Path, progress: bool = True, engine: PrepareConfig | None = None) -> Path:
@@ -167,93 +180,87 @@ def _remove_abandoned(root: Path) -> None:
 
 
 def _write_all(data: StoreInput, out: Path, progress: bool, engine: PrepareConfig) -> dict:
+    scratch = out / ".scratch"
+    try:
+        with ChunkMapper(engine, scratch) as mapper:
+            return _write_files(data, out, progress, mapper)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _write_files(data: StoreInput, out: Path, progress: bool, mapper: ChunkMapper) -> dict:
     tables, splits, renderer = data.tables, data.splits, data.renderer
     items, users, inter = tables.items, tables.users, tables.interactions
 
-    # Items in corpus order; every other file names an item by its row here.
-    order = record_order(len(items), "corpus")
+    # Items in corpus order; every other file names an item by its row here. Their text is rendered
+    # first (local workers start now), the ids and records below are computed meanwhile.
+    columns = splits.columns
+    _check_history(columns, splits.settings.get("max_history"))
+    corpus = record_order(len(items), "corpus")
+    rendered_items = mapper.map(RenderItems(renderer), items.iloc[corpus])
+    rendered_members = mapper.map(RenderProfiles(renderer), users)
     row_of_item = np.empty(len(items), np.int64)
-    row_of_item[order] = np.arange(len(items))
-    created_at, authors = data.created_at[order], np.asarray(data.authors, dtype=object)[order]
+    row_of_item[corpus] = np.arange(len(items))
+
+    # Each member's interactions oldest first: temporal_split's timeline.
+    by_member, bounds = columns.timeline, columns.bounds
+    item_rows = row_of_item[index_in(inter["item_id"], items["item_id"])][by_member].astype(np.int32)
+    _write_table(out / "timeline.arrow", iter([pa.record_batch(
+        [pa.array(item_rows), pa.array(inter["engaged"].to_numpy(bool)[by_member])],
+        schema=TIMELINE_SCHEMA)]), TIMELINE_SCHEMA)
+
+    times = inter["timestamp"].to_numpy(np.int64)[by_member]
+    counts = {"items": len(items), "members": len(users), "interactions": len(inter)}
+    for split in SPLITS:
+        order = record_order(columns.count(split), split)
+        if split == "train":
+            at = columns.train_at[order]
+            arrays = [columns.member[at], columns.end(at), item_rows[at],
+                      _ragged(columns.negative_offsets, item_rows[columns.negatives], order), times[at]]
+            schema = TRAIN_SCHEMA
+        else:
+            at = columns.eval_first[split][order]
+            arrays = [columns.member[at], columns.end(at),
+                      _ragged(columns.target_offsets[split], item_rows[columns.targets[split]], order), times[at]]
+            schema = EVAL_SCHEMA
+        batch = pa.record_batch([a if isinstance(a, pa.Array) else pa.array(a, field.type)
+                                 for a, field in zip(arrays, schema)], schema=schema)
+        counts[split] = _write_table(out / f"{split}.arrow", iter([batch]), schema)
+
+    created_at, authors = data.created_at[corpus], np.asarray(data.authors, dtype=object)[corpus]
 
     def item_batches():
         done = 0
         with tqdm(total=len(items), desc=f"{tables.name} item prompts", unit="item", disable=not progress,
                   mininterval=1.0, leave=False) as bar:  # closed (its line cleared) on an error too
-            for rendered in map_chunks(RenderItems(renderer), items.iloc[order], engine):
-                n = len(rendered)
-                yield pa.record_batch([pa.array(rendered["item_id"].tolist(), pa.large_string()),
-                                       pa.array(rendered["item_prompt"].tolist(), pa.large_string()),
-                                       pa.array(rendered["history_piece"].tolist(), pa.large_string()),
-                                       pa.array(created_at[done:done + n], pa.int64()),
+            for rendered in rendered_items:
+                n = rendered.num_rows
+                yield pa.record_batch([*rendered.columns, pa.array(created_at[done:done + n], pa.int64()),
                                        pa.array(authors[done:done + n].tolist(), pa.large_string())],
-                                      schema=ITEM_SCHEMA)
+                                      schema=ITEM_SCHEMA)  # not slices of one array: those pad differently
                 done += n
                 bar.update(n)
 
     _write_table(out / "items.arrow", item_batches(), ITEM_SCHEMA)
 
-    # Each member's interactions oldest first, as temporal_split walks them.
-    member_of_row = index_in(inter["user_id"], users["user_id"])
-    by_member = np.argsort(member_of_row, kind="stable")
-    bounds = np.searchsorted(member_of_row[by_member], np.arange(len(users) + 1))
-    item_rows = row_of_item[index_in(inter["item_id"], items["item_id"])]
-    _write_table(out / "timeline.arrow", iter([pa.record_batch(
-        [pa.array(item_rows[by_member].astype(np.int32)), pa.array(inter["engaged"].to_numpy(bool)[by_member])],
-        schema=TIMELINE_SCHEMA)]), TIMELINE_SCHEMA)
-
-    user_ids = users["user_id"].astype(str)
+    cohort = pa.array(np.where(columns.cohort_new, "new", "established").tolist(), pa.string())
 
     def member_batches():
         done = 0
-        for rendered in map_chunks(RenderProfiles(renderer), users, engine):
-            ids, n = rendered["user_id"].tolist(), len(rendered)
-            yield pa.record_batch([pa.array(ids, pa.large_string()),
-                                   pa.array([splits.cohorts.get(u, "new") for u in ids], pa.string()),
-                                   pa.array(rendered["profile"].tolist(), pa.list_(pa.large_string())),
+        for rendered in rendered_members:
+            n = rendered.num_rows
+            yield pa.record_batch([rendered.column(0), cohort.slice(done, n), rendered.column(1),
                                    pa.array(bounds[done:done + n], pa.int64()),
                                    pa.array(bounds[done + 1:done + 1 + n], pa.int64())], schema=MEMBER_SCHEMA)
             done += n
 
     _write_table(out / "members.arrow", member_batches(), MEMBER_SCHEMA)
-
-    member_index = dict(zip(user_ids.tolist(), range(len(users))))
-    item_index = dict(zip(items["item_id"].astype(str).tolist(), row_of_item.tolist()))
-    counts = {"items": len(items), "members": len(users), "interactions": len(inter)}
-    for split in SPLITS:
-        rows = getattr(splits, split)
-        order = record_order(len(rows), split)
-        columns = {"member": np.empty(len(rows), np.int32), "end": np.empty(len(rows), np.int32),
-                   "timestamp": np.empty(len(rows), np.int64)}
-        lists: list[list[int]] = [[] for _ in rows]
-        positive = np.empty(len(rows), np.int32)
-        for at, i in enumerate(tqdm(order.tolist(), desc=f"{tables.name} {split} records", unit="example",
-                                    disable=not progress, mininterval=1.0, leave=False)):
-            row = rows[i]
-            _check_history(row)
-            columns["member"][at] = member_index[row.user_id]
-            columns["end"][at] = len(row.history)
-            columns["timestamp"][at] = row.timestamp
-            if split == "train":
-                positive[at] = item_index[row.positive]
-                lists[at] = [item_index[n] for n in row.hard_negatives]
-            else:
-                lists[at] = [item_index[t] for t in row.targets]
-        if split == "train":
-            arrays = [columns["member"], columns["end"], positive, _ragged(lists), columns["timestamp"]]
-            schema = TRAIN_SCHEMA
-        else:
-            arrays = [columns["member"], columns["end"], _ragged(lists), columns["timestamp"]]
-            schema = EVAL_SCHEMA
-        batch = pa.record_batch([a if isinstance(a, pa.Array) else pa.array(a) for a in arrays], schema=schema)
-        counts[split] = _write_table(out / f"{split}.arrow", iter([batch]), schema)
     return counts
 
 
-def _check_history(row) -> None:
+def _check_history(columns, max_history: int | None) -> None:
     """Records name a history by its end in the member's timeline: it must start there."""
-    start = getattr(row.history, "start", 0)  # EvalMember histories are lists from 0
-    if start:
+    if max_history is not None and (columns.end(columns.train_at) > max_history).any():
         raise ValueError("temporal_split(max_history=...) histories cannot be stored; prompts truncate to "
                          "PromptTemplate.max_history_items and the token budget instead")
 

@@ -94,3 +94,15 @@ def test_fit_on_training_uses_training_items_only():
     assert q.features["view_count"].n_fit == 7           # items i0..i6 are the training period
     assert q.features["view_count"].edges[-1] < 7
     assert set(q.features) == {"age", "view_count"}
+
+
+def test_quantile_texts_equal_formatting_each_value(heavy_tailed):
+    """render looks the 100 bucket texts up; formatting every value's bucket gives the same texts."""
+    q = Quantizer.fit(heavy_tailed)
+    rng = np.random.default_rng(2)
+    values = pd.Series(np.r_[rng.normal(size=2000) * 3, np.nan, np.inf, -np.inf, -50, 50], index=rng.permutation(2005))
+    buckets = q.bucket("score", values)
+    expected = ["" if b == 0 else f"<score_percentile>{b}</score_percentile>" for b in buckets.tolist()]
+    rendered = q.render("score", values)
+    assert rendered.tolist() == expected and rendered.index.equals(values.index)
+    assert set(buckets.tolist()) >= {0, 1, 100}
