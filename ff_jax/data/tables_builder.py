@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 from typing import Optional
 
-from ff_jax.data import prepared as tb
+from ff_jax.data.feed_builder import VERSION, FeedConfig, _FeedBuilder, is_prepared, open_prepared
 from ff_jax.data.prepare_engine import PrepareConfig
 from ff_jax.data.prompts import PromptTemplate
 from ff_jax.data.tables import FeedTables, LoadError, load_tables
@@ -65,7 +65,7 @@ def _file_digest(path: Path) -> str:
 
 
 @dataclasses.dataclass
-class TablesConfig(tb.FeedConfig):
+class TablesConfig(FeedConfig):
     """A FeedConfig over a folder of table files; `options` is TablesOptions as a dict."""
 
     folder: str = ""
@@ -88,7 +88,7 @@ def tables_config(folder: str | Path, options: Optional[TablesOptions] = None, n
     options = options or TablesOptions()
     config = TablesConfig(name="pending", folder=str(Path(folder).resolve()), options=dataclasses.asdict(options),
                           template=template or PromptTemplate(), numbers=numbers or "quantile")
-    settings = {f.name: getattr(config, f.name) for f in dataclasses.fields(tb.FeedConfig)
+    settings = {f.name: getattr(config, f.name) for f in dataclasses.fields(FeedConfig)
                 if f.name not in ("name", "description")}
     settings["options"] = config.options
     key = content_key(find_table_files(folder), settings)
@@ -115,26 +115,27 @@ class _TableFiles:
         return tables
 
 
-class Tables(_TableFiles, tb._FeedBuilder):
+class Tables(_TableFiles, _FeedBuilder):
     """Member examples from your own users / items / interactions files (train / validation / test)."""
 
     name = "tables"
 
 
-class TablesCorpus(_TableFiles, tb._FeedBuilder):
+class TablesCorpus(_TableFiles, _FeedBuilder):
     """Every item of your own tables with its prompt (split `corpus`)."""
 
     name = "tables_corpus"
 
 
-tb.BUILDERS.update({cls.name: cls for cls in (Tables, TablesCorpus)})
+# ff_jax.data.prepared.BUILDERS lists these beside the other datasets.
+TABLE_BUILDERS = {cls.name: cls for cls in (Tables, TablesCorpus)}
 
 
 def open_tables(name: str, config: TablesConfig, data_dir: str | Path, prepare: bool = True,
                 engine: Optional[PrepareConfig] = None):
     """(split sources, PromptFormat, metadata) of `tables` or `tables_corpus` for this content key,
     prepared first (printing the load summary) when missing and `prepare` is set."""
-    if prepare and not tb.is_prepared(data_dir, name, config.name):
+    if prepare and not is_prepared(data_dir, name, config.name):
         print(f"Preparing {name}/{config.name} from {config.folder} into {data_dir}", flush=True)
         earlier = earlier_preparations(data_dir, config)
         if earlier:
@@ -142,14 +143,14 @@ def open_tables(name: str, config: TablesConfig, data_dir: str | Path, prepare: 
                   f"{', '.join(earlier)} was prepared from them. A run trained on that content is now embedded "
                   "and evaluated on the new content: its figures describe these files, and it has not seen "
                   "what changed; train again for a model of the new files.", flush=True)
-        tb.build(name, config, data_dir, engine)
-    return tb.open_prepared(data_dir, name, config.name)
+        TABLE_BUILDERS[name](config=config, data_dir=data_dir).download_and_prepare(engine)
+    return open_prepared(data_dir, name, config.name)
 
 
 def earlier_preparations(data_dir: str | Path, config: TablesConfig) -> list[str]:
     """Other complete preparations of the same folder under data_dir (another content key)."""
     slug = config.name.rsplit("_", 1)[0]
     root = Path(data_dir) / Tables.name
-    found = [p.parent.name for p in root.glob(f"{slug}_*/{tb.VERSION}") if p.parent.name != config.name
-             and p.parent.name.rsplit("_", 1)[0] == slug and tb.is_prepared(data_dir, Tables.name, p.parent.name)]
+    found = [p.parent.name for p in root.glob(f"{slug}_*/{VERSION}") if p.parent.name != config.name
+             and p.parent.name.rsplit("_", 1)[0] == slug and is_prepared(data_dir, Tables.name, p.parent.name)]
     return sorted(found)

@@ -6,17 +6,14 @@ and every summary example can name the file, row and field.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ff_jax.data.load_errors import LoadError
+from ff_jax.data.load_report import TableReport
 from ff_jax.data.schema import MISSING_VALUES, Column, is_missing
-
-if TYPE_CHECKING:
-    from ff_jax.data.tables import TableReport
 
 # Timestamps outside [1970-01-01, 2200-01-01) are absurd for a feed.
 MAX_TIMESTAMP = 7_258_118_400
@@ -73,8 +70,6 @@ def _example(source: str, frame: pd.DataFrame, mask: pd.Series | np.ndarray, fie
 
 
 def _error(source: str, frame: pd.DataFrame, bad: pd.Series, field: str, what: str) -> None:
-    from ff_jax.data.tables import LoadError  # here: ff_jax.data.tables imports this module
-
     n = int(bad.sum())
     more = f" ({n - 1:,} more rows like it)" if n > 1 else ""
     raise LoadError(f"{_example(source, frame, bad, field)} {what}{more}")
@@ -228,8 +223,6 @@ def dedupe_ids(frame: pd.DataFrame, id_col: str, report: TableReport, source: st
                       id_col, report, source)
     clash = frame[id_col].duplicated(keep=False)
     if clash.any():
-        from ff_jax.data.tables import LoadError  # see _error
-
         first_id = frame.loc[clash, id_col].iloc[0]
         rows = frame.index[frame[id_col] == first_id][:2]
         a, b = frame.loc[rows[0]], frame.loc[rows[1]]

@@ -5,9 +5,7 @@ dequantises on its own; the tensors are presented under HF names to hf_checkpoin
 loader. llama.cpp's converter permutes the rows of q/k within each head from HF's rotate_half
 order to interleaved pairs; we apply the inverse permutation.
 
-Tokenizer: GGUF keeps the vocabulary as `tokenizer.ggml.*` fields. For byte-level BPE ("gpt2" model) the
-tokens are already spelled in GPT-2's byte alphabet ("Ġthe"), so a `tokenizers` BPE is built from
-them and the merges as they stand; `tokenizer.ggml.pre` says how text is split before BPE.
+Tokenizer: ff_jax.model.gguf_tokenizer; reading the file: ff_jax.model.gguf_file.
 """
 
 from __future__ import annotations
@@ -15,101 +13,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from tokenizers import AddedToken, Regex, decoders, pre_tokenizers
-from tokenizers import Tokenizer as HFTokenizer
-from tokenizers.models import BPE
 
 from ff_jax.model.config import LlamaConfig, RopeScaling
+from ff_jax.model.gguf_file import REQUIRED, field, open_gguf
+from ff_jax.model.gguf_tokenizer import gguf_tokenizer
 from ff_jax.model.hf_checkpoint import Range, load_into_model
 from ff_jax.model.llama import Llama
 from ff_jax.model.rope import inverse_frequencies
 from ff_jax.model.sharding import DEFAULT_RULES, Rules
-from ff_jax.model.tokenizer import LLAMA3_SPLIT, Tokenizer, hf_tokenizer
-
-_CONTROL = 3  # llama.cpp token type of control tokens (<|endoftext|>, <|im_start|>, ...)
-# Pre-tokenizers by `tokenizer.ggml.pre`, as llama.cpp groups them.
-_DIGITS_THEN_GPT2 = {"smollm", "starcoder", "refact"}  # every digit alone, then GPT-2's regex
-_GPT2 = {"default", "gpt2", "gpt-2"}
-_LLAMA3 = {"llama-bpe", "llama3", "llama-v3"}
-
-
-def open_gguf(path: str | Path):
-    """A `gguf.GGUFReader` with clear errors for a missing or malformed file."""
-    import gguf  # here, not at the top: 0.3 s that every `import ff_jax.model` would pay for .gguf files only
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"GGUF file not found: {path}")
-    try:
-        return gguf.GGUFReader(str(path))
-    except Exception as err:  # the reader raises ValueError/struct.error/IndexError on bad bytes
-        raise ValueError(f"{path}: not a readable GGUF file, truncated or corrupt "
-                         f"({type(err).__name__}: {err})") from err
-
-
-_REQUIRED = object()
-
-
-def field(reader, key: str, default=_REQUIRED, *, source: str = "GGUF file"):
-    """The value of metadata field `key`; raises naming the key when absent and no default."""
-    found = reader.fields.get(key)
-    if found is None:
-        if default is not _REQUIRED:
-            return default
-        raise ValueError(f"{source}: metadata field '{key}' is missing")
-    return found.contents()
-
-
-def load_gguf_tokenizer(path: str | Path) -> Tokenizer:
-    return gguf_tokenizer(open_gguf(path), source=str(path))
-
-
-def gguf_tokenizer(reader, *, source: str) -> Tokenizer:
-    """Build the tokenizer described by a GGUF file's `tokenizer.ggml.*` metadata."""
-    kind = field(reader, "tokenizer.ggml.model", source=source)
-    if kind != "gpt2":
-        raise ValueError(f"{source}: tokenizer.ggml.model={kind!r} is not supported; only byte-level "
-                         "BPE ('gpt2', as in SmolLM2 and LLaMA-3 GGUFs) is")
-    pre = field(reader, "tokenizer.ggml.pre", "default", source=source)
-    tokens = field(reader, "tokenizer.ggml.tokens", source=source)
-    merges = [tuple(m.split(" ", 1)) for m in field(reader, "tokenizer.ggml.merges", source=source)]
-
-    if pre in _DIGITS_THEN_GPT2:
-        splitter = pre_tokenizers.Sequence([
-            pre_tokenizers.Digits(individual_digits=True),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
-        ])
-    elif pre in _GPT2:
-        splitter = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    elif pre in _LLAMA3:
-        splitter = pre_tokenizers.Sequence([
-            pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated"),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ])
-    else:
-        supported = sorted(_DIGITS_THEN_GPT2 | _GPT2 | _LLAMA3)
-        raise ValueError(f"{source}: tokenizer.ggml.pre={pre!r} is not supported (supported: {supported})")
-
-    # LLaMA-3's vocabulary comes from tiktoken, which emits a whole pre-token when it is in the
-    # vocabulary even if the merges would not build it; `ignore_merges` reproduces that.
-    model = BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges, fuse_unk=False,
-                ignore_merges=pre in _LLAMA3)
-    hf = HFTokenizer(model)
-    hf.pre_tokenizer = splitter
-    hf.decoder = decoders.ByteLevel()
-    types = field(reader, "tokenizer.ggml.token_type", [], source=source)
-    control = [AddedToken(t, special=True, normalized=False)
-               for t, kind in zip(tokens, types) if kind == _CONTROL]
-    hf.add_special_tokens(control)  # already in the vocabulary: ids do not change
-
-    def token_id(key):
-        value = reader.fields.get(key)
-        return None if value is None else int(value.contents())
-
-    return hf_tokenizer(hf, source=source, bos_id=token_id("tokenizer.ggml.bos_token_id"),
-                        eos_id=token_id("tokenizer.ggml.eos_token_id"),
-                        pad_id=token_id("tokenizer.ggml.padding_token_id"))
-
+from ff_jax.model.tokenizer_core import Tokenizer
 
 # ----------------------------------------------------------------------------- weights
 
@@ -143,7 +55,7 @@ class GGUFSource:
         return tuple(int(n) for n in reversed(self._tensors[name].shape))  # GGUF lists dims innermost first
 
     def read(self, name: str, ranges: tuple[Range, ...]) -> np.ndarray:
-        import gguf  # see open_gguf
+        import gguf  # see ff_jax.model.gguf_file.open_gguf
 
         tensor = self._tensors[name]
         (r0, r1), columns = ranges[0], ranges[1:]
@@ -173,7 +85,7 @@ def config_from_gguf(reader, source: str = "GGUF file", **overrides) -> LlamaCon
     if scaling_type not in ("none", "llama3"):
         raise ValueError(f"{source}: llama.rope.scaling.type={scaling_type!r} is not supported")
 
-    def meta(key, default=_REQUIRED):
+    def meta(key, default=REQUIRED):
         return field(reader, f"llama.{key}", default, source=source)
 
     heads = int(meta("attention.head_count"))
@@ -199,7 +111,7 @@ def _rope_scaling(reader, head_dim: int, theta: float, source: str) -> RopeScali
     """LLaMA-3.1-style GGUFs store the llama3 rope scaling as per-frequency divisors
     (`rope_freqs.weight`). Recover its parameters: the largest divisor is `factor`; Meta's
     low/high frequency factors (1, 4) and original context are checked against every divisor."""
-    import gguf  # see open_gguf
+    import gguf  # see ff_jax.model.gguf_file.open_gguf
 
     tensor = next(t for t in reader.tensors if t.name == "rope_freqs.weight")
     divisors = gguf.quants.dequantize(tensor.data, tensor.tensor_type).astype(np.float64).ravel()

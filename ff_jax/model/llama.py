@@ -9,7 +9,7 @@ from flax import nnx, struct
 from ff_jax.model.attention import Attention, KVCache
 from ff_jax.model.config import LlamaConfig
 from ff_jax.model.layers import Projection, RMSNorm, SwiGLU
-from ff_jax.model.sharding import constrain
+from ff_jax.model.sharding import DEFAULT_RULES, Rules, constrain, create_sharded
 
 _ACTIVATION = ("batch", "length", "embed")
 
@@ -160,3 +160,9 @@ def _stacked_blocks(cfg: LlamaConfig, rngs: nnx.Rngs) -> Block:
             if len(axes) < variable.get_value().ndim:
                 variable.set_metadata(logical_axes=("layers", *axes))
     return stacked
+
+
+def create_sharded_model(cfg: LlamaConfig, mesh: jax.sharding.Mesh, rules: Rules = DEFAULT_RULES,
+                         seed: int = 0) -> Llama:
+    """A randomly initialised Llama with sharded parameters (ff_jax.model.sharding.create_sharded)."""
+    return create_sharded(lambda: Llama(cfg, rngs=nnx.Rngs(seed)), mesh, rules)

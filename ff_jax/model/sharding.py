@@ -145,10 +145,3 @@ def create_sharded(module_factory: Callable[[], nnx.Module], mesh: jax.sharding.
     with jax.set_mesh(mesh), use_rules(rules):
         state = jax.jit(lambda: nnx.state(module_factory()), out_shardings=shardings)()
     return nnx.merge(graphdef, state)
-
-
-def create_sharded_model(cfg, mesh: jax.sharding.Mesh, rules: Rules = DEFAULT_RULES, seed: int = 0):
-    """A randomly initialised Llama with sharded parameters."""
-    from ff_jax.model.llama import Llama  # local import: llama imports this module
-
-    return create_sharded(lambda: Llama(cfg, rngs=nnx.Rngs(seed)), mesh, rules)

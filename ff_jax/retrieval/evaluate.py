@@ -11,19 +11,18 @@ training's validation does: recall@K and NDCG@K for K in `ks` and the serving ca
 (2,000 in the paper, capped at the corpus size), hit rate and MRR, averaged over members, overall
 and per cohort ("new" / "established"), and recall@K / NDCG@K on the fresh targets (items with no
 engagement in the training data the recommenders fit on) and on the rest ("freshness").
-Embeddings add: one report per Matryoshka prefix size, ScaNN's recall against exact search (and
-the metrics of the ScaNN-served lists), and the paper's popularity-similarity correlation.
+Embeddings add: one report per Matryoshka prefix size, the recall of each index in `indexes` against
+the first, exact search by default (and the metrics of the lists it serves; ScaNN by default, any kind
+registered in ff_jax.retrieval.index.INDEX_KINDS), and the paper's popularity-similarity correlation.
+The per-recommender path (`rank`, `evaluate_recommender`) is ff_jax.retrieval.recommender_eval.
 `evaluate_run` is the gin entry of `ff-jax eval` (ff_jax/cli.py).
 """
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import json
-import os
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import gin
@@ -32,109 +31,23 @@ from absl import logging
 import pandas as pd
 from rich.console import Console
 from rich.table import Table
-from tqdm.auto import tqdm
 
 from ff_jax.data.splits import EvalMember
 from ff_jax.retrieval import baselines, metrics
 from ff_jax.retrieval.baselines.simple import Popularity, RandomScores
 from ff_jax.retrieval.embedding_store import read_tower, tower_settings
 from ff_jax.retrieval.eval_data import feed_eval_data
-from ff_jax.retrieval.exact import ExactIndex
-from ff_jax.retrieval.metrics import ranking_figures, top_k  # ranking_metrics' results, batched for ~10^4 members
-from ff_jax.retrieval.scann_index import ScannIndex
+from ff_jax.retrieval.index import INDEX_KINDS
 from ff_jax.train.checkpointing import newest_sealed_step
 from ff_jax.train.layout import EMBEDDINGS, ITEMS, members_folder
 from ff_jax.train.run import Run
 from ff_jax.retrieval.recommender import (EmbeddingRecommender, Recommender, TrainingData, corpus_order,
                                           member_events, unit_rows)
-
-DEFAULT_KS = (10, 50, 100, 1000)
-RANK_THREADS = max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
-SERVING_K = 2000
-EXCLUDE_MODES = ("engaged", "history", "none")
-
-
-def excluded_items(members: Sequence[EvalMember], mode: str) -> list[list[str]]:
-    """The item ids each member's ranking must leave out under `mode` (see EXCLUDE_MODES)."""
-    if mode == "engaged":
-        return [m.engaged_history for m in members]
-    if mode == "history":
-        return [list(m.history) for m in members]
-    if mode == "none":
-        return [[] for _ in members]
-    raise ValueError(f"exclude must be one of {EXCLUDE_MODES}, got {mode!r}")
-
-
-def rank(recommender: Recommender, members: Sequence[EvalMember], data: TrainingData, k: int,
-         exclude: str = "engaged", batch_size: int | None = None, progress: bool = True) -> np.ndarray:
-    """Corpus positions [members, min(k, corpus)] ranked by `recommender`, -1 where nothing is left.
-
-    Members are scored `batch_size` at a time (default: up to 256, fewer for big corpora so a
-    batch's score matrix stays near 128 MB), in order, in this thread; each batch's top-k runs on
-    one of RANK_THREADS threads (numpy's partition and sort release the GIL) while the next batch
-    is scored. The result does not depend on the threads: top-k keys are unique per row."""
-    batch_size = batch_size or int(np.clip((1 << 25) // max(data.num_items, 1), 1, 256))
-    excluded = [data.positions(e) for e in excluded_items(members, exclude)]
-    out, pending = [], collections.deque()
-    with ThreadPoolExecutor(RANK_THREADS) as pool:
-        for start in tqdm(range(0, len(members), batch_size), desc=f"ranking ({getattr(recommender, 'name', '')})",
-                          unit="batch", disable=not progress, mininterval=1.0):
-            batch = members[start : start + batch_size]
-            scores = np.asarray(recommender.score(batch))
-            if scores.shape != (len(batch), data.num_items):
-                raise ValueError(f"{type(recommender).__name__}.score returned shape {scores.shape}; expected "
-                                 f"({len(batch)}, {data.num_items}) = (members, corpus items)")
-            pending.append(pool.submit(top_k, scores, excluded[start : start + batch_size], k))
-            if len(pending) > RANK_THREADS:  # at most RANK_THREADS + 1 batches of scores held at once
-                out.append(pending.popleft().result())
-        out.extend(job.result() for job in pending)
-    return np.concatenate(out) if out else np.zeros((0, min(k, data.num_items)), np.int64)
-
-
-def cutoffs(ks: Sequence[int], serving_k: int | None, corpus: int) -> list[int]:
-    """The K values reported: `ks` below the corpus size, plus the serving count capped at it."""
-    chosen = sorted({k for k in ks if k <= corpus} | ({min(serving_k, corpus)} if serving_k else set()))
-    if not chosen or chosen[0] < 1:
-        raise ValueError(f"no valid K among ks={list(ks)}, serving_k={serving_k} for a corpus of {corpus}")
-    return chosen
-
-
-def metrics_of_ranking(ranked: np.ndarray, members: Sequence[EvalMember], data: TrainingData,
-                       ks: Sequence[int]) -> dict[str, dict[str, float]]:
-    """ranking_metrics over members with targets, keyed "all" / cohort; positions as ids."""
-    return figures_of_ranking(ranked, members, data, ks, by_freshness=False)[0]
-
-
-def fresh_items(data: TrainingData) -> np.ndarray:
-    """bool [corpus items]: the items with no engagement in `data`, the interaction matrix the
-    recommenders are fit on (for the test split: the training and validation periods). A target
-    is "fresh" when its item is one of them: ID-based baselines know nothing about it."""
-    return data.popularity() == 0
-
-
-def figures_of_ranking(ranked: np.ndarray, members: Sequence[EvalMember], data: TrainingData, ks: Sequence[int],
-                       by_freshness: bool = True) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
-    """(metrics_of_ranking, freshness): freshness = {"fresh", "seen"} -> "targets" (how many
-    distinct targets of that kind), "users" (members with one), recall@K and NDCG@K with only that
-    kind of target relevant, averaged over those members (see metrics.ranking_figures); {} when
-    `by_freshness` is False. Fresh: see `fresh_items`."""
-    keep = [i for i, m in enumerate(members) if m.targets]
-    if not keep:
-        raise ValueError("no evaluated member has a target")
-    targets = [data.positions(members[i].targets) for i in keep]
-    return ranking_figures(ranked[keep], targets, data.num_items, ks, [members[i].cohort for i in keep],
-                           fresh_items(data) if by_freshness else None)
-
-
-def evaluate_recommender(recommender: Recommender, members: Sequence[EvalMember], data: TrainingData,
-                         ks: Sequence[int] = DEFAULT_KS, serving_k: int | None = SERVING_K,
-                         exclude: str = "engaged", progress: bool = True) -> dict:
-    """The metrics report of a fitted recommender on `members` (see the module docstring)."""
-    chosen = cutoffs(ks, serving_k, data.num_items)
-    ranked = rank(recommender, members, data, max(chosen), exclude, progress=progress)
-    figures, freshness = figures_of_ranking(ranked, members, data, chosen)
-    return {"name": getattr(recommender, "name", type(recommender).__name__), "members": len(members),
-            "corpus": data.num_items, "ks": chosen, "exclude": exclude, "metrics": figures, "freshness": freshness}
+from ff_jax.retrieval.metrics import top_k  # imported from here by callers
+# One recommender's ranking and metrics, under the names callers have always imported from here.
+from ff_jax.retrieval.recommender_eval import (DEFAULT_KS, EXCLUDE_MODES, RANK_THREADS, SERVING_K, cutoffs,
+                                               evaluate_recommender, excluded_items, figures_of_ranking, fresh_items,
+                                               metrics_of_ranking, rank)
 
 
 def popularity_similarity(member_vectors: np.ndarray, item_vectors: np.ndarray, popularity: np.ndarray,
@@ -158,29 +71,68 @@ def popularity_similarity(member_vectors: np.ndarray, item_vectors: np.ndarray, 
             "pairs": int(cosine.size)}
 
 
+# `ff-jax eval`'s indexes (keys of INDEX_KINDS): the first is the reference the others are measured
+# against. By default ScaNN against exact search.
+INDEXES = ("exact", "scann")
+
+
+def check_index_kinds(indexes: Sequence[str], where: str = "indexes (gin: evaluate_run.indexes)") -> tuple[str, ...]:
+    """`indexes` as a tuple: a reference and at least one index, all distinct keys of INDEX_KINDS."""
+    indexes = tuple(indexes)
+    unknown = sorted(set(indexes) - set(INDEX_KINDS))
+    if unknown:
+        raise ValueError(f"{where}: unknown index kind(s) {unknown}; registered: {sorted(INDEX_KINDS)}")
+    if len(indexes) < 2 or len(set(indexes)) != len(indexes):
+        raise ValueError(f"{where}: name the reference, then each index to measure against it, once each "
+                         f"(e.g. {INDEXES}), got {indexes}; to skip the comparison set evaluate_run.ann = False")
+    return indexes
+
+
+def index_reports(member_vectors: np.ndarray, item_vectors: np.ndarray, members: Sequence[EvalMember],
+                  data: TrainingData, ks: Sequence[int], exclude: str = "engaged", indexes: Sequence[str] = INDEXES,
+                  configs: dict | None = None) -> dict[str, dict]:
+    """Each index kind after the first in `indexes` against the first (the reference, normally exact
+    search), over the same vectors and exclusions: {kind: {"ann_recall@K": its recall of the
+    reference's top-K for each K, "served": the retrieval metrics of its lists, and "<kind>_leaves"
+    for an index with leaves}}. Each index is INDEX_KINDS[kind](), or INDEX_KINDS[kind](configs[kind])."""
+    indexes = check_index_kinds(indexes)
+    configs = configs or {}
+    corpus = np.asarray(data.corpus_ids)
+    excluded = excluded_items(members, exclude)
+
+    def served(kind: str):
+        index = INDEX_KINDS[kind](*([configs[kind]] if kind in configs else [])).build(item_vectors, corpus)
+        return index, index.search(member_vectors, max(ks), exclude=excluded)[1]
+
+    _, truth = served(indexes[0])
+    reports = {}
+    for kind in indexes[1:]:
+        index, found = served(kind)
+        recall = {f"ann_recall@{c}": metrics.ann_recall(found[:, :c], truth[:, :c]) for c in ks}
+        leaves = {f"{kind}_leaves": index.num_leaves} if hasattr(index, "num_leaves") else {}
+        ranked = pd.Index(data.corpus_ids).get_indexer(found.ravel()).reshape(found.shape)  # pads -> -1
+        reports[kind] = {**recall, **leaves, "served": metrics_of_ranking(ranked, members, data, ks)}
+    return reports
+
+
 def ann_report(member_vectors: np.ndarray, item_vectors: np.ndarray, members: Sequence[EvalMember],
                data: TrainingData, ks: Sequence[int], exclude: str = "engaged", scann_config=None) -> dict:
     """ScaNN against exact search over the same vectors: recall of the exact top-k for each k, and
-    the retrieval metrics of the ScaNN-served lists."""
-    corpus = np.asarray(data.corpus_ids)
-    k = max(ks)
-    excluded = excluded_items(members, exclude)
-    exact = ExactIndex().build(item_vectors, corpus)
-    ann = ScannIndex(scann_config).build(item_vectors, corpus)
-    _, exact_ids = exact.search(member_vectors, k, exclude=excluded)
-    _, ann_ids = ann.search(member_vectors, k, exclude=excluded)
-    recall = {f"ann_recall@{c}": metrics.ann_recall(ann_ids[:, :c], exact_ids[:, :c]) for c in ks}
-    ranked = pd.Index(data.corpus_ids).get_indexer(ann_ids.ravel()).reshape(ann_ids.shape)  # pads -> -1
-    return {**recall, "scann_leaves": ann.num_leaves, "served": metrics_of_ranking(ranked, members, data, ks)}
+    the retrieval metrics of the ScaNN-served lists (index_reports' "scann" entry)."""
+    configs = {"scann": scann_config} if scann_config is not None else {}
+    return index_reports(member_vectors, item_vectors, members, data, ks, exclude, ("exact", "scann"), configs)["scann"]
 
 
 def evaluate_embeddings(member_ids: Sequence[str], member_vectors: np.ndarray, item_vectors: np.ndarray,
                         members: Sequence[EvalMember], data: TrainingData, dims: Sequence[int] | None = None,
                         ks: Sequence[int] = DEFAULT_KS, serving_k: int | None = SERVING_K,
                         exclude: str = "engaged", ann: bool = True, scann_config=None,
-                        progress: bool = True, name: str = "dual encoder") -> dict:
+                        progress: bool = True, name: str = "dual encoder", indexes: Sequence[str] = INDEXES) -> dict:
     """Reports of an embedding model: per Matryoshka prefix size in `dims` (default: the full width),
-    ANN vs exact at the full width, and the popularity-similarity correlation."""
+    at the full width each index of `indexes` against the first (see index_reports), and the
+    popularity-similarity correlation. "ann" repeats the first index measured (ScaNN by default)."""
+    if ann:
+        indexes = check_index_kinds(indexes)  # before any ranking: a typo fails at once
     width = int(np.asarray(item_vectors).shape[1])
     dims = sorted(set(dims or [width]))
     report: dict = {"name": name, "width": width, "by_dim": {}}
@@ -193,7 +145,10 @@ def evaluate_embeddings(member_ids: Sequence[str], member_vectors: np.ndarray, i
     report["popularity_similarity"] = popularity_similarity(evaluated, full.items, data.popularity())
     if ann:
         chosen = cutoffs(ks, serving_k, data.num_items)
-        report["ann"] = ann_report(evaluated, full.items, members, data, chosen, exclude, scann_config)
+        configs = {"scann": scann_config} if scann_config is not None else {}
+        report["index_reference"] = indexes[0]
+        report["indexes"] = index_reports(evaluated, full.items, members, data, chosen, exclude, indexes, configs)
+        report["ann"] = report["indexes"][indexes[1]]
     return report
 
 
@@ -249,17 +204,24 @@ def print_table(reports: dict[str, dict], columns: Sequence[str] = TABLE_COLUMNS
     console.print(table)
 
 
+def print_index_reports(reports: dict[str, dict], reference: str) -> None:
+    """index_reports as a table of the served lists, one row per index, and each index's recall."""
+    print_table({f"{kind}-served": {"metrics": report["served"]} for kind, report in reports.items()})
+    for kind, report in reports.items():
+        print(f"{kind} recall against {reference} search: " + ", ".join(
+            f"@{k.split('@')[1]} {v:.4f}" for k, v in report.items() if k.startswith("ann_recall")))
+
+
 # ----------------------------------------------------------------------------- `ff-jax eval`
 
 
 # Fitted in seconds, so `ff-jax eval` can show them beside the model on the same members.
 # Baselines `ff-jax eval` ranks beside the model: they need only the training interactions. ALS
 # and BPR use the settings chosen on MovieLens-100k's validation split (docs/retrieval_eval.md);
-# `baselines` imports each module on first use, so `implicit` loads only when ALS or BPR is asked for.
+# `implicit` loads only when ALS or BPR fits.
 # SASRec (about a minute on MovieLens-100k) trains on the members' histories in time order.
-CHEAP_BASELINES = {"random": RandomScores, "popularity": Popularity,
-                   "itemknn": lambda: baselines.ItemKNN(), "als": lambda: baselines.ALS(),
-                   "bpr": lambda: baselines.BPR(), "sasrec": lambda: baselines.SASRec()}
+CHEAP_BASELINES = {"random": RandomScores, "popularity": Popularity, "itemknn": baselines.ItemKNN,
+                   "als": baselines.ALS, "bpr": baselines.BPR, "sasrec": baselines.SASRec}
 
 
 @dataclasses.dataclass
@@ -308,11 +270,12 @@ def warn_if_stale(workdir: Path, member_dir: Path, model: dict) -> None:
 def evaluate_run(run: Run, embeddings: str = EMBEDDINGS, split: str = "test", ks: Sequence[int] = DEFAULT_KS,
                  serving_k: int | None = SERVING_K, dims: Sequence[int] | None = None, ann: bool = True,
                  exclude: str = "engaged", output: str = "eval", baselines: Sequence[str] = (),
-                 progress: bool = True) -> dict:
+                 progress: bool = True, indexes: Sequence[str] = INDEXES) -> dict:
     """Evaluates the embeddings `ff-jax embed` wrote under `<workdir>/<embeddings>/` on `split` of the
     run's dataset; writes `<workdir>/<output>/metrics_<split>.json` and prints a table.
     dims: Matryoshka widths to report (default: those the embed job stored). baselines: names from
-    CHEAP_BASELINES ranked for the same members and shown in the same table."""
+    CHEAP_BASELINES ranked for the same members and shown in the same table. indexes: with `ann`, index kinds
+    (INDEX_KINDS) each measured against the first, e.g. ("exact", "scann", "faiss")."""
     unknown = sorted(set(baselines) - set(CHEAP_BASELINES))
     if unknown:
         raise ValueError(f"evaluate_run.baselines: unknown {unknown}; choose from {sorted(CHEAP_BASELINES)}")
@@ -323,7 +286,7 @@ def evaluate_run(run: Run, embeddings: str = EMBEDDINGS, split: str = "test", ks
     training, members, evaluated = loaded.training, loaded.members, loaded.evaluated
     report = evaluate_embeddings(loaded.member_ids.tolist(), loaded.member_vectors, loaded.items, evaluated, training,
                                  dims or tower_settings(root / ITEMS)["dims"], ks, serving_k, exclude, ann,
-                                 progress=progress)
+                                 progress=progress, indexes=indexes)
     report.update(split=split, members_in_split=len(members), members_evaluated=len(evaluated),
                   model=tower_settings(member_dir)["model"])
     warn_if_stale(workdir, member_dir, report["model"])
@@ -336,10 +299,8 @@ def evaluate_run(run: Run, embeddings: str = EMBEDDINGS, split: str = "test", ks
     (out / f"metrics_{split}.json").write_text(json.dumps(report, indent=1, default=float))
     print_table({**{f"d={d}": r for d, r in report["by_dim"].items()}, **report["baselines"]},
                 title=f"{split}: {len(evaluated)} members")
-    if "ann" in report:
-        print_table({"ScaNN-served": {"metrics": report["ann"]["served"]}})
-        print("ANN recall against exact search: " + ", ".join(
-            f"@{k.split('@')[1]} {v:.4f}" for k, v in report["ann"].items() if k.startswith("ann_recall")))
+    if "indexes" in report:
+        print_index_reports(report["indexes"], report["index_reference"])
     corr = report["popularity_similarity"]
     print(f"popularity-similarity correlation: Spearman {corr['spearman']:.3f}, Pearson (log popularity) "
           f"{corr['pearson_log']:.3f} over {corr['pairs']:,} member-item pairs")

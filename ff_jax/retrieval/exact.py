@@ -24,7 +24,7 @@ from jax.sharding import PartitionSpec as P
 
 from ff_jax import files
 from ff_jax.files import STORAGE_DTYPES
-from ff_jax.retrieval.index import Index, IndexFormatError
+from ff_jax.retrieval.index import Index, IndexFormatError, register_index
 
 CORPUS_FILE = "corpus.npy"
 
@@ -109,6 +109,7 @@ def _bucket(n: int, cap: int) -> int:
     return min(cap, 1 << max(0, (n - 1).bit_length()))
 
 
+@register_index
 class ExactIndex(Index):
     """Brute-force cosine kNN with jax; see the module docstring for the chunking and sharding."""
 

@@ -13,7 +13,6 @@ batch, and refuses a non-finite query naming its row, the same for every index k
 from __future__ import annotations
 
 import abc
-import importlib
 import json
 import operator
 from collections.abc import Collection, Sequence
@@ -32,11 +31,11 @@ FORMAT_VERSION = 2  # 2: the manifest covers itself (files.SEAL)
 METRIC = "cosine"
 IDS_FILE = "ids.npy"
 
-# kind -> "module:Class"; imported lazily so loading an exact index never imports ScaNN.
-INDEX_KINDS: dict[str, str] = {
-    "exact": "ff_jax.retrieval.exact:ExactIndex",
-    "scann": "ff_jax.retrieval.scann_index:ScannIndex",
-}
+# kind -> Index subclass, filled by `register_index` as each implementation's module is imported.
+# ff_jax.retrieval's __init__ imports exact and scann_index, and Python runs it before any of its
+# modules (this one too), so both kinds are here whenever this module is. ScaNN itself is imported
+# inside ScannIndex's methods: loading an exact index never pays for it.
+INDEX_KINDS: dict[str, type[Index]] = {}
 
 
 class IndexFormatError(ValueError):
@@ -311,9 +310,19 @@ def read_manifest(path: Path, verify: bool = True) -> dict[str, Any]:
     return manifest
 
 
+def register_index(cls: type[Index]) -> type[Index]:
+    """Class decorator: makes `cls.kind` known to `create_index`, `load_index` and `ff-jax eval`
+    (`evaluate_run.indexes`). A kind names one class; a second class under it is refused."""
+    known = INDEX_KINDS.get(cls.kind)
+    if known is not None and known is not cls:
+        raise ValueError(f"index kind '{cls.kind}' is already {known.__module__}.{known.__qualname__}")
+    INDEX_KINDS[cls.kind] = cls
+    return cls
+
+
 @gin.configurable
 def create_index(kind: str = "scann") -> Index:
-    """A new, empty index of `kind` ("scann" or "exact"); its config comes from gin bindings
+    """A new, empty index of `kind` (a key of INDEX_KINDS); its config comes from gin bindings
     (`ScannConfig.*`, `ExactConfig.*`). The entry point for CLI jobs."""
     return _index_class(kind, "create_index")()
 
@@ -321,8 +330,7 @@ def create_index(kind: str = "scann") -> Index:
 def _index_class(kind: str, where: str) -> type[Index]:
     if kind not in INDEX_KINDS:
         raise IndexFormatError(f"{where}: unknown index kind '{kind}' (known: {sorted(INDEX_KINDS)})")
-    module, name = INDEX_KINDS[kind].split(":")
-    return getattr(importlib.import_module(module), name)
+    return INDEX_KINDS[kind]
 
 
 def load_index(directory: str | Path) -> Index:

@@ -26,7 +26,7 @@ from typing import Any
 import gin
 import numpy as np
 
-from ff_jax.retrieval.index import Index, IndexFormatError
+from ff_jax.retrieval.index import Index, IndexFormatError, register_index
 
 SCANN_DIR = "scann"
 REORDER_DTYPES = ("float32", "bfloat16", "int8")
@@ -100,6 +100,7 @@ def search_params(config: ScannConfig, n: int, num_leaves: int, k: int) -> tuple
     return int(min(max(leaves, 1), num_leaves)), int(reorder)
 
 
+@register_index
 class ScannIndex(Index):
     """ScaNN tree-AH index with exact reordering; cosine via dot product on unit vectors."""
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ff_jax.gin_cli import CONFIGS_DIR
-from ff_jax.sweep.datasets import PREPARATIONS
+from ff_jax.sweep.preparations import PREPARATIONS
 
 SWEEPS_DIR = CONFIGS_DIR / "sweeps"
 TOP_KEYS = {"description", "gin_file", "prepare", "seeds", "bindings", "embed", "eval", "variants", "grid",

@@ -5,19 +5,19 @@ SASRec (sequential, ours in JAX).
 Text: BM25, MiniLM (zero-shot sentence embedder), and the untuned backbone
 (ff_jax.retrieval.baselines.backbone, which needs the embed job).
 `select_on_validation` chooses a baseline's hyper-parameters on the validation split.
-Modules are imported lazily so that `Popularity` does not import torch or transformers.
+Heavy libraries (implicit, torch, transformers, jax) are imported inside the methods that use
+them, so importing every module here costs tens of milliseconds and `Popularity` never loads them.
 """
 
-import importlib
+from ff_jax.retrieval.baselines.als import ALS
+from ff_jax.retrieval.baselines.backbone import BackboneZeroShot
+from ff_jax.retrieval.baselines.bm25 import BM25
+from ff_jax.retrieval.baselines.bpr import BPR
+from ff_jax.retrieval.baselines.itemknn import ItemKNN
+from ff_jax.retrieval.baselines.minilm import MiniLM
+from ff_jax.retrieval.baselines.sasrec import SASRec
+from ff_jax.retrieval.baselines.select import select_on_validation
+from ff_jax.retrieval.baselines.simple import Popularity, RandomScores
 
-_WHERE = {"RandomScores": "simple", "Popularity": "simple", "ItemKNN": "itemknn", "ALS": "als", "BPR": "bpr",
-          "SASRec": "sasrec", "BM25": "bm25", "MiniLM": "minilm", "BackboneZeroShot": "backbone",
-          "select_on_validation": "select"}
-
-__all__ = sorted(_WHERE)
-
-
-def __getattr__(name: str):
-    if name not in _WHERE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+__all__ = ["ALS", "BM25", "BPR", "BackboneZeroShot", "ItemKNN", "MiniLM", "Popularity", "RandomScores", "SASRec",
+           "select_on_validation"]

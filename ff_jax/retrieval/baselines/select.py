@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from ff_jax.data.splits import EvalMember
 from ff_jax.retrieval.recommender import Recommender, TrainingData
+from ff_jax.retrieval.recommender_eval import evaluate_recommender
 
 
 def select_on_validation(make: Callable[..., Recommender], grid: Mapping[str, Sequence], data: TrainingData,
@@ -22,8 +23,6 @@ def select_on_validation(make: Callable[..., Recommender], grid: Mapping[str, Se
     Returns (best point, table): one row per point in grid order, the point's values plus `metric`.
     Ties go to the earlier point.
     """
-    from ff_jax.retrieval.evaluate import evaluate_recommender
-
     if not grid or any(len(values) == 0 for values in grid.values()):
         raise ValueError(f"the grid needs at least one value per parameter, got {dict(grid)}")
     _, _, cut = metric.partition("@")
