@@ -94,7 +94,7 @@ def index_reports(member_vectors: np.ndarray, item_vectors: np.ndarray, members:
     """Each index kind after the first in `indexes` against the first (the reference, normally exact
     search), over the same vectors and exclusions: {kind: {"ann_recall@K": its recall of the
     reference's top-K for each K, "served": the retrieval metrics of its lists, and "<kind>_leaves"
-    for an index with leaves}}. Each index is INDEX_KINDS[kind](), or INDEX_KINDS[kind](configs[kind])."""
+    for an index with leaves}}. Each index is `INDEX_KINDS[kind]()`, or `INDEX_KINDS[kind](configs[kind])`."""
     indexes = check_index_kinds(indexes)
     configs = configs or {}
     corpus = np.asarray(data.corpus_ids)
