@@ -28,10 +28,11 @@ demo: $(STAMP)
 # The package layering (pyproject.toml, [tool.importlinter]) first: a broken contract fails the target.
 # Then the documentation site (mkdocs.yml): --strict fails on a broken link or anchor, a page left
 # out of the nav, or a cross-reference in a docstring that does not resolve (about 3 s of CPU).
+# pytest ends with its 25 slowest tests, so a CI log says where the time goes.
 test: $(STAMP)
 	$(VENV)/bin/lint-imports
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir build/site
-	$(PY) -m pytest -n $(WORKERS) --dist loadgroup tests
+	$(PY) -m pytest -n $(WORKERS) --dist loadgroup --durations=25 tests
 
 # About 45 minutes on 2 cores; the other scripts in benchmarks/ run on their own.
 bench: $(STAMP)
