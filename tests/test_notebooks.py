@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 
 import nbformat
+import numpy as np
 import pandas as pd
 import pytest
 from nbclient import NotebookClient
@@ -49,16 +50,45 @@ def test_run_notebook_shows_curves_cohorts_and_a_members_top_items_of_a_committe
     assert "recent engaged history" in out and "<author_industry>" in out
 
 
+RESULTS = NOTEBOOKS.parent / "experiments" / "results"
+
+
+def _seeds(sweep: str, variant: str, column: str) -> np.ndarray:
+    table = pd.read_csv(RESULTS / sweep / "summary.csv")
+    return table.loc[table["variant"] == variant, column].dropna().to_numpy()
+
+
+def _figure(name: str, values: np.ndarray) -> str:
+    """How a finding shows one variant, formatted here: mean ± sample std (n=...) over its seeds."""
+    return f"{name} {values.mean():.3f} ± {values.std(ddof=1):.3f} (n={len(values)})"
+
+
+def _apart(a: np.ndarray, b: np.ndarray) -> bool:
+    """a beats b by more than the seeds' spread: a's mean - std above b's mean + std."""
+    return a.mean() - a.std(ddof=1) > b.mean() + b.std(ddof=1)
+
+
 def test_ablations_notebook_on_the_committed_results():
     out = _execute("ablations")
     assert "pooling_feed_world" in out and "not run yet:" in out
-    # The committed seeds decide some findings and not others (docs/experiments.md)...
-    assert "feed_world  quantised numbers raise the popularity-similarity correlation: reproduced  [quantized 0." in out
-    assert "feed_world  mean pooling beats last-token pooling: inconclusive (overlapping seeds)  [mean 0." in out
-    assert "to 1/2: inconclusive (overlapping seeds)  [matryoshka@half 0.031 ± 0.011 (n=3)" in out
+    # The committed seeds decide some findings and not others (docs/experiments.md): each figure and
+    # verdict recomputed here from the committed summary.csv files.
+    quantized = _seeds("numbers_feed_world", "quantized", "test/popularity_spearman")
+    absent = _seeds("numbers_feed_world", "absent", "test/popularity_spearman")
+    assert _apart(quantized, absent)
+    assert (f"feed_world  quantised numbers raise the popularity-similarity correlation: reproduced  "
+            f"[{_figure('quantized', quantized)} vs {_figure('absent', absent)}]") in out
+    mean = _seeds("pooling_feed_world", "mean", "test/recall@10/all/d64")
+    last = _seeds("pooling_feed_world", "last", "test/recall@10/all/d64")
+    assert not _apart(mean, last)
+    assert (f"feed_world  mean pooling beats last-token pooling: inconclusive (overlapping seeds)  "
+            f"[{_figure('mean', mean)} vs {_figure('last', last)}]") in out
+    half = _seeds("dims_feed_world", "matryoshka", "test/recall@10/all/d32")
+    assert f"to 1/2: inconclusive (overlapping seeds)  [{_figure('matryoshka@half', half)}" in out
     # ...and a finding with one seed (MovieLens, 26 minutes a run here) is never called reproduced.
+    (one,) = _seeds("numbers_movielens", "quantized", "test/popularity_spearman")
     assert ("movielens   quantised numbers raise the popularity-similarity correlation: inconclusive (one seed)  "
-            "[quantized 0.618") in out
+            f"[quantized {one:.3f}") in out
     assert "movielens   mean pooling beats last-token pooling: not run" in out
 
 
