@@ -11,7 +11,9 @@ import pytest
 
 from ff_jax import cli
 
-pytestmark = [pytest.mark.xdist_group("train_subprocess"), pytest.mark.slow]
+# Its own group: the module's runs are in-process CLI calls sharing one fixture, with no reason to
+# queue behind the subprocess trainings of "train_subprocess" on one worker.
+pytestmark = [pytest.mark.xdist_group("rerank_cli"), pytest.mark.slow]
 
 TABLES = Path(__file__).resolve().parents[1] / "data" / "tables_parquet"
 DATA = [f"--gin.TABLES={TABLES}", "--gin.DATASET=tables", "--gin.TablesOptions.rating_threshold=4",
