@@ -34,3 +34,10 @@ def _free_compiled_programs_between_modules():
 
     jax.clear_caches()
     gc.collect()
+
+
+@pytest.fixture(scope="session")
+def tiny_feed_world_dir(tmp_path_factory):
+    """One DATA_DIR for the CLI trainings of experiments/tiny_smoke.gin on this worker: feed_world
+    is prepared there by the first run and reused by the others (each test's own dir prepared it anew)."""
+    return tmp_path_factory.mktemp("tiny_feed_world")

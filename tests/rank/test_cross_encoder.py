@@ -58,18 +58,30 @@ def test_every_path_equals_the_naive_reference(model, mode, padded):
     assert np.ptp(want) > 100 * TOLERANCE  # the candidates' scores differ: a mix-up would show
 
 
-@pytest.mark.parametrize("mode", ["cache", "rows"])
-def test_a_score_ignores_the_other_candidates(model, mode):
-    context = _ids(30, 2)
-    candidates = [_ids(n, 200 + i) for i, n in enumerate([5, 9, 12, 3, 8])]
-    score = lambda cands: score_candidates(model, context, cands, BUDGET, mode=mode, batch=4, per_row=2)  # noqa: E731
-    full = score(candidates)
-    alone = score(candidates[2:3])[0]
-    permuted = score([candidates[i] for i in (4, 2, 0, 3, 1)])
-    more = score(candidates + [_ids(11, 300 + i) for i in range(4)])
-    np.testing.assert_allclose(alone, full[2], atol=1e-5)
-    np.testing.assert_allclose(permuted, full[[4, 2, 0, 3, 1]], atol=1e-5)
-    np.testing.assert_allclose(more[:5], full, atol=1e-5)
+INVARIANCE_CONTEXT = _ids(30, 2)
+INVARIANCE_CANDIDATES = [_ids(n, 200 + i) for i, n in enumerate([5, 9, 12, 3, 8])] + [_ids(11, 300 + i) for i in range(4)]
+
+
+@pytest.fixture(scope="module")
+def invariance_reference(model):
+    """The naive reference score of each candidate below, computed once per model for both paths."""
+    return np.asarray([reference_score(model, INVARIANCE_CONTEXT, c) for c in INVARIANCE_CANDIDATES])
+
+
+@pytest.mark.parametrize("mode", ["cache", "rows"])  # naive scores each candidate alone by construction
+def test_a_score_ignores_the_other_candidates(model, mode, invariance_reference):
+    """Alone, permuted, or among more candidates, each candidate's score is the naive reference's
+    (each path against the reference, not against itself: a path wrong in the same way every
+    time would pass a self-comparison)."""
+    candidates, want = INVARIANCE_CANDIDATES[:5], invariance_reference
+    score = lambda cands: score_candidates(model, INVARIANCE_CONTEXT, cands, BUDGET, mode=mode,  # noqa: E731
+                                           batch=4, per_row=2)
+    order = [4, 2, 0, 3, 1]
+    np.testing.assert_allclose(score(candidates), want[:5], atol=TOLERANCE, rtol=0)
+    np.testing.assert_allclose(score(candidates[2:3]), want[2:3], atol=TOLERANCE, rtol=0)
+    np.testing.assert_allclose(score([candidates[i] for i in order]), want[order], atol=TOLERANCE, rtol=0)
+    np.testing.assert_allclose(score(INVARIANCE_CANDIDATES), want, atol=TOLERANCE, rtol=0)
+    assert np.ptp(want) > 100 * TOLERANCE
 
 
 def test_dense_attention_gives_the_same_scores_as_tiles():

@@ -88,6 +88,7 @@ def test_ranker_rows_hold_the_engaged_item_then_impressed_then_negatives(tmp_pat
     """One batch decoded back: each row is its member's prompt, then the engaged item, its
     impressed-not-engaged items and distinct negatives, each followed by the question."""
     from ff_jax import gin_cli
+    from ff_jax.data.pipeline import as_text
     from ff_jax.model.tokenizer import byte_tokenizer
     from ff_jax.rank.data import RankerData
     from ff_jax.data.feed_data import FeedData
@@ -104,20 +105,26 @@ def test_ranker_rows_hold_the_engaged_item_then_impressed_then_negatives(tmp_pat
     assert batch.tokens.shape == (2, data.members_per_shard, data.row_length) and batch.last.shape[-1] == k
     sources, fmt, _ = data.feed.open_dataset("tables")
     records = sources["train"]
-    by_member = {}
+    member_tokens, item_tokens, _ = data.prompt_tokenizers(tokenizer, fmt)
+    by_context = {}  # a row's decoded context -> the training records of that member prompt
     for i in range(len(records)):
-        by_member.setdefault(records[i]["positive_prompt"], []).append(records[i])
+        by_context.setdefault(tokenizer.decode(list(member_tokens.member(records[i]))), []).append(records[i])
     item_ids, prompts = data.corpus()
+    as_candidate = {tokenizer.decode(list(ids)): item for item, ids in zip(item_ids, item_tokens.items(prompts))}
+    assert len(as_candidate) == len(item_ids)  # each item's candidate text names it alone
     question = data.ranker.question
     for n in range(2):
         for r in range(data.members_per_shard):
             seg = batch.segment_ids[n, r]
             pieces = [tokenizer.decode(batch.tokens[n, r][seg == s].tolist()) for s in range(1, k + 2)]
             assert all(p.endswith(question) for p in pieces[1:])
-            items = [p[: -len(question)] for p in pieces[1:]]
-            assert len(set(items)) == k  # distinct candidates
-            assert all(item in prompts or any(prompt.startswith(item[:40]) for prompt in prompts) for item in items)
-            assert items[0] in by_member  # the first candidate is a record's engaged item
+            chosen = [as_candidate[p[: -len(question)]] for p in pieces[1:]]  # KeyError: not an item's text
+            assert len(set(chosen)) == k  # distinct candidates
+            (record,) = by_context[pieces[0]]  # the row's member: one record of this context
+            impressed = [as_text(i) for i in record["negative_ids"]][: data.impressed]
+            # In order: the record's engaged item, its impressed items, then other items as negatives.
+            assert chosen[: 1 + len(impressed)] == [as_text(record["positive_id"]), *impressed]
+            assert not set(chosen[1 + len(impressed):]) & {as_text(record["positive_id"]), *impressed}
             np.testing.assert_array_equal(batch.labels[n, r], [1.0] + [0.0] * (k - 1))
             positions = batch.positions[n, r]
             context_length = int(np.sum(seg == 1))

@@ -17,6 +17,12 @@ def _members(rng, count: int, corpus: int):
 DATA = SimpleNamespace(positions=lambda targets: list(targets))
 
 
+def normal_interval(change: np.ndarray) -> np.ndarray:
+    """The 95% normal-approximation interval of a mean, mean -/+ 1.96 standard errors, and the error."""
+    error = change.std(ddof=1) / np.sqrt(len(change))
+    return np.array([change.mean() - 1.96 * error, change.mean() + 1.96 * error]), error
+
+
 def _hand(row, targets, metric):
     name, k = metric.split("@")
     k = int(k)
@@ -43,14 +49,28 @@ def test_a_change_of_nothing_but_noise_has_an_interval_around_zero_and_a_real_on
     before = np.stack([rng.permutation(40) for _ in members])
     reshuffled = np.stack([rng.permutation(40) for _ in members])  # as good as `before`, member by member noise
     change = compare_rankings(before, reshuffled, members, DATA, ["recall@10"])["recall@10"]
-    assert change["members"] == 400 and change["ci95"][0] < 0.0 < change["ci95"][1]
-    hand = np.mean([_hand(a, m.targets, "recall@10") - _hand(b, m.targets, "recall@10")
-                    for a, b, m in zip(reshuffled, before, members) if m.targets])
-    np.testing.assert_allclose(change["mean"], hand, rtol=1e-12)
+    hand = np.array([_hand(a, m.targets, "recall@10") - _hand(b, m.targets, "recall@10")
+                     for a, b, m in zip(reshuffled, before, members) if m.targets])
+    assert change["members"] == 400
+    np.testing.assert_allclose(change["mean"], hand.mean(), rtol=1e-12)
+    # 400 members: the bootstrap's interval is close to the normal one (BCa and resampling noise
+    # move each end by a few hundredths of a standard error here; a 90% interval would be 0.3 off).
+    normal, error = normal_interval(hand)
+    np.testing.assert_allclose(change["ci95"], normal, atol=0.25 * error)
+    assert change["ci95"][0] < 0.0 < change["ci95"][1]
+    # Deterministic per seed: the same seed, the same interval; another seed resamples differently.
+    again = compare_rankings(before, reshuffled, members, DATA, ["recall@10"])["recall@10"]
+    other = compare_rankings(before, reshuffled, members, DATA, ["recall@10"], seed=1)["recall@10"]
+    assert again == change and other["ci95"] != change["ci95"] and other["mean"] == change["mean"]
     better = before.copy()
     for i, m in enumerate(members[:200]):  # the first target moved to the top for half the members
         better[i] = [m.targets[0], *[x for x in before[i] if x != m.targets[0]]]
     gain = compare_rankings(before, better, members, DATA, ["recall@10"])["recall@10"]
+    hand = np.array([_hand(a, m.targets, "recall@10") - _hand(b, m.targets, "recall@10")
+                     for a, b, m in zip(better, before, members) if m.targets])
+    normal, error = normal_interval(hand)
+    np.testing.assert_allclose(gain["mean"], hand.mean(), rtol=1e-12)
+    np.testing.assert_allclose(gain["ci95"], normal, atol=0.25 * error)
     assert 0.0 < gain["ci95"][0] < gain["mean"] < gain["ci95"][1]
 
 

