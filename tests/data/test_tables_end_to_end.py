@@ -32,13 +32,10 @@ DATASETS = {
 def numpy_recall_at_10(workdir: Path) -> float:
     """Mean recall@10 of the test members recomputed here from the stored embeddings: each member's
     items by dot product, its engaged history excluded, hits over its number of targets."""
-    from ff_jax.gin_cli import configured
-    from ff_jax.retrieval.embed_job import train_arguments
     from ff_jax.retrieval.eval_data import feed_eval_data
+    from ff_jax.train.run import Run
 
-    with configured([str(workdir / "config.gin")]):
-        data = train_arguments()["data"]
-    training, split = feed_eval_data(data, "test")
+    training, split = feed_eval_data(Run.open(workdir).spec.feed, "test")
     item_ids, items = read_tower(workdir / "embeddings" / "items")
     member_ids, members = read_tower(workdir / "embeddings" / "members_test")
     corpus = list(training.corpus_ids)
