@@ -76,11 +76,15 @@ if engine == "tfds":  # the baseline revision's module name
     from ff_jax.data import tfds_builders as tb
 else:
     from ff_jax.data import prepared as tb
+try:  # prepare() and the builders' machinery moved to feed_builder (the prepared <-> tables_builder cycle)
+    from ff_jax.data import feed_builder as machinery
+except ImportError:  # earlier revisions: in prepared itself
+    machinery = tb
 stages = {}
 
 
 def timed(attr, stage):  # the module globals prepare / download_and_prepare call, in every revision
-    inner = getattr(tb, attr)
+    inner = getattr(machinery, attr)
 
     def wrapper(*args, **kwargs):
         begin = time.perf_counter()
@@ -88,7 +92,7 @@ def timed(attr, stage):  # the module globals prepare / download_and_prepare cal
             return inner(*args, **kwargs)
         finally:
             stages[stage] = stages.get(stage, 0.0) + time.perf_counter() - begin
-    setattr(tb, attr, wrapper)
+    setattr(machinery, attr, wrapper)
 
 
 result = {"load_before": os.getloadavg()[0]}
