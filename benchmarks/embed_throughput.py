@@ -107,7 +107,7 @@ def ff_embed(encode, batches, order: dict[str, int], width: int) -> np.ndarray:
     """embed_job's loop without the shard writer: each batch through the jitted step, rows by id."""
     out = np.zeros((len(order), width), np.float32)
     for batch in batches:
-        vectors = encode(batch)
+        vectors = np.asarray(encode(batch))
         keep = np.asarray(batch.example_mask).reshape(-1) > 0
         out[[order[i] for i, k in zip(batch.ids, keep) if k]] = vectors[keep]
     return out

@@ -119,7 +119,8 @@ def embed_records(records: Sequence[dict], writer: ShardWriter,
     """Embeds the shards `writer` still lacks; returns how many were computed.
 
     make_batches(records) -> one-tower batches (ff_jax.data.batches.EmbeddingBatch: `ids`,
-    `example_mask`, ...); encode(batch) -> un-normalised vectors [N * B/N, width] on the host.
+    `example_mask`, ...); encode(batch) -> un-normalised vectors [N * B/N, width], an array or a
+    jax.Array still being computed (it is read after the next batch is dispatched).
     """
     pending = writer.pending()
     done_records = writer.settings["records"] - sum(len(range(*writer.shard_range(s))) for s in pending)
@@ -133,12 +134,23 @@ def embed_records(records: Sequence[dict], writer: ShardWriter,
                 raise ValueError(f"{desc}: records {start}..{stop} repeat an {id_key}")
             vectors = np.zeros((len(part), writer.settings["width"]), np.float32)
             seen = np.zeros(len(part), bool)
-            for batch in make_batches(part):
-                out = np.asarray(encode(batch), np.float32)
+
+            def collect(batch, out):
+                out = np.asarray(out, np.float32)  # waits for the device
                 keep = np.asarray(batch.example_mask).reshape(-1) > 0
                 rows = [order[i] for i, k in zip(batch.ids, keep) if k]
                 vectors[rows], seen[rows] = out[keep], True
                 bar.update(len(rows))
+
+            # One batch in flight: the device embeds it while the host packs the next.
+            in_flight = None
+            for batch in make_batches(part):
+                dispatched = (batch, encode(batch))
+                if in_flight is not None:
+                    collect(*in_flight)
+                in_flight = dispatched
+            if in_flight is not None:
+                collect(*in_flight)
             if not seen.all():
                 lost = [k for k, i in order.items() if not seen[i]]
                 raise RuntimeError(f"{desc}: the batches left out {len(lost)} records of shard {shard}, e.g. {lost[:3]}")
@@ -173,8 +185,9 @@ def load_model(run: Run, zero_shot: bool, step: int | None, mesh, rules):
     return nnx.merge(graphdef, weights["params"], weights["frozen"]), tokenizer, origin
 
 
-def jit_encoder(model, mesh, rules, segments: int) -> Callable[[EmbeddingBatch], np.ndarray]:
-    """batch -> un-normalised embeddings [N * B/N, E] on the host, the batch sharded over the mesh."""
+def jit_encoder(model, mesh, rules, segments: int) -> Callable[[EmbeddingBatch], jax.Array]:
+    """batch -> un-normalised embeddings [N * B/N, E], replicated, the batch sharded over the mesh;
+    returned as soon as dispatched (np.asarray waits for it)."""
     graphdef, state = nnx.split(model)
 
     @functools.partial(jax.jit, out_shardings=NamedSharding(mesh, P()))
@@ -182,10 +195,10 @@ def jit_encoder(model, mesh, rules, segments: int) -> Callable[[EmbeddingBatch],
         return nnx.merge(graphdef, state).encode(batch.tokens, batch.segment_ids, batch.positions, batch.slot,
                                                  segments)
 
-    def encode(batch: EmbeddingBatch) -> np.ndarray:
+    def encode(batch: EmbeddingBatch) -> jax.Array:
         placed = steps.device_batch(batch, steps.batch_shardings(batch, mesh, rules), process_local=False)
         with jax.set_mesh(mesh), use_rules(rules):
-            return np.asarray(run(state, placed))
+            return run(state, placed)
 
     return encode
 
