@@ -100,3 +100,27 @@ def test_item_stats_use_training_ratings_only(movielens, tmp_path):
 def test_split_with_other_fractions_is_refused(movielens):
     with pytest.raises(ValueError, match="leak"):
         temporal_split(movielens, test_fraction=0.3, progress=False)
+
+
+@pytest.mark.slow
+def test_titles_config_is_the_base_with_untagged_history_items(tmp_path):
+    """"100k_titles" differs from "100k" only inside member histories: each history item is its
+    <text> alone, the percentile tags dropped; ids, targets, item prompts and order are the same."""
+    import re
+
+    from ff_jax.data import prepared
+
+    for config in ("100k", "100k_titles"):
+        prepared.build("movielens_feed", config, tmp_path)
+    base = prepared.open_prepared(tmp_path, "movielens_feed", "100k")[0]["train"]
+    titles = prepared.open_prepared(tmp_path, "movielens_feed", "100k_titles")[0]["train"]
+    assert len(base) == len(titles)
+    tags = re.compile(r"<(\w+_percentile)>\d+</\1>")
+    shortened = 0
+    for i in range(0, len(base), 97):
+        a, b = base[i], titles[i]
+        for key in ("user_id", "positive_id", "positive_prompt", "negative_prompts", "member_profile"):
+            assert a[key] == b[key], (i, key)
+        assert [tags.sub("", piece) for piece in a["member_history"]] == list(b["member_history"])
+        shortened += sum(len(x) > len(y) for x, y in zip(a["member_history"], b["member_history"]))
+    assert shortened > 0  # the base's history items do carry tags
