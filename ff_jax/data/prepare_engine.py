@@ -33,6 +33,7 @@ import pandas as pd
 import pyarrow as pa
 
 ENGINES = ("local", "ray")
+AHEAD = 2  # chunks the preparing process renders ahead of the one it waits for
 
 
 @gin.configurable
@@ -85,7 +86,7 @@ class ChunkMapper:
     """Maps Render functions over the chunks of frames, on `config`'s engine. Locally, `workers` - 1
     processes (started once, shared by every map) read the frame from a file in `scratch`, and the preparing
     process is the last worker: when it reads a chunk no process has started, it renders it itself, and
-    while it waits for a running one it renders the last chunk not started. Use it as a context manager."""
+    while it waits for a running one it renders the next chunk not started. Use it as a context manager."""
 
     def __init__(self, config: PrepareConfig, scratch: Path):
         self.config, self.scratch = config, Path(scratch)
@@ -126,17 +127,26 @@ class ChunkMapper:
     def _collect(tasks: list, source: Path, here) -> Iterator[pa.RecordBatch]:
         stolen: dict[int, pa.RecordBatch] = {}  # rendered here ahead of their turn
         try:
-            for k, future in enumerate(tasks):
+            for k in range(len(tasks)):
+                future = tasks[k]
                 while k not in stolen and not future.done() and not future.cancel():
-                    last = next((j for j in range(len(tasks) - 1, k, -1) if j not in stolen and tasks[j].cancel()),
-                                None)
-                    if last is None:  # nothing left to take: wait for the worker
+                    # A chunk rendered ahead is held until its turn: take the nearest not started, and
+                    # at most AHEAD of them, so memory stays a few chunks.
+                    ahead = None if len(stolen) >= AHEAD else next(
+                        (j for j in range(k + 1, len(tasks)) if j not in stolen and tasks[j].cancel()), None)
+                    if ahead is None:  # nothing left to take, or enough held: wait for the worker
                         break
-                    stolen[last] = here(last)
-                yield stolen.pop(k) if k in stolen else here(k) if future.cancelled() else future.result()
+                    stolen[ahead] = here(ahead)
+                rendered = stolen.pop(k) if k in stolen else here(k) if future.cancelled() else future.result()
+                # A future keeps its result: let go of it, or every chunk's text stays in memory
+                # until the map ends (0.9 GB more at feed_world 1m).
+                tasks[k] = future = None
+                yield rendered
+                del rendered
         finally:
             for future in tasks:  # after a failure: nothing more is rendered
-                future.cancel()
+                if future is not None:
+                    future.cancel()
             source.unlink(missing_ok=True)
 
 

@@ -44,3 +44,26 @@ def test_chunks_come_back_in_order_and_a_failure_reaches_the_caller(tmp_path):
         with pytest.raises(ValueError, match=r"row (2[1-9]|[34]\d) refused"):  # chunks may run in any order
             list(mapper.map(Fails(), frame))
     assert list((tmp_path / "scratch").iterdir()) == []
+
+
+def test_a_consumed_chunk_is_let_go(tmp_path):
+    """The preparing process holds a few chunks at a time, not every chunk rendered so far: the bytes
+    it holds (Arrow's pool for chunks rendered here, Python's allocator, traced, for those unpickled
+    from the worker) stay under 8 chunks' worth (AHEAD rendered here, the one read, those the worker
+    finished) while 24 chunks pass. Taking the last chunk not started held nearly all 24."""
+    import tracemalloc
+
+    rows = 20_000  # 160 KB a chunk of int64
+    frame = pd.DataFrame({"x": range(24 * rows)})
+    chunk_bytes, held = rows * 8, []
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0] + pa.total_allocated_bytes()
+        with ChunkMapper(PrepareConfig(workers=2, chunk=rows), tmp_path / "scratch") as mapper:
+            for batch in mapper.map(Doubles(), frame):
+                assert batch.num_rows == rows
+                del batch
+                held.append(tracemalloc.get_traced_memory()[0] + pa.total_allocated_bytes() - base)
+    finally:
+        tracemalloc.stop()
+    assert max(held) <= 8 * chunk_bytes, [round(h / chunk_bytes, 1) for h in held]
