@@ -52,30 +52,15 @@ def correlation(x: Any, y: Any, method: str = "spearman") -> float:
 # `ranking_metrics` give (tests/retrieval/test_evaluate.py checks them against plain per-member
 # references), with less work per member: `ff-jax eval` ranks ~13k members x ~15k items per model.
 
-_SIGN = np.uint32(0x80000000)
-_EXCLUDED = np.uint64(0xFF800000) << np.uint64(32)  # the high word of -inf's key (see score_keys)
-
-
-def score_keys(scores: np.ndarray) -> np.ndarray:
-    """uint64 [U, n]: one key per score whose ascending order is descending score, ties by lower
-    position. High word: the float32 bits of -score mapped to an unsigned order (-0.0 as 0.0);
-    low word: the position. Keys are unique per row, so any selection algorithm gives one answer."""
-    negated = np.negative(scores, dtype=np.float32)
-    negated += np.float32(0.0)  # -0.0 + 0.0 = +0.0: the two zeros tie, as they compare equal
-    bits = negated.view(np.uint32)
-    bits ^= (bits >> np.uint32(31)) * np.uint32(0x7FFFFFFF) | _SIGN  # negatives: all bits flipped; else the sign bit
-    keys = bits.astype(np.uint64)
-    keys <<= np.uint64(32)
-    keys |= np.arange(scores.shape[1], dtype=np.uint64)
-    return keys
-
-
 def top_k(scores: np.ndarray, excluded: Sequence[np.ndarray], k: int) -> np.ndarray:
     """Positions [U, k] of each row's k best scores, best first; ties go to the lower position.
 
     The contract (and result) of ff_jax.data.ranking_metrics.top_k: `excluded[u]` holds positions
-    row u must not return; slots beyond the rankable items (excluded or -inf) are -1. One
-    partition of unique integer keys replaces the float partition + tie bookkeeping + lexsort."""
+    row u must not return; slots beyond the rankable items (excluded or -inf) are -1. One float
+    partition finds each row's k-th best score; only the scores at least that good (k of them, more
+    on ties) are sorted. At a million items this is 4 passes over the scores where building a unique
+    integer key per score took 9: 0.16 s instead of 0.42 s for 33 members x 1M items at k = 2,000
+    on the 2-core CPU (0.16 s is also what their scores' matmul takes)."""
     scores = np.asarray(scores)
     if scores.ndim != 2:
         raise ValueError(f"scores must be [members, items], got shape {scores.shape}")
@@ -83,21 +68,29 @@ def top_k(scores: np.ndarray, excluded: Sequence[np.ndarray], k: int) -> np.ndar
         raise ValueError(f"{len(excluded)} exclusion lists for {scores.shape[0]} score rows")
     if not 0 < k:
         raise ValueError(f"k must be positive, got {k}")
-    scores = scores.astype(np.float32, copy=False)
-    if np.isnan(scores).any():
-        raise ValueError(f"scores row {int(np.argwhere(np.isnan(scores))[0, 0])} contains NaN")
     users, n = scores.shape
-    if n >= 1 << 32:
-        raise ValueError(f"a corpus of {n} items does not fit the 32-bit position keys")
-    keys = score_keys(scores)
+    negated = np.negative(scores, dtype=np.float32)  # ascending = best first; a copy we may write
+    if np.isnan(negated).any():
+        raise ValueError(f"scores row {int(np.argwhere(np.isnan(negated))[0, 0])} contains NaN")
     lengths = [len(e) for e in excluded]
     if sum(lengths):
         cols = np.concatenate([np.asarray(e, np.int64).ravel() for e in excluded])
-        keys[np.repeat(np.arange(users), lengths), cols] = _EXCLUDED | cols.astype(np.uint64)
+        negated[np.repeat(np.arange(users), lengths), cols] = np.inf  # as unrankable as a -inf score
     k = min(k, n)
-    best = np.sort(np.partition(keys, k - 1, axis=1)[:, :k] if k < n else keys, axis=1)
-    ranked = (best & np.uint64(0xFFFFFFFF)).astype(np.int64)
-    ranked[best >= _EXCLUDED] = -1  # -inf scores, excluded or not (NaN was refused above)
+    if k < n:
+        kth = np.partition(negated, k - 1, axis=1)[:, k - 1:k]
+        # the k best, and any tied with the k-th (flat: 2-D np.nonzero is 15x slower here)
+        rows, cols = np.divmod(np.flatnonzero(negated <= kth), n)
+    else:
+        rows, cols = np.divmod(np.arange(users * n), n)
+    values = negated[rows, cols]
+    order = np.lexsort((cols, values, rows))  # by row, then best first, then lower position
+    rows, cols, values = rows[order], cols[order], values[order]
+    starts = np.searchsorted(rows, np.arange(users))
+    place = np.arange(len(rows)) - starts[rows]
+    keep = (place < k) & (values < np.inf)  # -inf scores and excluded items are never returned
+    ranked = np.full((users, k), -1, np.int64)
+    ranked[rows[keep], place[keep]] = cols[keep]
     return ranked
 
 

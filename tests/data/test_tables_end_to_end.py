@@ -29,9 +29,10 @@ DATASETS = {
 }
 
 
-def numpy_recall_at_10(workdir: Path) -> float:
-    """Mean recall@10 of the test members recomputed here from the stored embeddings: each member's
-    items by dot product, its engaged history excluded, hits over its number of targets."""
+def numpy_recall_at_10(workdir: Path, only: list[str] | None = None) -> float:
+    """Mean recall@10 of the test members (or of those named in `only`) recomputed here from the stored
+    embeddings: each member's items by dot product, its engaged history excluded, hits over its
+    number of targets."""
     from ff_jax.retrieval.eval_data import feed_eval_data
     from ff_jax.train.run import Run
 
@@ -41,7 +42,7 @@ def numpy_recall_at_10(workdir: Path) -> float:
     corpus = list(training.corpus_ids)
     matrix = np.stack([items[item_ids.tolist().index(i)] for i in corpus])
     recalls = []
-    for member in (m for m in split if m.targets):
+    for member in (m for m in split if m.targets and (only is None or m.user_id in only)):
         scores = matrix @ members[member_ids.tolist().index(member.user_id)]
         scores[[corpus.index(i) for i in member.engaged_history if i in corpus]] = -np.inf
         top = {corpus[p] for p in np.argsort(-scores, kind="stable")[:10]}
@@ -80,6 +81,14 @@ def test_train_embed_eval_on_your_own_tables(tmp_path, capsys, dataset):
     assert report["members_evaluated"] == 24
     assert report["by_dim"]["64"]["metrics"]["all"]["recall@10"] == pytest.approx(numpy_recall_at_10(workdir))
     assert "popularity" in report["baselines"]
+    # A sample of the members: its figures are those of the members it names, for every method.
+    assert cli.main(["eval", f"--workdir={workdir}", "--gin.evaluate_run.baselines=('popularity',)",
+                     "--gin.evaluate_run.sample=10", "--gin.evaluate_run.output='eval_sample'"]) == 0
+    sampled = json.loads((workdir / "eval_sample" / "metrics_test.json").read_text())
+    chosen = sampled["sampled_members"]
+    assert len(set(chosen)) == sampled["members_evaluated"] == 10 and sampled["members_sampled_from"] == 24
+    assert sampled["by_dim"]["64"]["metrics"]["all"]["recall@10"] == pytest.approx(numpy_recall_at_10(workdir, chosen))
+    assert sampled["baselines"]["popularity"]["metrics"]["all"]["users"] == 10
     # embed and eval found the run's dataset by the same content key (the corpus sibling included)
     assert prepared_configs(data_dir) == [config]
 
