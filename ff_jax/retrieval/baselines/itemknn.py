@@ -20,7 +20,11 @@ from ff_jax.retrieval.recommender import Recommender, TrainingData
 
 def cosine_neighbors(engagements: sp.csr_matrix, neighbors: int | None, chunk: int = 2048,
                      progress: bool = False) -> sp.csr_matrix:
-    """Sparse [items, items]: row j holds j's `neighbors` highest cosine similarities (self excluded)."""
+    """Sparse [items, items]: row j holds j's `neighbors` highest cosine similarities (self excluded;
+    ties at the last place go to the lower item).
+
+    Blocks of rows stay sparse: only co-engaged pairs are ever stored. (A dense [chunk, items] block
+    took 8 GB a block at a million items, and `ff-jax eval` died of it.)"""
     by_item = sp.csc_matrix(engagements, dtype=np.float32).T.tocsr()  # [items, users]
     n = by_item.shape[0]
     norms = np.sqrt(np.asarray(by_item.multiply(by_item).sum(axis=1)).ravel())
@@ -28,19 +32,20 @@ def cosine_neighbors(engagements: sp.csr_matrix, neighbors: int | None, chunk: i
     keep = n - 1 if neighbors is None else min(neighbors, n - 1)
     rows, cols, vals = [], [], []
     for start in tqdm(range(0, n, chunk), desc="item-kNN similarities", disable=not progress):
-        stop = min(start + chunk, n)
-        block = (by_item[start:stop] @ by_item.T).toarray()  # co-engagement counts [c, n]
-        block *= inverse[start:stop, None] * inverse[None, :]
-        block[np.arange(stop - start), np.arange(start, stop)] = 0.0
-        if keep < n - 1:
-            top = np.argpartition(-block, keep - 1, axis=1)[:, :keep] if keep > 0 else np.zeros((stop - start, 0), int)
-        else:
-            top = np.broadcast_to(np.arange(n), (stop - start, n))
-        values = np.take_along_axis(block, top, axis=1)
-        nonzero = values > 0
-        rows.append(np.nonzero(nonzero)[0] + start)
-        cols.append(top[nonzero])
-        vals.append(values[nonzero])
+        block = (by_item[start:start + chunk] @ by_item.T).tocoo()  # co-engagement counts, sparse
+        r, c = block.row.astype(np.int64) + start, block.col.astype(np.int64)
+        v = block.data.astype(np.float32) * (inverse[r] * inverse[c])
+        useful = (r != c) & (v > 0)
+        r, c, v = r[useful], c[useful], v[useful]
+        if keep < n - 1:  # each row's `keep` best: by row, best first, lower item first on ties
+            order = np.lexsort((c, -v, r))
+            r, c, v = r[order], c[order], v[order]
+            first = np.searchsorted(r, r, side="left")
+            top = np.arange(len(r)) - first < keep
+            r, c, v = r[top], c[top], v[top]
+        rows.append(r)
+        cols.append(c)
+        vals.append(v)
     data = np.concatenate(vals) if vals else np.zeros(0, np.float32)
     return sp.csr_matrix((data, (np.concatenate(rows), np.concatenate(cols))), shape=(n, n))
 
