@@ -14,14 +14,14 @@ processes, bytes on disk per training example (all files, and train records alon
 workers) and the 1-minute load average before and after the path (other processes share the cores).
 
 Paths:
-- `old-N` — the store of revision OLD_REV (before the array split and file-exchanging workers),
-  PrepareConfig(workers=N), run from a temporary `git worktree` of that revision;
+- `old-N` — the store of revision `--old_rev` (default OLD_REV: before the array split and
+  file-exchanging workers), PrepareConfig(workers=N), run from a temporary `git worktree` of it;
 - `store-N` — this checkout, PrepareConfig(workers=N);
 - `store-ray` — this checkout, Ray Data on a local Ray instance of 2 CPUs;
 - `tfds-text` — the text records of revision BASELINE_REV (needs TensorFlow).
 
     .venv/bin/python benchmarks/data_prep.py [--dataset feed_world --config 1m | --tables medium]
-        [--paths old-2,store-2,store-1] [--timeout 1800] [--out benchmarks/results/data_prep_feed_world_1m]
+        [--paths old-2,store-2,store-1] [--old_rev REV] [--timeout 1800] [--out benchmarks/results/data_prep_feed_world_1m]
 """
 
 from __future__ import annotations
@@ -175,6 +175,11 @@ def make_source(args, scratch: Path) -> tuple[str, str, str, dict]:
     return ("tables", "", str(target), made) if args.tables else (args.dataset, args.config, str(target), made)
 
 
+def _label(path: str, run: dict) -> str:
+    old = run.get("old_rev", OLD_REV)  # runs before --old_rev existed compared with OLD_REV
+    return {"old-1": f"store of {old}, 1 process", "old-2": f"store of {old}, 2 processes"}.get(path, LABELS[path])
+
+
 def _section(run: dict) -> list[str]:
     machine, results = run["machine"], run["results"]
     if "input" not in run:  # the first run (2026-12-07): whole wall time, simulator included
@@ -188,7 +193,7 @@ def _section(run: dict) -> list[str]:
                     if "disk_bytes_per_example" in r else f"{r['disk_bytes'] / 2**20:.0f} MB written")
             rate = f"{r['examples_per_second']:,.0f}" if "examples_per_second" in r else "—"
             outcome = r["error"] if "error" in r else f"{r['train_examples']:,} training examples"
-            lines.append(f"| {LABELS[path]} | {r.get('seconds', r['wall_seconds']):.0f} s | {rate} | "
+            lines.append(f"| {_label(path, run)} | {r.get('seconds', r['wall_seconds']):.0f} s | {rate} | "
                          f"{r.get('peak_rss_gb', float('nan')):.2f} GB | {disk} | {outcome} |")
         return lines
     made = run["input"]
@@ -202,11 +207,11 @@ def _section(run: dict) -> list[str]:
              "|---|---|---|---|---|---|---|---|---|"]
     for path, r in results.items():
         if "error" in r:
-            lines.append(f"| {LABELS[path]} | | | | | | | | {r['error']} |")
+            lines.append(f"| {_label(path, run)} | | | | | | | | {r['error']} |")
             continue
         st = r.get("stages", {})
         lines.append(
-            f"| {LABELS[path]} | {r['source_seconds']:.0f} s | {r['prep_seconds']:.1f} s | "
+            f"| {_label(path, run)} | {r['source_seconds']:.0f} s | {r['prep_seconds']:.1f} s | "
             f"{r['examples_per_second']:,.0f} | {st.get('split', 0):.1f} / {st.get('quantiser', 0):.1f} / "
             f"{st.get('render_and_write', 0):.1f} s | {r['peak_rss_gb']:.2f} GB ({r['workers_peak_rss_gb']:.2f} GB) | "
             f"{r['disk_bytes_per_example']:,.0f} B ({r['train_bytes_per_example']:.0f} B) | "
@@ -214,7 +219,7 @@ def _section(run: dict) -> list[str]:
     for path, r in results.items():
         new = results.get("store-" + path.removeprefix("old-"), {})
         if path.startswith("old-") and "prep_seconds" in r and "prep_seconds" in new:
-            lines += ["", f"{LABELS[path]} → this checkout, same workers, same run: prep "
+            lines += ["", f"{_label(path, run)} → this checkout, same workers, same run: prep "
                           f"{r['prep_seconds'] / new['prep_seconds']:.1f}× faster."]
     return lines
 
@@ -241,6 +246,7 @@ def main() -> None:
     parser.add_argument("--tables", default="", help="prepare a tables folder written from this feed_world size")
     parser.add_argument("--paths", default=",".join(PATHS))
     parser.add_argument("--timeout", type=int, default=1800)
+    parser.add_argument("--old_rev", default=OLD_REV, help="the revision the old-N paths run")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "data_prep_feed_world_1m"),
                         help="results file (without suffix); runs are added to the ones it holds")
     parser.add_argument("--table_only", action="store_true", help="rewrite the .md from the .json")
@@ -252,7 +258,8 @@ def main() -> None:
         machine = describe("pyarrow", "pandas")
         results = {}
         paths = args.paths.split(",")
-        worktrees = {"tfds-text": ("baseline", BASELINE_REV), "old-1": ("old", OLD_REV), "old-2": ("old", OLD_REV)}
+        worktrees = {"tfds-text": ("baseline", BASELINE_REV), "old-1": ("old", args.old_rev),
+                     "old-2": ("old", args.old_rev)}
         with tempfile.TemporaryDirectory(prefix="data_prep_") as scratch:
             scratch = Path(scratch)
             added = {worktrees[p] for p in paths if p in worktrees}
@@ -271,8 +278,8 @@ def main() -> None:
                                    capture_output=True)
         revision = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
                                   text=True).stdout.strip()
-        runs.append({"date": time.strftime("%Y-%m-%d %H:%M"), "revision": revision, "input": made, "machine": machine,
-                     "results": results})
+        runs.append({"date": time.strftime("%Y-%m-%d %H:%M"), "revision": revision, "old_rev": args.old_rev,
+                     "input": made, "machine": machine, "results": results})
         out.with_suffix(".json").write_text(json.dumps({"runs": runs}, indent=1))
     out.with_suffix(".md").write_text(markdown(runs, title))
     print(out.with_suffix(".md").read_text())

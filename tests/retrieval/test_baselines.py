@@ -105,6 +105,10 @@ def test_item_knn_similarities_equal_dense_cosine_and_keep_the_top_neighbours():
         assert len(kept) <= 5
         if len(kept):  # whatever is kept is among the row's largest similarities
             assert pruned[j, kept].min() >= np.sort(dense[j])[-5] - 1e-6
+            # ties at the last kept value go to the lower items
+            last = pruned[j, kept].min()
+            tied = np.flatnonzero(np.isclose(dense[j], last, atol=1e-6))
+            assert set(kept[np.isclose(pruned[j, kept], last, atol=1e-6)]) == set(tied[: len(kept) - (pruned[j, kept] > last + 1e-6).sum()])
 
 
 def test_als_fold_in_solves_the_documented_weighted_normal_equations():
