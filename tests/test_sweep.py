@@ -461,8 +461,8 @@ def test_ray_runs_two_runs_as_tasks_and_gives_the_sequential_summary(tiny_sweep,
     assert list(seq.columns) == list(ray.columns) and len(ray) == 2
     # Equal to float rounding: the runs of a 1-CPU Ray task differ from the driver's in the last digits
     # (Ray sets OMP_NUM_THREADS to the task's CPUs, so BLAS may sum in another order; here MRR moved
-    # in its 4th digit, the same on two tries).
-    pd.testing.assert_frame_equal(_without_wall_times(ray), _without_wall_times(seq), check_exact=False, rtol=1e-3)
+    # in its 4th digit, the same on two tries, and by 1.2e-3 relative on a slower 2-core machine).
+    pd.testing.assert_frame_equal(_without_wall_times(ray), _without_wall_times(seq), check_exact=False, rtol=2e-3)
     md = [tiny_sweep.md.splitlines(), (root / "ray_results" / "s" / "summary.md").read_text().splitlines()]
     assert [line for line in md[1] if "_seconds" not in line] == [line for line in md[0] if "_seconds" not in line]
     # Skipping is the driver's, as without Ray: the same command again submits nothing.
