@@ -46,6 +46,8 @@ GRIDS = {"als": {"reg": (3.0, 10.0, 30.0), "alpha": (1.0, 2.0, 5.0, 10.0), "iter
 COLUMNS = (("R@10", "all", "recall@10"), ("R@50", "all", "recall@50"), ("R@100", "all", "recall@100"),
            ("NDCG@10", "all", "ndcg@10"), ("new R@10", "new", "recall@10"),
            ("established R@10", "established", "recall@10"))
+# Targets whose item had no engagement in the training data, and the rest (the report's "freshness").
+FRESH_COLUMNS = (("fresh R@10", "fresh", "recall@10"), ("seen R@10", "seen", "recall@10"))
 
 
 def load(dataset: str, size: str):
@@ -116,14 +118,24 @@ def markdown(results: dict, dataset: str) -> str:
     labels = dict(LABELS)
     if dataset != "movielens":  # no title / genres columns: BM25 queries with the items' text
         labels["bm25"] = "BM25 (history text → item text)"
-    head = "| method | " + " | ".join(c[0] for c in COLUMNS) + " |"
-    lines = [head, "|" + "---|" * (len(COLUMNS) + 1)]
+    columns = COLUMNS + FRESH_COLUMNS
+    head = "| method | " + " | ".join(c[0] for c in columns) + " |"
+    lines = [head, "|" + "---|" * (len(columns) + 1)]
     for method in METHODS:
         if method in results:
-            m = results[method]["metrics"]
-            cells = [f"{m[c][k]:.3f}".lstrip("0") if c in m else "-" for _, c, k in COLUMNS]
+            m = {**results[method]["metrics"], **results[method].get("freshness", {})}
+            cells = [f"{m[c][k]:.3f}".lstrip("0") if k in m.get(c, {}) else "-" for _, c, k in columns]
             lines.append(f"| {labels[method]} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def fresh_share(results: dict) -> str:
+    """"n of m test targets (p%) are fresh", from any report that has the freshness split."""
+    for report in results.values():
+        if report.get("freshness"):
+            fresh, seen = (report["freshness"][kind]["targets"] for kind in ("fresh", "seen"))
+            return f"{fresh:,} of {fresh + seen:,} test targets ({fresh / (fresh + seen):.1%}) are fresh items."
+    return ""
 
 
 def main(argv=None) -> int:
@@ -166,7 +178,8 @@ def main(argv=None) -> int:
                "protocol": "exclude engaged history; recall/NDCG averaged over members", "methods": results}
     out.write_text(json.dumps(payload, indent=1, default=float))
     table = markdown(results, args.dataset)
-    out.with_suffix(".md").write_text(f"# Baselines: {tag}\n\n{len(splits.test)} test members.\n\n{table}\n")
+    out.with_suffix(".md").write_text(f"# Baselines: {tag}\n\n{len(splits.test)} test members. "
+                                      f"{fresh_share(results)}\n\n{table}\n")
     print(table)
     return 0
 

@@ -288,7 +288,8 @@ def evaluate_run(run: Run, embeddings: str = EMBEDDINGS, split: str = "test", ks
     member_dir = run.layout.members(split, embeddings)
     loaded = embedded_split(run.spec.feed, root, split)
     training, members, evaluated = loaded.training, loaded.members, loaded.evaluated
-    if sample is not None and sample < len(evaluated):
+    sampled = sample is not None and sample < len(evaluated)  # else every member is ranked
+    if sampled:
         chosen = np.sort(np.random.default_rng(0).choice(len(evaluated), sample, replace=False))
         evaluated = [evaluated[i] for i in chosen]
     report = evaluate_embeddings(loaded.member_ids.tolist(), loaded.member_vectors, loaded.items, evaluated, training,
@@ -296,7 +297,7 @@ def evaluate_run(run: Run, embeddings: str = EMBEDDINGS, split: str = "test", ks
                                  progress=progress, indexes=indexes)
     report.update(split=split, members_in_split=len(members), members_evaluated=len(evaluated),
                   model=tower_settings(member_dir)["model"])
-    if sample is not None:  # which members the figures are of
+    if sampled:  # which members the figures are of
         report.update(members_sampled_from=len(loaded.evaluated), sampled_members=[m.user_id for m in evaluated])
     warn_if_stale(workdir, member_dir, report["model"])
     if "sasrec" in baselines and training.events is None:  # the prepared records keep no order
@@ -308,7 +309,7 @@ def evaluate_run(run: Run, embeddings: str = EMBEDDINGS, split: str = "test", ks
     (out / f"metrics_{split}.json").write_text(json.dumps(report, indent=1, default=float))
     print_table({**{f"d={d}": r for d, r in report["by_dim"].items()}, **report["baselines"]},
                 title=f"{split}: {len(evaluated)} members" + (
-                    f" (a random sample of {len(loaded.evaluated):,})" if len(evaluated) < len(loaded.evaluated) else ""))
+                    f" (a random sample of {len(loaded.evaluated):,})" if sampled else ""))
     if "indexes" in report:
         print_index_reports(report["indexes"], report["index_reference"])
     corr = report["popularity_similarity"]

@@ -52,6 +52,12 @@ def correlation(x: Any, y: Any, method: str = "spearman") -> float:
 # `ranking_metrics` give (tests/retrieval/test_evaluate.py checks them against plain per-member
 # references), with less work per member: `ff-jax eval` ranks ~13k members x ~15k items per model.
 
+def places_in_rows(rows: np.ndarray) -> np.ndarray:
+    """For entries sorted by row (`rows` ascending): each entry's place within its row, 0 first.
+    Keeping `place < k` keeps each row's first k entries."""
+    return np.arange(len(rows)) - np.searchsorted(rows, rows, side="left")
+
+
 def top_k(scores: np.ndarray, excluded: Sequence[np.ndarray], k: int) -> np.ndarray:
     """Positions [U, k] of each row's k best scores, best first; ties go to the lower position.
 
@@ -86,8 +92,7 @@ def top_k(scores: np.ndarray, excluded: Sequence[np.ndarray], k: int) -> np.ndar
     values = negated[rows, cols]
     order = np.lexsort((cols, values, rows))  # by row, then best first, then lower position
     rows, cols, values = rows[order], cols[order], values[order]
-    starts = np.searchsorted(rows, np.arange(users))
-    place = np.arange(len(rows)) - starts[rows]
+    place = places_in_rows(rows)
     keep = (place < k) & (values < np.inf)  # -inf scores and excluded items are never returned
     ranked = np.full((users, k), -1, np.int64)
     ranked[rows[keep], place[keep]] = cols[keep]

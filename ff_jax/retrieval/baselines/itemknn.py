@@ -15,6 +15,7 @@ import scipy.sparse as sp
 from tqdm.auto import tqdm
 
 from ff_jax.data.splits import EvalMember
+from ff_jax.retrieval.metrics import places_in_rows
 from ff_jax.retrieval.recommender import Recommender, TrainingData
 
 
@@ -40,8 +41,7 @@ def cosine_neighbors(engagements: sp.csr_matrix, neighbors: int | None, chunk: i
         if keep < n - 1:  # each row's `keep` best: by row, best first, lower item first on ties
             order = np.lexsort((c, -v, r))
             r, c, v = r[order], c[order], v[order]
-            first = np.searchsorted(r, r, side="left")
-            top = np.arange(len(r)) - first < keep
+            top = places_in_rows(r) < keep
             r, c, v = r[top], c[top], v[top]
         rows.append(r)
         cols.append(c)
