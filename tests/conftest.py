@@ -4,11 +4,26 @@ XLA reads the flag once, when jax first initialises, so it is set before anythin
 """
 
 import os
+import shutil
+import tempfile
 
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+# One compilation cache for the whole run: pytest's workers inherit it from the controlling process,
+# and the CLI subprocesses the tests start inherit it from them. The same tiny programs compile in
+# dozens of tests (the two own-tables CLI tests: 86 s alone, 45 s sharing it). It starts empty, so
+# no run reads another's programs. A size limit turns on JAX's file lock around each entry, so no
+# process reads one that another is still writing.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _OWN_CACHE = tempfile.mkdtemp(prefix="ff_jax_tests_compiled-")
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+    os.environ["JAX_COMPILATION_CACHE_MAX_SIZE"] = str(4 << 30)
+else:
+    _OWN_CACHE = None
 
 
 import pytest  # noqa: E402  (after the XLA flag, which must be set before jax is imported)
@@ -41,3 +56,9 @@ def tiny_feed_world_dir(tmp_path_factory):
     """One DATA_DIR for the CLI trainings of experiments/tiny_smoke.gin on this worker: feed_world
     is prepared there by the first run and reused by the others (each test's own dir prepared it anew)."""
     return tmp_path_factory.mktemp("tiny_feed_world")
+
+
+def pytest_unconfigure(config):
+    """The process that made the compilation cache removes it (workers leave it to that process)."""
+    if _OWN_CACHE is not None and not hasattr(config, "workerinput"):
+        shutil.rmtree(_OWN_CACHE, ignore_errors=True)
