@@ -133,7 +133,7 @@ def fresh_share(results: dict) -> str:
     """"n of m test targets (p%) are fresh", from any report that has the freshness split."""
     for report in results.values():
         if report.get("freshness"):
-            fresh, seen = (report["freshness"][kind]["targets"] for kind in ("fresh", "seen"))
+            fresh, seen = (int(report["freshness"][kind]["targets"]) for kind in ("fresh", "seen"))
             return f"{fresh:,} of {fresh + seen:,} test targets ({fresh / (fresh + seen):.1%}) are fresh items."
     return ""
 
