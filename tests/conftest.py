@@ -17,13 +17,11 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # dozens of tests (the two own-tables CLI tests: 86 s alone, 45 s sharing it). It starts empty, so
 # no run reads another's programs. A size limit turns on JAX's file lock around each entry, so no
 # process reads one that another is still writing.
+_OWN_CACHE = None  # set in the process that makes the cache, which removes it at the end
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
-    os.environ["JAX_COMPILATION_CACHE_DIR"] = _OWN_CACHE = tempfile.mkdtemp(prefix="ff_jax_tests_compiled-")
-    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
-    os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
-    os.environ["JAX_COMPILATION_CACHE_MAX_SIZE"] = str(4 << 30)
-else:
-    _OWN_CACHE = None
+    _OWN_CACHE = tempfile.mkdtemp(prefix="ff_jax_tests_compiled-")
+    os.environ.update(JAX_COMPILATION_CACHE_DIR=_OWN_CACHE, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+                      JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0", JAX_COMPILATION_CACHE_MAX_SIZE=str(4 << 30))
 
 
 import pytest  # noqa: E402  (after the XLA flag, which must be set before jax is imported)
